@@ -1,0 +1,3 @@
+from ollimg.cli.main import main
+
+main()

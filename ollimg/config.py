@@ -1,0 +1,146 @@
+"""Every OLLIMG_* setting and platformdirs path, read when called (never at import).
+
+`ollimg serve --help` prints SETTINGS. Imports nothing from the rest of ollimg but errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from ollimg.errors import InvalidInput
+
+DEFAULT_PORT = 11500
+DEFAULT_REGISTRY = "registry.ollimg.dev"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+
+
+SETTINGS = [
+    Setting("OLLIMG_HOST", f"127.0.0.1:{DEFAULT_PORT}", "address the server listens on and clients call; 0.0.0.0 must be explicit"),
+    Setting("OLLIMG_MODELS", "<user data dir>/models", "model store root"),
+    Setting("OLLIMG_REGISTRY", DEFAULT_REGISTRY, "registry host for names without one"),
+    Setting("OLLIMG_KEEP_ALIVE", "5m", "how long a model stays loaded after use; 0 unloads at once, negative keeps it forever"),
+    Setting("OLLIMG_MAX_LOADED_MODELS", "3", "most models loaded at once"),
+    Setting("OLLIMG_MAX_QUEUE", "64", "most requests waiting per server before 503"),
+    Setting("OLLIMG_BACKEND", "auto", "runtime backend: auto, torch, mlx"),
+    Setting("OLLIMG_DEVICE", "auto", "torch device: auto, cpu, cuda, cuda:N"),
+    Setting("OLLIMG_ORIGINS", "", "extra allowed CORS origins, comma separated"),
+    Setting("OLLIMG_API_KEY", "", "if set, the bearer key every API request must carry"),
+    Setting("OLLIMG_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
+    Setting("OLLIMG_DEBUG", "", "1 for debug logging and tracebacks"),
+]
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip().strip("'\"")
+
+
+def data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("ollimg", appauthor=False))
+
+
+def models_dir() -> Path:
+    value = _env("OLLIMG_MODELS")
+    return Path(value).expanduser() if value else data_dir() / "models"
+
+
+def registry_host() -> str:
+    return _env("OLLIMG_REGISTRY") or DEFAULT_REGISTRY
+
+
+def host() -> tuple[str, int]:
+    """(host, port) of OLLIMG_HOST; accepts host, host:port, :port and scheme://host:port."""
+    value = _env("OLLIMG_HOST") or f"127.0.0.1:{DEFAULT_PORT}"
+    value = re.sub(r"^[a-z]+://", "", value).rstrip("/")
+    hostname, _, port = value.rpartition(":") if ":" in value else (value, "", "")
+    if not port:
+        hostname, port = value, str(DEFAULT_PORT)
+    hostname = hostname.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"OLLIMG_HOST={value!r}: port must be a number from 1 to 65535")
+    return hostname, int(port)
+
+
+def base_url() -> str:
+    hostname, port = host()
+    if hostname in ("0.0.0.0", "::"):
+        hostname = "127.0.0.1"
+    if ":" in hostname:
+        hostname = f"[{hostname}]"
+    return f"http://{hostname}:{port}"
+
+
+def parse_duration(value: str | int | float | None, default: float | None = 300.0) -> float | None:
+    """Seconds from '5m', '1h30m', '10s', '300' or a number; negative means forever (None)."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        match = re.fullmatch(r"(-?)((?:\d+(?:\.\d+)?(?:ms|h|m|s)?)+)", text)
+        if not match:
+            raise InvalidInput(f"invalid duration {value!r}: use a number of seconds or a form like 5m, 1h, 30s")
+        units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "": 1.0}
+        seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)?", match.group(2)))
+        if match.group(1):
+            seconds = -seconds
+    return None if seconds < 0 else seconds
+
+
+def keep_alive() -> float | None:
+    return parse_duration(_env("OLLIMG_KEEP_ALIVE"), 300.0)
+
+
+def load_timeout() -> float:
+    return parse_duration(_env("OLLIMG_LOAD_TIMEOUT"), 300.0) or 300.0
+
+
+def _int(name: str, default: int) -> int:
+    value = _env(name)
+    if not value:
+        return default
+    if not value.lstrip("-").isdigit():
+        raise InvalidInput(f"{name}={value!r} must be a whole number")
+    return int(value)
+
+
+def max_loaded_models() -> int:
+    return _int("OLLIMG_MAX_LOADED_MODELS", 3)
+
+
+def max_queue() -> int:
+    return _int("OLLIMG_MAX_QUEUE", 64)
+
+
+def backend() -> str:
+    value = _env("OLLIMG_BACKEND", "auto").lower() or "auto"
+    if value not in ("auto", "torch", "mlx"):
+        raise InvalidInput(f"OLLIMG_BACKEND={value!r}: use auto, torch or mlx")
+    return value
+
+
+def device() -> str:
+    return _env("OLLIMG_DEVICE", "auto").lower() or "auto"
+
+
+def origins() -> list[str]:
+    return [o.strip() for o in _env("OLLIMG_ORIGINS").split(",") if o.strip()]
+
+
+def api_key() -> str:
+    return _env("OLLIMG_API_KEY")
+
+
+def debug() -> bool:
+    return _env("OLLIMG_DEBUG") not in ("", "0", "false")

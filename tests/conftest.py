@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def store_dir(tmp_path, monkeypatch):
+    """Every test gets its own empty store; nothing touches the user's data dir."""
+    models = tmp_path / "models"
+    monkeypatch.setenv("OLLIMG_MODELS", str(models))
+    monkeypatch.setenv("OLLIMG_REGISTRY", "registry.ollimg.dev")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    return models
+
+
+def cli_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+OLLIMG = [sys.executable, "-m", "ollimg"]
