@@ -144,6 +144,9 @@ def train_dit(bpe, te, dit, vae, shift, scale, args, device) -> None:
         ema_update(ema, [p.detach() for p in params], min(args.ema, (1 + step) / (10 + step)))
         if step % 100 == 0 or step == args.dit_steps - 1:
             log(f"dit step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+        if time.time() - start > args.max_dit_seconds:  # a guard for the GPU lease, not the plan
+            log(f"dit stopped at step {step}: over --max-dit-seconds")
+            break
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
@@ -176,14 +179,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=64)
     parser.add_argument("--vae-lr", type=float, default=5e-4)
     parser.add_argument("--kl-weight", type=float, default=1e-6)
-    parser.add_argument("--dit-steps", type=int, default=3000)
+    parser.add_argument("--dit-steps", type=int, default=2600)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--max-dit-seconds", type=float, default=float("inf"))
     parser.add_argument("--eval-steps", type=int, nargs="*", default=[8])
     args = parser.parse_args()
 
