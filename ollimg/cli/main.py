@@ -37,9 +37,9 @@ def _options(
 
 
 def _register() -> None:
-    from ollimg.cli import models
+    from ollimg.cli import login, models, pull, push
 
-    for module in (models,):
+    for module in (models, pull, push, login):
         module.register(app)
 
 
