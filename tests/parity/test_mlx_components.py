@@ -83,3 +83,42 @@ def test_set_weights_refuses_missing_and_misshapen():
         set_weights(block, {**good, "extra": mx.zeros(3)}, "vae", mx.float32)
     with pytest.raises(InvalidModel, match="'norm1.weight' has shape"):
         set_weights(block, {**good, "norm1.weight": mx.zeros(9)}, "vae", mx.float32)
+
+
+def tiny_dit():
+    from diffusers import ZImageTransformer2DModel
+
+    ref = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=2, n_refiner_layers=1,
+        n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=24, rope_theta=256.0,
+        t_scale=1000.0, axes_dims=[8, 12, 12], axes_lens=[256, 64, 64],
+    ).eval()
+    return ref, randomise(ref, 2)
+
+
+@pytest.mark.parametrize(
+    "size, cap_lens",
+    [((8, 8), [7]), ((6, 10), [40, 5, 33]), ((2, 2), [32, 64])],
+    ids=["square", "non-square-batch-of-lengths", "tiny-full-pads"],
+)
+def test_transformer_matches_diffusers(size, cap_lens):
+    from ollimg.runtime.models.zimage.mlx import set_weights
+    from ollimg.runtime.models.zimage.mlx.transformer import ZImageTransformer
+
+    ref, weights = tiny_dit()
+    dit = ZImageTransformer(ref.config)
+    set_weights(dit, {k: mx.array(v) for k, v in weights.items()}, "transformer", mx.float32)
+
+    rng = np.random.default_rng(3)
+    b = len(cap_lens)
+    latents = rng.standard_normal((b, 16, *size)).astype(np.float32)
+    t = rng.uniform(0, 1, b).astype(np.float32)
+    caps = [rng.standard_normal((n, 24)).astype(np.float32) for n in cap_lens]
+    with torch.no_grad():
+        out = ref(
+            [torch.from_numpy(x)[:, None] for x in latents], torch.from_numpy(t),
+            [torch.from_numpy(c) for c in caps], return_dict=False,
+        )[0]
+    expected = np.stack([o[:, 0].numpy() for o in out])
+    actual = np.array(dit(mx.array(latents), mx.array(t), [mx.array(c) for c in caps]))
+    close(actual, expected)
