@@ -122,3 +122,40 @@ def test_transformer_matches_diffusers(size, cap_lens):
     expected = np.stack([o[:, 0].numpy() for o in out])
     actual = np.array(dit(mx.array(latents), mx.array(t), [mx.array(c) for c in caps]))
     close(actual, expected)
+
+
+def test_text_encoder_matches_transformers_hidden_states_minus_2():
+    from types import SimpleNamespace
+
+    from transformers import Qwen3Config, Qwen3Model
+
+    from ollimg.runtime.models.zimage.mlx import set_weights
+    from ollimg.runtime.models.zimage.mlx.text_encoder import TextEncoder, unused_weights
+
+    cfg = dict(
+        vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1e6,
+        attention_bias=False, max_position_embeddings=512, tie_word_embeddings=True,
+    )
+    ref = Qwen3Model(Qwen3Config(**cfg)).eval()
+    weights = randomise(ref, 4)
+    enc = TextEncoder(SimpleNamespace(**cfg))
+    kept = {k: mx.array(v) for k, v in weights.items() if k not in unused_weights(enc.cfg)}
+    assert len(kept) == len(weights) - 12
+    set_weights(enc, kept, "text_encoder", mx.float32)
+
+    rng = np.random.default_rng(5)
+    lens = [37, 11]
+    ids = np.zeros((2, 37), dtype=np.int64)
+    mask = np.zeros((2, 37), dtype=bool)
+    for i, n in enumerate(lens):
+        ids[i, :n] = rng.integers(0, 300, n)
+        ids[i, n:] = 299  # the pad id
+        mask[i, :n] = True
+    with torch.no_grad():
+        hidden = ref(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True
+        ).hidden_states[-2].numpy()
+    actual = np.array(enc(mx.array(ids)))
+    for i, n in enumerate(lens):
+        close(actual[i, :n], hidden[i, :n])
