@@ -45,6 +45,7 @@ def test_vae_decoder_matches_diffusers():
     from diffusers import AutoencoderKL
 
     from ollimg.runtime.models.zimage.mlx import set_weights
+    from ollimg.runtime.models.zimage.config import VaeConfig
     from ollimg.runtime.models.zimage.mlx.vae import VAE, mlx_layout
 
     ref = AutoencoderKL(
@@ -54,15 +55,14 @@ def test_vae_decoder_matches_diffusers():
         use_quant_conv=False, use_post_quant_conv=False,
     ).eval()
     weights = randomise(ref, 0)
-    vae = VAE(ref.config)
+    vae = VAE(VaeConfig.from_json(dict(ref.config)))
     decoder = {k: mx.array(mlx_layout(k, v)) for k, v in weights.items() if k.startswith("decoder.")}
     set_weights(vae, decoder, "vae", mx.float32)
 
     latents = np.random.default_rng(1).standard_normal((2, 16, 6, 10)).astype(np.float32)
     with torch.no_grad():
-        z = torch.from_numpy(latents) / ref.config.scaling_factor + ref.config.shift_factor
-        expected = ref.decode(z).sample.numpy()
-    actual = np.array(vae.decode(mx.array(latents)))
+        expected = ref.decode(torch.from_numpy(latents)).sample.numpy()
+    actual = np.array(vae.decode(mx.array(latents))).transpose(0, 3, 1, 2)
     close(actual, expected)
 
 
@@ -103,10 +103,11 @@ def tiny_dit():
 )
 def test_transformer_matches_diffusers(size, cap_lens):
     from ollimg.runtime.models.zimage.mlx import set_weights
+    from ollimg.runtime.models.zimage.config import TransformerConfig
     from ollimg.runtime.models.zimage.mlx.transformer import ZImageTransformer
 
     ref, weights = tiny_dit()
-    dit = ZImageTransformer(ref.config)
+    dit = ZImageTransformer(TransformerConfig.from_json(dict(ref.config)))
     set_weights(dit, {k: mx.array(v) for k, v in weights.items()}, "transformer", mx.float32)
 
     rng = np.random.default_rng(3)
@@ -125,12 +126,12 @@ def test_transformer_matches_diffusers(size, cap_lens):
 
 
 def test_text_encoder_matches_transformers_hidden_states_minus_2():
-    from types import SimpleNamespace
-
     from transformers import Qwen3Config, Qwen3Model
 
     from ollimg.runtime.models.zimage.mlx import set_weights
-    from ollimg.runtime.models.zimage.mlx.text_encoder import TextEncoder, unused_weights
+    from ollimg.runtime.models.zimage.config import TextEncoderConfig
+    from ollimg.runtime.models.zimage.mlx.text_encoder import TextEncoder
+    from ollimg.runtime.models.zimage.weights import text_encoder_ignored
 
     cfg = dict(
         vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
@@ -139,8 +140,8 @@ def test_text_encoder_matches_transformers_hidden_states_minus_2():
     )
     ref = Qwen3Model(Qwen3Config(**cfg)).eval()
     weights = randomise(ref, 4)
-    enc = TextEncoder(SimpleNamespace(**cfg))
-    kept = {k: mx.array(v) for k, v in weights.items() if k not in unused_weights(enc.cfg)}
+    enc = TextEncoder(TextEncoderConfig.from_json(cfg))
+    kept = {k: mx.array(v) for k, v in weights.items() if not text_encoder_ignored(enc.cfg).match(k)}
     assert len(kept) == len(weights) - 12
     set_weights(enc, kept, "text_encoder", mx.float32)
 

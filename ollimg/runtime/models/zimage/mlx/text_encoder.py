@@ -1,8 +1,8 @@
 """The Qwen3 text encoder (transformers' Qwen3Model) on MLX, returning Z-Image's caption features.
 
 Z-Image conditions on `hidden_states[-2]`: the output of the second-to-last decoder layer, before
-the final norm. So this module holds every layer but the last and no final norm (`UNUSED` names
-the stored weights it leaves out). Parameter names are Qwen3Model's. Qwen3 RoPE rotates halves
+the final norm. So this module holds every layer but the last and no final norm (the key map in
+`weights.py` lists the stored weights it leaves out). Parameter names are Qwen3Model's. Qwen3 RoPE rotates halves
 (not pairs, unlike the DiT); GQA attention is causal, and with right padding the real tokens never
 see the pads, so pad rows need no mask of their own.
 """
@@ -11,21 +11,6 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-
-from ollimg.errors import InvalidModel
-
-
-def unused_weights(cfg) -> set[str]:
-    """Stored weights the features never depend on: the last layer and the final norm."""
-    return {"norm.weight"} | {
-        f"layers.{cfg.num_hidden_layers - 1}.{name}"
-        for name in (
-            "input_layernorm.weight", "post_attention_layernorm.weight",
-            "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-            "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.k_norm.weight",
-            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-        )
-    }
 
 
 class RMSNorm(nn.Module):
@@ -48,11 +33,10 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=bias)
+        self.q_proj = nn.Linear(cfg.hidden_size, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
@@ -93,9 +77,7 @@ class DecoderLayer(nn.Module):
 class TextEncoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        if cfg.hidden_act != "silu":
-            raise InvalidModel(f"text encoder: hidden_act {cfg.hidden_act!r} is not supported (only silu)")
-        self.cfg = cfg
+        self.cfg = cfg  # a TextEncoderConfig: silu, no attention bias (checked when it was read)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers - 1)]
         dim = cfg.head_dim

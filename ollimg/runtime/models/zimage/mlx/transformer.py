@@ -19,11 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ollimg.errors import InvalidModel
-
-SEQ_MULTI_OF = 32
-ADALN_DIM = 256
-
+from ollimg.runtime.models.zimage import layout
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -86,16 +82,17 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre- and post-RMSNorm around attention and FFN; modulated blocks scale and gate both."""
 
-    def __init__(self, dim: int, heads: int, eps: float, qk_norm: bool, modulation: bool):
+    def __init__(self, cfg, modulation: bool):
         super().__init__()
-        self.attention = Attention(dim, heads, qk_norm)
-        self.feed_forward = FeedForward(dim, int(dim / 3 * 8))
+        dim, eps = cfg.dim, cfg.norm_eps
+        self.attention = Attention(dim, cfg.n_heads, cfg.qk_norm)
+        self.feed_forward = FeedForward(dim, cfg.ffn_dim)
         self.attention_norm1 = RMSNorm(dim, eps)
         self.ffn_norm1 = RMSNorm(dim, eps)
         self.attention_norm2 = RMSNorm(dim, eps)
         self.ffn_norm2 = RMSNorm(dim, eps)
         if modulation:
-            self.adaLN_modulation = [nn.Linear(min(dim, ADALN_DIM), 4 * dim)]  # no SiLU before it
+            self.adaLN_modulation = [nn.Linear(cfg.adaln_dim, 4 * dim)]  # no SiLU before it
 
     def __call__(self, x, mask, cos, sin, adaln: mx.array | None = None) -> mx.array:  # x: (B, L, D)
         if adaln is None:
@@ -110,10 +107,10 @@ class Block(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dim: int, out: int):
+    def __init__(self, dim: int, adaln_dim: int, out: int):
         super().__init__()
         self.linear = nn.Linear(dim, out)
-        self.adaLN_modulation = [nn.SiLU(), nn.Linear(min(dim, ADALN_DIM), dim)]
+        self.adaLN_modulation = [nn.SiLU(), nn.Linear(adaln_dim, dim)]
 
     def __call__(self, x: mx.array, c: mx.array) -> mx.array:  # (B, L, D), (B, A) -> (B, L, out)
         scale = 1.0 + self.adaLN_modulation[1](nn.silu(c))[:, None, :]
@@ -150,23 +147,18 @@ class Captions:
 class ZImageTransformer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        if list(cfg.all_patch_size) != [2] or list(cfg.all_f_patch_size) != [1]:
-            raise InvalidModel(f"transformer: only patch size 2x2x1 is supported, not {cfg.all_patch_size}")
-        self.cfg = cfg
-        dim, heads, eps = cfg.dim, cfg.n_heads, cfg.norm_eps
-        patch = 4 * cfg.in_channels
-        if sum(cfg.axes_dims) != dim // heads:
-            raise InvalidModel(f"transformer: axes_dims {cfg.axes_dims} do not add up to the head size")
+        self.cfg = cfg  # a TransformerConfig: patch size 2, frame patch 1 (checked when it was read)
+        dim, patch = cfg.dim, 4 * cfg.in_channels
         self.all_x_embedder = {"2-1": nn.Linear(patch, dim)}
-        self.all_final_layer = {"2-1": FinalLayer(dim, patch)}
-        self.noise_refiner = [Block(dim, heads, eps, cfg.qk_norm, True) for _ in range(cfg.n_refiner_layers)]
-        self.context_refiner = [Block(dim, heads, eps, cfg.qk_norm, False) for _ in range(cfg.n_refiner_layers)]
-        self.t_embedder = TimestepEmbedder(min(dim, ADALN_DIM))
-        self.cap_embedder = [RMSNorm(cfg.cap_feat_dim, eps), nn.Linear(cfg.cap_feat_dim, dim)]
+        self.all_final_layer = {"2-1": FinalLayer(dim, cfg.adaln_dim, patch)}
+        self.noise_refiner = [Block(cfg, modulation=True) for _ in range(cfg.n_refiner_layers)]
+        self.context_refiner = [Block(cfg, modulation=False) for _ in range(cfg.n_refiner_layers)]
+        self.t_embedder = TimestepEmbedder(cfg.adaln_dim)
+        self.cap_embedder = [RMSNorm(cfg.cap_feat_dim, cfg.norm_eps), nn.Linear(cfg.cap_feat_dim, dim)]
         self.x_pad_token = mx.zeros((1, dim))
         self.cap_pad_token = mx.zeros((1, dim))
-        self.layers = [Block(dim, heads, eps, cfg.qk_norm, True) for _ in range(cfg.n_layers)]
-        self._rope = rope_tables(cfg.axes_dims, cfg.axes_lens, cfg.rope_theta)
+        self.layers = [Block(cfg, modulation=True) for _ in range(cfg.n_layers)]
+        self._rope = layout.Rope(cfg)
 
     def __call__(self, latents: mx.array, t: mx.array, cap_feats: list[mx.array]) -> mx.array:
         """diffusers' forward: (B, C, H, W) latents, (B,) t in [0, 1], B caption arrays -> (B, C, H, W)."""
@@ -176,28 +168,29 @@ class ZImageTransformer(nn.Module):
     def encode_captions(self, cap_feats: list[mx.array], h: int, w: int) -> Captions:
         """Embed and refine the captions ((L_i, cap_feat_dim) each) for an (h, w)-token image."""
         lens = [int(c.shape[0]) for c in cap_feats]
-        padded = [n + (-n) % SEQ_MULTI_OF for n in lens]
-        lc, n_img = max(padded), h * w
-        lx = n_img + (-n_img) % SEQ_MULTI_OF
+        pads = [layout.padded(n) for n in lens]
+        lc, lx = max(pads), layout.padded(h * w)
         dtype = self.x_pad_token.dtype
 
         feats = mx.stack([mx.pad(c.astype(dtype), [(0, lc - n), (0, 0)]) for c, n in zip(cap_feats, lens)])
         cap = self.cap_embedder[1](self.cap_embedder[0](feats))  # (B, Lc, D)
         slot = np.arange(lc)[None, :]
-        is_pad = mx.array((slot >= np.array(lens)[:, None]) & (slot < np.array(padded)[:, None]))
+        is_pad = mx.array((slot >= np.array(lens)[:, None]) & (slot < np.array(pads)[:, None]))
         cap = mx.where(is_pad[..., None], self.cap_pad_token, cap)
 
-        cap_pos, x_pos = positions(padded, h, w, lx)
-        cap_cos, cap_sin = self._lookup(cap_pos)
-        cap_mask = key_mask(padded, 0, lc)
+        # Rows shorter than Lc are batch padding past their end: any position will do, they are masked.
+        cap_angles = np.stack([self._rope(layout.caption_positions(lc))] * len(lens))  # (B, Lc, Dh/2)
+        x_angles = np.stack([self._rope(layout.image_positions(n, h, w)) for n in pads])  # (B, Lx, Dh/2)
+        cap_cos, cap_sin = cos_sin(cap_angles)
+        cap_mask = key_mask(pads, 0, lc)
         for layer in self.context_refiner:
             cap = layer(cap, cap_mask, cap_cos, cap_sin)
 
-        x_cos, x_sin = self._lookup(x_pos)
+        x_cos, x_sin = cos_sin(x_angles)
         return Captions(
             cap=cap, x_cos=x_cos, x_sin=x_sin,
             cos=mx.concatenate([x_cos, cap_cos], axis=1), sin=mx.concatenate([x_sin, cap_sin], axis=1),
-            mask=key_mask(padded, lx, lc), grid=(h, w),
+            mask=key_mask(pads, lx, lc), grid=(h, w),
         )
 
     def denoise(self, latents: mx.array, t: mx.array, captions: Captions) -> mx.array:
@@ -221,42 +214,10 @@ class ZImageTransformer(nn.Module):
         x = self.all_final_layer["2-1"](x, adaln)[:, : h * w]  # (B, h*w, 4C)
         return x.reshape(b, h, w, 2, 2, c).transpose(0, 5, 1, 3, 2, 4).reshape(b, c, hh, ww)
 
-    def _lookup(self, pos: np.ndarray) -> tuple[mx.array, mx.array]:
-        """cos/sin (B, L, 1, Dh/2) for position ids (B, L, 3)."""
-        cos, sin = [], []
-        for axis, (c, s) in enumerate(self._rope):
-            if pos[..., axis].max() >= len(c):
-                raise InvalidModel(f"transformer: position {pos[..., axis].max()} beyond axes_lens {self.cfg.axes_lens}")
-            cos.append(c[pos[..., axis]])
-            sin.append(s[pos[..., axis]])
-        return mx.array(np.concatenate(cos, -1))[:, :, None], mx.array(np.concatenate(sin, -1))[:, :, None]
 
-
-def rope_tables(dims: list[int], lens: list[int], theta: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per axis, cos and sin of position x frequency: frequencies in float64, angles in float32."""
-    tables = []
-    for d, n in zip(dims, lens):
-        freqs = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
-        angles = np.outer(np.arange(n, dtype=np.float64), freqs).astype(np.float32)
-        tables.append((np.cos(angles), np.sin(angles)))
-    return tables
-
-
-def positions(padded: list[int], h: int, w: int, lx: int) -> tuple[np.ndarray, np.ndarray]:
-    """Position ids (B, Lc, 3) for captions and (B, Lx, 3) for the image.
-
-    Caption slot k (pads included) sits at (1 + k, 0, 0); image token (i, j) at (Lc_b + 1, i, j),
-    where Lc_b is that row's padded caption length; image pad slots at (0, 0, 0).
-    """
-    lc = max(padded)
-    cap = np.zeros((len(padded), lc, 3), dtype=np.int64)
-    cap[:, :, 0] = 1 + np.arange(lc)
-    img = np.zeros((len(padded), lx, 3), dtype=np.int64)
-    ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    img[:, : h * w, 1] = ii.reshape(-1)
-    img[:, : h * w, 2] = jj.reshape(-1)
-    img[:, : h * w, 0] = np.array(padded)[:, None] + 1
-    return cap, img
+def cos_sin(angles: np.ndarray) -> tuple[mx.array, mx.array]:
+    """float32 cos and sin (B, L, 1, Dh/2) of RoPE angles (B, L, Dh/2), computed in float32 like torch.polar."""
+    return mx.array(np.cos(angles))[:, :, None], mx.array(np.sin(angles))[:, :, None]
 
 
 def key_mask(padded: list[int], prefix: int, lc: int) -> mx.array | None:

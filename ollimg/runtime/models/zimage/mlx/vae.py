@@ -2,8 +2,8 @@
 
 Parameter names are diffusers' `decoder.*` (and `post_quant_conv.*` when the config uses one), so
 the stored names load as they are; only conv kernels change layout (torch OIHW -> MLX OHWI, see
-`mlx_layout`). MLX convolutions are channels-last, so the decoder works in (B, H, W, C) inside and
-takes and returns channels-first arrays like the reference. GroupNorm statistics are computed in
+`mlx_layout`). MLX convolutions are channels-last: the decoder takes channels-first latents like the reference
+and returns channels-last pixels, the layout images have. GroupNorm statistics are computed in
 float32 whatever the weight dtype (the FLUX VAE is unusable in half precision otherwise).
 """
 
@@ -129,22 +129,19 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """`decode(latents)`: un-scales the DiT's latents and decodes them to pixels in [-1, 1]."""
+    """`decode(z)`: latents already unscaled (z / scaling_factor + shift_factor) -> pixels in [-1, 1]."""
 
     def __init__(self, cfg):
         super().__init__()
-        self.cfg = cfg
         self.decoder = Decoder(cfg)
         if cfg.use_post_quant_conv:
             self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
 
-    def decode(self, latents: mx.array) -> mx.array:  # (B, 16, h, w) -> (B, 3, 8h, 8w)
-        dtype = self.decoder.conv_in.weight.dtype
-        z = latents.astype(dtype) / self.cfg.scaling_factor + self.cfg.shift_factor  # cast, divide, add
-        z = z.transpose(0, 2, 3, 1)
+    def decode(self, z: mx.array) -> mx.array:  # (B, 16, h, w) -> (B, 8h, 8w, 3), channels last
+        z = z.astype(self.decoder.conv_in.weight.dtype).transpose(0, 2, 3, 1)
         if "post_quant_conv" in self:
             z = self.post_quant_conv(z)
-        return self.decoder(z).transpose(0, 3, 1, 2)
+        return self.decoder(z)
 
 
 def mlx_layout(name: str, value: mx.array) -> mx.array:
