@@ -159,11 +159,21 @@ class ZImageTransformer(nn.Module):
         self.cap_pad_token = mx.zeros((1, dim))
         self.layers = [Block(cfg, modulation=True) for _ in range(cfg.n_layers)]
         self._rope = layout.Rope(cfg)
+        self._captions: dict = {}
 
     def __call__(self, latents: mx.array, t: mx.array, cap_feats: list[mx.array]) -> mx.array:
-        """diffusers' forward: (B, C, H, W) latents, (B,) t in [0, 1], B caption arrays -> (B, C, H, W)."""
-        captions = self.encode_captions(cap_feats, latents.shape[2] // 2, latents.shape[3] // 2)
-        return self.denoise(latents, t, captions)
+        """diffusers' forward: (B, C, H, W) latents, (B,) t in [0, 1], B caption arrays -> float32 (B, C, H, W).
+
+        The encoded captions of the last two caption lists (by identity: the denoise loop passes the
+        same arrays every step, with and without the CFG half) are kept for the next steps.
+        """
+        grid = (latents.shape[2] // 2, latents.shape[3] // 2)
+        key = (tuple(id(c) for c in cap_feats), grid)
+        if key not in self._captions:
+            last = list(self._captions.items())[-1:]
+            # The entry holds the caption arrays themselves, so their ids cannot be reused meanwhile.
+            self._captions = dict(last + [(key, (cap_feats, self.encode_captions(cap_feats, *grid)))])
+        return self.denoise(latents, t, self._captions[key][1]).astype(mx.float32)
 
     def encode_captions(self, cap_feats: list[mx.array], h: int, w: int) -> Captions:
         """Embed and refine the captions ((L_i, cap_feat_dim) each) for an (h, w)-token image."""
