@@ -13,6 +13,7 @@ import math
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 
 class GroupNorm(nn.Module):
@@ -129,19 +130,71 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    """`decode(z)`: latents already unscaled (z / scaling_factor + shift_factor) -> pixels in [-1, 1]."""
+    """`decode(z)`: latents already unscaled (z / scaling_factor + shift_factor) -> pixels in [-1, 1].
+
+    Latents larger than `tile` cells a side are decoded in overlapping tiles blended with linear
+    ramps, exactly as the torch backend tiles them, so memory stays that of one tile and both
+    backends give the same image.
+    """
 
     def __init__(self, cfg):
         super().__init__()
+        self.scale = cfg.scale
         self.decoder = Decoder(cfg)
         if cfg.use_post_quant_conv:
             self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
+        self.tile = 128  # latent cells per tile side (1024 pixels for the FLUX VAE)
+        self.overlap = 16  # latent cells shared by neighbouring tiles
 
     def decode(self, z: mx.array) -> mx.array:  # (B, 16, h, w) -> (B, 8h, 8w, 3), channels last
         z = z.astype(self.decoder.conv_in.weight.dtype).transpose(0, 2, 3, 1)
+        if max(z.shape[1:3]) <= self.tile:
+            return self._decode(z)
+        return self._tiled(z)
+
+    def _decode(self, z: mx.array) -> mx.array:  # (B, h, w, 16) -> (B, 8h, 8w, 3)
         if "post_quant_conv" in self:
             z = self.post_quant_conv(z)
         return self.decoder(z)
+
+    def _tiled(self, z: mx.array) -> mx.array:
+        b, h, w, _ = z.shape
+        s, size, stride = self.scale, self.tile, self.tile - self.overlap
+        out = mx.zeros((b, h * s, w * s, 3), dtype=mx.float32)
+        weight = mx.zeros((h * s, w * s, 1), dtype=mx.float32)
+        for top in tile_starts(h, size, stride):
+            for left in tile_starts(w, size, stride):
+                tile = self._decode(z[:, top: top + size, left: left + size]).astype(mx.float32)
+                th, tw = tile.shape[1:3]
+                ramp = mx.array(tile_ramp(th, tw, self.overlap * s, top > 0, left > 0,
+                                          top + size < h, left + size < w))[:, :, None]
+                ys, xs = slice(top * s, top * s + th), slice(left * s, left * s + tw)
+                out[:, ys, xs] += tile * ramp
+                weight[ys, xs] += ramp
+                mx.eval(out, weight)  # one tile at a time
+        return out / weight
+
+
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """First cells of the tiles along one side: every `stride`, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    return list(range(0, size - tile, stride)) + [size - tile]
+
+
+def tile_ramp(h: int, w: int, overlap: int, top: bool, left: bool, bottom: bool, right: bool) -> np.ndarray:
+    """float32 blend weights (h, w): rising over the overlap on the sides that have a neighbour."""
+
+    def axis(n: int, start: bool, end: bool) -> np.ndarray:
+        r = np.ones(n, dtype=np.float32)
+        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        if start:
+            r[:overlap] = ramp
+        if end:
+            r[n - overlap:] = np.minimum(r[n - overlap:], ramp[::-1])
+        return r
+
+    return axis(h, top, bottom)[:, None] * axis(w, left, right)[None, :]
 
 
 def mlx_layout(name: str, value: mx.array) -> mx.array:
