@@ -27,6 +27,7 @@ import ollimg
 from ollimg import api, config
 from ollimg.errors import AuthError, Busy, InvalidInput, OllimgError
 from ollimg.manifest import Store
+from ollimg.server.routes.common import openai_error, wire_message
 from ollimg.server.scheduler import Scheduler, process_factory
 
 log = logging.getLogger(__name__)
@@ -111,25 +112,13 @@ def error_response(path: str, e: OllimgError, param: str | None = None) -> JSONR
         headers["Retry-After"] = str(getattr(e, "retry_after", 5))
     elif not getattr(e, "retryable", False):
         headers["x-should-retry"] = "false"
-    message = e.message
-    tail = getattr(e, "stderr_tail", "")
-    if tail and tail.strip() not in message:
-        message = f"{message}\nruntime stderr (last lines):\n{tail.strip()[-2000:]}"
     if path.startswith("/v1"):
-        body = api.OpenAIError(error=api.OpenAIErrorBody(
-            message=message, type=_openai_type(status), param=param or getattr(e, "param", None), code=e.code,
-        ))
+        body = openai_error(e, status, param or getattr(e, "param", None))
     else:
-        body = api.Error(error=message, code=e.code)
+        body = api.Error(error=wire_message(e), code=e.code)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def _openai_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 429:
-        return "rate_limit_error"
-    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 async def _ollimg_error(request: Request, e: Exception) -> JSONResponse:
@@ -147,7 +136,7 @@ async def _validation_error(request: Request, e: Exception) -> JSONResponse:
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     field = ".".join(loc)
     message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
-    return error_response(request.url.path, InvalidInput(f"invalid request: {message}", code="invalid_value"), param=field or None)
+    return error_response(request.url.path, InvalidInput(f"invalid request: {message}"), param=field or None)
 
 
 async def _http_error(request: Request, e: Exception) -> JSONResponse:

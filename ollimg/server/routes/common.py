@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import Request
 
 from ollimg import api
-from ollimg.errors import OllimgError
+from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Model, Name, Store
 from ollimg.server.scheduler import Scheduler
 
@@ -34,8 +34,28 @@ def line(obj: Any) -> bytes:
     return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
 
+def wire_message(e: OllimgError) -> str:
+    """The message a client sees: with the runtime's stderr tail when there is one."""
+    tail = (getattr(e, "stderr_tail", "") or "").strip()
+    if tail and tail not in e.message:
+        return f"{e.message}\nruntime stderr (last lines):\n{tail[-2000:]}"
+    return e.message
+
+
 def error_line(e: OllimgError) -> bytes:
-    return line(api.Error(error=e.message, code=e.code))
+    return line(api.Error(error=wire_message(e), code=e.code))
+
+
+def openai_error(e: OllimgError, status: int, param: str | None = None) -> api.OpenAIError:
+    """OpenAI's error shape: type from the status, code `invalid_value` for bad input."""
+    if status == 401:
+        kind = "authentication_error"
+    elif status == 429:
+        kind = "rate_limit_error"
+    else:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+    code = "invalid_value" if isinstance(e, InvalidInput) and e.code == InvalidInput.code else e.code
+    return api.OpenAIError(error=api.OpenAIErrorBody(message=wire_message(e), type=kind, param=param, code=code))
 
 
 def now() -> str:

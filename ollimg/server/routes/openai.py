@@ -22,7 +22,7 @@ from ollimg.manifest import Model
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 from ollimg.server.jobs import Job
-from ollimg.server.routes.common import get_model, scheduler, store
+from ollimg.server.routes.common import get_model, openai_error, scheduler, store
 
 router = APIRouter(tags=["openai"])
 
@@ -116,7 +116,7 @@ def _model(request: Request, name: str | None) -> Model:
 
 
 def _invalid(message: str, param: str) -> InvalidInput:
-    e = InvalidInput(message, code="invalid_value")
+    e = InvalidInput(message)
     e.param = param
     return e
 
@@ -159,8 +159,7 @@ async def _events(job: Job, fmt: str, quality: str | None) -> AsyncIterator[byte
                     })
             elif kind == "error":
                 assert isinstance(value, OllimgError)
-                yield _sse("error", {"type": "error", "error": {
-                    "message": value.message, "type": "server_error", "param": None, "code": value.code,
-                }})
+                body = openai_error(value, value.http_status).model_dump()
+                yield _sse("error", {"type": "error", **body})
     finally:
         job.close()
