@@ -37,9 +37,9 @@ def _options(
 
 
 def _register() -> None:
-    from ollimg.cli import models
+    from ollimg.cli import create, models
 
-    for module in (models,):
+    for module in (create, models):
         module.register(app)
 
 
