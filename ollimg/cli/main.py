@@ -37,9 +37,9 @@ def _options(
 
 
 def _register() -> None:
-    from ollimg.cli import create, models
+    from ollimg.cli import create, login, models, pull, push
 
-    for module in (create, models):
+    for module in (create, models, pull, push, login):
         module.register(app)
 
 
