@@ -149,19 +149,20 @@ class ShowResponse(BaseModel):
     model_info: dict[str, Any] = Field(default_factory=dict, description="the config blob")
     tensors: int = 0
     files: list[str] = Field(default_factory=list)
+    info: dict[str, Any] = Field(default_factory=dict, description="what `ollimg show` prints (ollimg.models.info)")
 
 
 class CreateRequest(ModelRequest):
     from_: str = Field(alias="from", min_length=1, max_length=4096, description="a model directory or Hugging Face repo on the server's machine")
     quantize: Literal["fp8"] | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    dtype: Literal["bf16"] | None = None
     stream: bool = True
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 class PullRequest(ModelRequest):
-    insecure: bool = False
+    insecure: bool | None = Field(None, description="plain HTTP; default: only for loopback registries")
     stream: bool = True
 
 
@@ -175,12 +176,17 @@ class CopyRequest(BaseModel):
 
 
 class ProgressResponse(BaseModel):
-    """One NDJSON line of create, pull and push: `status`, and bytes `completed` of `total`."""
+    """One NDJSON line of create, pull and push: `status`, and bytes `completed` of `total`.
+
+    The last line is `{"status": "success"}`; after create and pull it also carries the model's
+    `digest`, `new_bytes` and `deduplicated_bytes`."""
 
     status: str
     digest: str | None = None
     total: int | None = None
     completed: int | None = None
+    new_bytes: int | None = None
+    deduplicated_bytes: int | None = None
 
 
 class VersionResponse(BaseModel):

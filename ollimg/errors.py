@@ -95,13 +95,6 @@ class Busy(OllimgError):
     http_status = 503
 
 
-class NotAvailable(OllimgError):
-    """A feature this installation lacks (a part not built in)."""
-
-    code = "not_available"
-    http_status = 501
-
-
 class ServerUnreachable(OllimgError):
     code = "server_unreachable"
     exit_code = 4

@@ -41,7 +41,7 @@ class SyncASGI(httpx.BaseTransport):
         self.thread.join(5)
 
 
-def fake_app(tmp_path, models=("tiny",), **sched_options):
+def fake_app(tmp_path, models=("tiny",), bind_host="127.0.0.1", **sched_options):
     """(app, store, scheduler, factory) with `models` stored and a fake runtime factory."""
     store = Store(tmp_path / "store")
     for name in models:
@@ -49,5 +49,5 @@ def fake_app(tmp_path, models=("tiny",), **sched_options):
     factory = FakeFactory(**{k: sched_options.pop(k) for k in ("load_delay", "step_delay") if k in sched_options})
     sched_options.setdefault("keep_alive", 60)
     scheduler = Scheduler(factory, free_memory=lambda: None, **sched_options)
-    app = create_app(scheduler, store, bind_host="127.0.0.1")
+    app = create_app(scheduler, store, bind_host=bind_host)
     return app, store, scheduler, factory

@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from ollimg.client import Client
-from ollimg.errors import Busy, InvalidInput, InvalidName, ModelNotFound, NotAvailable, RuntimeFailed, ServerUnreachable
+from ollimg.errors import Busy, InvalidInput, InvalidName, ModelNotFound, RuntimeFailed, ServerUnreachable
 from tests.unit.asgi import BASE, SyncASGI, fake_app
 
 
@@ -84,12 +84,6 @@ def test_load_failure_is_an_http_error_with_stderr(served):
     with pytest.raises(RuntimeFailed) as e:
         client.generate("tiny", "x")
     assert "bad weights" in str(e.value)
-
-
-def test_library_parts_missing_are_501(served):
-    client, _, _, _ = served
-    with pytest.raises(NotAvailable):
-        client.pull("tiny")
 
 
 def test_busy_is_rebuilt():

@@ -10,7 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ollimg import api
-from ollimg.errors import InvalidInput, NotAvailable, OllimgError
+from ollimg import models, registry
+from ollimg.create import create as create_model
+from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Name
 from ollimg.progress import Progress
 from ollimg.server.jobs import Job
@@ -62,7 +64,7 @@ def show(body: api.ShowRequest, request: Request) -> api.ShowResponse:
         details=details(model), capabilities=list(cfg.get("capabilities") or ["image"]),
         parameters=dict(cfg.get("defaults") or {}), license=str(cfg.get("license") or ""),
         description=str(cfg.get("description") or ""), model_info=cfg if body.verbose else {},
-        tensors=len(model.manifest.tensor_layers()), files=sorted(model.files()),
+        tensors=len(model.manifest.tensor_layers()), files=sorted(model.files()), info=models.info(model),
     )
 
 
@@ -70,35 +72,34 @@ def show(body: api.ShowRequest, request: Request) -> api.ShowResponse:
 async def delete(body: api.ModelRequest, request: Request) -> JSONResponse:
     name = Name.parse(_required(body))
     await scheduler(request).unload(key(name))
-    await asyncio.to_thread(_library("remove"), store(request), name)
+    await asyncio.to_thread(models.remove, store(request), [name])
     return JSONResponse({})
 
 
 @router.post("/api/copy", responses={200: {"description": "copied"}, **ERRORS})
 async def copy(body: api.CopyRequest, request: Request) -> JSONResponse:
     source, destination = Name.parse(body.source), Name.parse(body.destination)
-    await asyncio.to_thread(_library("copy"), store(request), source, destination)
+    await asyncio.to_thread(models.copy, store(request), source, destination)
     return JSONResponse({})
 
 
 @router.post("/api/create", response_model=api.ProgressResponse, responses=PROGRESS)
 async def create(body: api.CreateRequest, request: Request):
-    from_create = _import("ollimg.create", "create")
     call = functools.partial(
-        from_create, store(request), Name.parse(_required(body)), body.from_, quantize=body.quantize, dtype=body.dtype,
+        create_model, store(request), Name.parse(_required(body)), body.from_, quantize=body.quantize, dtype=body.dtype,
     )
     return await _progress(request, call, body.stream)
 
 
 @router.post("/api/pull", response_model=api.ProgressResponse, responses=PROGRESS)
 async def pull(body: api.PullRequest, request: Request):
-    call = functools.partial(_import("ollimg.registry", "pull"), store(request), Name.parse(_required(body)), insecure=body.insecure)
+    call = functools.partial(registry.pull, store(request), Name.parse(_required(body)), insecure=body.insecure)
     return await _progress(request, call, body.stream)
 
 
 @router.post("/api/push", response_model=api.ProgressResponse, responses=PROGRESS)
 async def push(body: api.PushRequest, request: Request):
-    call = functools.partial(_import("ollimg.registry", "push"), store(request), Name.parse(_required(body)), insecure=body.insecure)
+    call = functools.partial(registry.push, store(request), Name.parse(_required(body)), insecure=body.insecure)
     return await _progress(request, call, body.stream)
 
 
@@ -113,14 +114,15 @@ async def _progress(request: Request, call: Callable[..., Any], stream: bool):
     job = Job(request, work)
     try:
         first = await job.until("progress")  # errors so far leave with a real status
+        result = first[1] if first[0] == "done" else None
         if not stream and first[0] != "done":
-            await job.until("done")
+            _, result = await job.until("done")
     except BaseException:
         job.close()
         raise
     if not stream:
         job.close()
-        return JSONResponse({"status": "success"})
+        return JSONResponse(_success(result).model_dump(exclude_none=True))
     return StreamingResponse(_progress_lines(job, first), media_type=NDJSON)
 
 
@@ -135,9 +137,10 @@ async def _progress_lines(job: Job, first: tuple[str, Any]) -> AsyncIterator[byt
         async for kind, value in events():
             if kind == "progress":
                 assert isinstance(value, Progress)
-                yield line(value.to_json())
+                if value.status != "success":  # the final line says it, once
+                    yield line(value.to_json())
             elif kind == "done":
-                yield line({"status": "success"})
+                yield line(_success(value))
             elif kind == "error":
                 assert isinstance(value, OllimgError)
                 yield error_line(value)
@@ -145,22 +148,16 @@ async def _progress_lines(job: Job, first: tuple[str, Any]) -> AsyncIterator[byt
         job.close()
 
 
+def _success(result: Any) -> api.ProgressResponse:
+    """The last line: success, with the model's digest and byte counts when the operation returned a Model."""
+    return api.ProgressResponse(
+        status="success", digest=getattr(result, "digest", None),
+        new_bytes=getattr(result, "new_bytes", None), deduplicated_bytes=getattr(result, "deduplicated_bytes", None),
+    )
+
+
 def _required(body: api.ModelRequest) -> str:
     name = body.model_name()
     if not name:
         raise InvalidInput("model is required")
     return name
-
-
-def _import(module: str, attr: str) -> Callable[..., Any]:
-    """A library operation owned by another part; a clear 501 when this build lacks it."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        raise NotAvailable(f"{module}.{attr} is not available in this build of ollimg") from None
-
-
-def _library(op: str) -> Callable[..., Any]:
-    return _import("ollimg.library", op)
