@@ -2,14 +2,17 @@
 
 Native API (`/api/*`, ollama-like, NDJSON streams) and the OpenAI-compatible images API (`/v1/*`).
 Field constraints here are the validation the server applies and what its OpenAPI document says.
-Imports only pydantic.
+Imports pydantic and errors.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ollimg.errors import InvalidInput
 
 MAX_PROMPT = 32000
 MIN_SIZE, MAX_SIZE = 16, 4096
@@ -111,7 +114,8 @@ class RunningModel(BaseModel):
     expires_at: str | None = Field(description="null: stays loaded until stopped")
     size_vram: int
     processor: str = Field(description="CPU, CUDA or MLX")
-    busy: bool = False
+    busy: bool = Field(False, description="a generation is running")
+    pid: int | None = Field(None, description="the runtime process")
 
 
 class PsResponse(BaseModel):
@@ -258,3 +262,24 @@ class OpenAIErrorBody(BaseModel):
 
 class OpenAIError(BaseModel):
     error: OpenAIErrorBody
+
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    """`auto` (None, None: the model's default) or `WxH` with multiples of 16 from 16 to 4096."""
+    if size is None or size.strip().lower() == "auto":
+        return None, None
+    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*", size)
+    if not match:
+        raise _bad_size(f"Invalid size {size!r}: use WxH (such as 1024x1024) or auto.")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width % 16 or height % 16:
+        raise _bad_size(f"Invalid size {size!r}: width and height must be multiples of 16.")
+    if not (MIN_SIZE <= width <= MAX_SIZE and MIN_SIZE <= height <= MAX_SIZE):
+        raise _bad_size(f"Invalid size {size!r}: width and height must be from {MIN_SIZE} to {MAX_SIZE}.")
+    return width, height
+
+
+def _bad_size(message: str) -> InvalidInput:
+    e = InvalidInput(message)
+    e.param = "size"
+    return e

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from typing import Any, AsyncIterator
 
@@ -52,7 +51,7 @@ def models(request: Request) -> api.OpenAIModelList:
 )
 async def generations(body: api.ImageGenerationRequest, request: Request):
     model = _model(request, body.model)
-    width, height = parse_size(body.size)
+    width, height = api.parse_size(body.size)
     if body.response_format == "url":
         raise _invalid("response_format 'url' is not supported: ollimg returns images inline; use b64_json", "response_format")
     if body.background == "transparent":
@@ -85,21 +84,6 @@ async def generations(body: api.ImageGenerationRequest, request: Request):
         job.close()
         return JSONResponse(_response(result, fmt, body.quality).model_dump(exclude_none=True))
     return StreamingResponse(_events(job, fmt, body.quality), media_type=SSE, headers={"Cache-Control": "no-cache"})
-
-
-def parse_size(size: str | None) -> tuple[int | None, int | None]:
-    """`auto` (None: the model's default) or `WxH` with multiples of 16 from 16 to 4096."""
-    if size is None or size.strip().lower() == "auto":
-        return None, None
-    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*", size)
-    if not match:
-        raise _invalid(f"Invalid size {size!r}: use WxH (such as 1024x1024) or auto.", "size")
-    width, height = int(match.group(1)), int(match.group(2))
-    if width % 16 or height % 16:
-        raise _invalid(f"Invalid size {size!r}: width and height must be multiples of 16.", "size")
-    if not (api.MIN_SIZE <= width <= api.MAX_SIZE and api.MIN_SIZE <= height <= api.MAX_SIZE):
-        raise _invalid(f"Invalid size {size!r}: width and height must be from {api.MIN_SIZE} to {api.MAX_SIZE}.", "size")
-    return width, height
 
 
 def _model(request: Request, name: str | None) -> Model:
