@@ -13,9 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import OLLIMG, cli_env  # noqa: E402
-from synthetic_model import listing, make_big_model, make_model, set_dtype  # noqa: E402
+from tests.conftest import OLLIMG, cli_env  # noqa: E402
+from tests.synthetic_model import listing, make_big_model, make_model, set_dtype  # noqa: E402
 
 
 def ollimg(*args, check=True, **kwargs) -> subprocess.CompletedProcess:

@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from synthetic_model import listing, make_model  # noqa: E402
+from tests.synthetic_model import listing, make_model  # noqa: E402
 
 from ollimg import models  # noqa: E402
 from ollimg.create import create  # noqa: E402
