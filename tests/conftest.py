@@ -25,3 +25,12 @@ def cli_env(**extra: str) -> dict:
 
 
 OLLIMG = [sys.executable, "-m", "ollimg"]
+
+
+@pytest.fixture(scope="session")
+def tiny_zimage_dir(tmp_path_factory) -> Path:
+    """A tiny random Z-Image model (fp32) in the diffusers layout, built once per test session."""
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from make_tiny_zimage import make_tiny_zimage
+
+    return make_tiny_zimage(tmp_path_factory.mktemp("tiny-zimage") / "model", dtype="float32", seed=0)
