@@ -1,4 +1,4 @@
-"""One 128x128 image of the shipped shapes model at its defaults (8 steps, guidance 0) on the CPU:
+"""One 128x128 image (PNG encoding excluded) of the shipped shapes model at its defaults (8 steps, guidance 0) on the CPU:
 ollimg's torch backend, ollimg's MLX backend (if mlx imports) and diffusers' ZImagePipeline,
 measured in the same run. Median of --runs after one warm-up each.
 
@@ -21,14 +21,14 @@ from ollimg.models import builtin_models
 PROMPT = "a large red circle at the top left on a blue background"
 
 
-def median_seconds(fn, runs: int) -> float:
+def median_seconds(fn, runs: int) -> dict[str, float]:
     fn()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return {"median": round(statistics.median(times), 3), "min": round(min(times), 3)}
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     model = str(builtin_models()["shapes"])
     figures = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+               "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "load_average_before": os.getloadavg()}
 
     from ollimg.runtime import load
 
@@ -57,6 +57,7 @@ def main() -> None:
     gen = lambda: ref(PROMPT, height=128, width=128, num_inference_steps=8, guidance_scale=0.0,  # noqa: E731
                       generator=torch.Generator().manual_seed(0))
     figures["diffusers"] = median_seconds(gen, args.runs)
+    figures["load_average_after"] = os.getloadavg()  # other processes on the machine skew CPU figures
     print(json.dumps(figures, indent=2))
     if args.json:
         with open(args.json, "w") as f:
