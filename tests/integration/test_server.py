@@ -294,7 +294,7 @@ def test_load_and_unload_with_empty_prompt(server, runtime):
     assert server.ps() == []
 
 
-SLOW = {"prompt": "slow", "width": 512, "height": 512, "steps": 400}
+SLOW = {"prompt": "slow", "width": 1024, "height": 1024, "steps": 200}
 
 
 def _start_slow(server: Server):
