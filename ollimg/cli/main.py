@@ -52,7 +52,12 @@ def fail(message: str, code: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        # typer (non-standalone) returns the code of an Exit instead of raising; Ctrl-C comes back as 130
+        if type(code) is int and code == 130:
+            fail("interrupted", 130)
+        if type(code) is int and code != 0:
+            raise SystemExit(code)
     except click.exceptions.Exit as e:
         raise SystemExit(e.exit_code) from None
     except click.exceptions.Abort:

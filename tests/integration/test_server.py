@@ -345,6 +345,27 @@ def test_queue_overflow_is_503(server, runtime):
     assert queued_status["status"] == 200
 
 
+def test_cli_ctrl_c_cancels_on_the_server(server, runtime, tmp_path):
+    cmd = [*OLLIMG, "run", MODEL, "slow", "--size", "1024x1024", "--steps", "200"]
+    proc = subprocess.Popen(  # SIGINT as on a terminal, even when the test runner was started with it ignored
+        cmd, env=server.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 60
+    while not any(m["busy"] for m in server.ps()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    deadline = time.monotonic() + 20
+    while any(m["busy"] for m in server.ps()):  # the server cancelled the generation
+        assert time.monotonic() < deadline, "the generation kept running after Ctrl-C"
+        time.sleep(0.1)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_runtime_killed_mid_generation(server, runtime):
     client, response, lines, _ = _start_slow(server)
     [running] = server.ps()
