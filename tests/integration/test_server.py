@@ -87,8 +87,10 @@ def server(tmp_path_factory, tiny_zimage_dir):
     assert created.returncode == 0, created.stderr
     srv.start()
     yield srv
+    runtimes = [m["pid"] for m in srv.ps()]  # the last tests leave the model loaded
     srv.stop()
     assert srv.proc.returncode is not None
+    assert not [pid for pid in runtimes if pid_alive(pid)], "runtime processes outlived the server"
 
 
 @pytest.fixture
@@ -283,6 +285,12 @@ def test_keep_alive_expiry(server, runtime):
         time.sleep(0.2)
     assert server.ps() == []
     assert not pid_alive(pid)
+
+
+def test_serve_refuses_a_busy_port(server):
+    r = subprocess.run([*OLLIMG, "serve"], env=server.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "address already in use" in r.stderr.lower()
 
 
 def test_load_and_unload_with_empty_prompt(server, runtime):
