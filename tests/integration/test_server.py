@@ -87,7 +87,9 @@ def server(tmp_path_factory, tiny_zimage_dir):
     assert created.returncode == 0, created.stderr
     srv.start()
     yield srv
-    runtimes = [m["pid"] for m in srv.ps()]  # the last tests leave the model loaded
+    httpx.post(srv.url + "/api/generate", json={"model": MODEL}, timeout=120)  # at least one runtime to stop
+    runtimes = [m["pid"] for m in srv.ps()]
+    assert runtimes
     srv.stop()
     assert srv.proc.returncode is not None
     assert not [pid for pid in runtimes if pid_alive(pid)], "runtime processes outlived the server"
