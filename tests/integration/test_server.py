@@ -175,6 +175,16 @@ def test_v1_models(oai):
     assert MODEL + ":latest" in [m.id for m in oai.models.list()]
 
 
+def test_a1111_txt2img(server, runtime):
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", json={
+        "prompt": "a circle", "seed": 3, "steps": 2, "width": 30, "height": 40, "batch_size": 2, "cfg_scale": 0,
+    }, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [decode(i).size for i in body["images"]] == [(32, 48), (32, 48)]
+    assert json.loads(body["info"])["all_seeds"] == [3, 4]
+
+
 # -- raw HTTP: bad input -----------------------------------------------------------------------
 
 

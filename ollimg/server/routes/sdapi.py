@@ -199,7 +199,7 @@ def _model(request: Request, name: str | None) -> Model:
 
 
 def _round16(value: int | None) -> int | None:
-    return None if value is None else max(16, int(round(value / 16)) * 16)
+    return None if value is None else max(16, int(value / 16 + 0.5) * 16)  # half up, as people expect
 
 
 def _infotext(body: Txt2ImgRequest, result, seed: int, name: str) -> str:
