@@ -8,6 +8,7 @@ same pydantic models, covered here through the other operations and in the regis
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,3 +53,4 @@ def test_openapi_lists_every_route():
 def _close_scheduler():
     yield
     asyncio.run(scheduler.close())
+    shutil.rmtree(_tmp, ignore_errors=True)
