@@ -7,10 +7,11 @@ then times, in the same run, round by round:
   cp -r SRC DST && sync    the copy made durable (create fsyncs every blob)
   sha256sum FILES          coreutils hashing alone
   ollimg create NAME -f SRC   through the real CLI, into an empty store each round
-Each is run "warm" (source in the page cache) and, when /proc/sys/vm/drop_caches is writable,
-"cold" (sync + drop caches first). Prints the medians and the ratios to cp.
+Each is run "warm" (source read into the page cache first) and, with --cold when
+/proc/sys/vm/drop_caches is writable, "cold" (sync + drop caches first). The destination is
+emptied and synced before every run. Prints medians, ratios to cp, and CPU seconds (user+sys).
 
-    python bench/create_bench.py [--gb 2.2] [--rounds 3] [--dir /work/tmp] [--fp8]
+    python bench/create_bench.py [--gb 2.2] [--rounds 3] [--dir /work/tmp] [--fp8] [--cold]
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default=None, help="work dir (same disk as the store); default: a temp dir")
     parser.add_argument("--fp8", action="store_true", help="also time create --quantize fp8 --dtype bf16")
+    parser.add_argument("--cold", action="store_true", help="also run each cold: sync + drop the page cache (root; affects the whole machine)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ollimg-bench-", dir=args.dir))
     try:
@@ -130,7 +132,7 @@ def main() -> None:
         print(f"model: {total / 1e9:.2f} GB in {sum(1 for p in src.rglob('*') if p.is_file())} files at {src}")
         env = dict(os.environ, PYTHONPATH=str(ROOT), OLLIMG_MODELS=str(work / "store"))
         files = " ".join(str(p) for p in sorted(src.rglob("*")) if p.is_file())
-        can_drop = drop_caches()
+        can_drop = args.cold and drop_caches()
         peers = {
             "cp -r": f"cp -r {src} {work}/copy",
             "cp -r + sync": f"cp -r {src} {work}/copy && sync",
