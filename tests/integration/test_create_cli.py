@@ -205,3 +205,15 @@ def test_two_concurrent_creates_both_succeed(tmp_path, store_dir):
     assert names == {"a:latest", "a2:latest", "b:latest"}
     assert "all good" in ollimg("verify").stdout
     assert "removed 0 unused blobs" in ollimg("prune").stdout
+
+
+def test_verify_fix_deletes_a_corrupt_blob_and_create_restores_it(tmp_path, store_dir):
+    src = make_model(tmp_path / "m")
+    ollimg("create", "a", "-f", str(src))
+    blob = max((store_dir / "blobs").iterdir(), key=lambda p: p.stat().st_size)
+    blob.write_bytes(b"\0" * blob.stat().st_size)
+    assert_one_error_line(ollimg("verify", check=False), 1, "run ollimg verify --fix, then re-create or pull: a:latest")
+    assert_one_error_line(ollimg("verify", "--fix", check=False), 1, "1 corrupt ones deleted")
+    assert not blob.exists()
+    ollimg("create", "a", "-f", str(src))
+    assert "all good" in ollimg("verify").stdout
