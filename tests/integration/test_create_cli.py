@@ -217,3 +217,23 @@ def test_verify_fix_deletes_a_corrupt_blob_and_create_restores_it(tmp_path, stor
     assert not blob.exists()
     ollimg("create", "a", "-f", str(src))
     assert "all good" in ollimg("verify").stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_create_exits_130_and_removes_what_it_wrote(tmp_path, store_dir):
+    ollimg("create", "good", "-f", str(make_model(tmp_path / "good")))
+    before = listing(store_dir)
+    big = make_big_model(tmp_path / "big", tensors=96, tensor_bytes=4 << 20)
+    proc = subprocess.Popen([*OLLIMG, "create", "big", "-f", str(big)], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    blobs = store_dir / "blobs"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len([p for p in blobs.iterdir() if p.stat().st_size > 4 << 20]) >= 3:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines() == ["Error: interrupted"]
+    assert listing(store_dir) == before
