@@ -322,3 +322,38 @@ def test_invalid_name_and_options_are_refused(store, model_dir):
     with pytest.raises(Exception, match="--quantize"):
         create(store, "x", model_dir, quantize="int3")
     assert listing(store.root) == []
+
+
+def test_legacy_ollama_manifest_fields_are_read(store, tmp_path):
+    import numpy as np
+
+    from ollimg.blobs import tensor_blob_header
+
+    data = np.arange(6, dtype=np.float32)
+    digest = store.blobs.put_bytes(tensor_blob_header("F32", (2, 3)) + data.tobytes())
+    config = store.blobs.put_bytes(b"{}")
+    size = store.blobs.path(digest).stat().st_size
+    raw = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": 2},
+        "layers": [{"mediaType": "application/vnd.ollama.image.tensor", "digest": digest, "size": size,
+                    "name": "transformer/x.weight", "dtype": "F32", "shape": [2, 3]}],
+    }).encode()
+    model = store.put_manifest(Name.parse("old"), raw)
+    layer = model.manifest.layers[0]
+    assert (layer.title, layer.dtype, layer.shape, layer.is_tensor) == ("transformer/x.weight", "F32", (2, 3), True)
+    ref = model.tensors("transformer/")["transformer/x.weight"]
+    assert ref.shape == (2, 3) and store.blobs.path(digest).read_bytes()[ref.offset:] == data.tobytes()
+    assert models.verify(store, Name.parse("old")).ok
+
+
+def test_put_manifest_refuses_a_missing_blob(store):
+    from ollimg.errors import StoreError
+
+    config = store.blobs.put_bytes(b"{}")
+    raw = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": CONFIG_TYPE, "digest": config, "size": 2},
+                      "layers": [{"mediaType": FILE_TYPE, "digest": "sha256:" + "0" * 64, "size": 5}]}).encode()
+    with pytest.raises(StoreError, match="missing"):
+        store.put_manifest(Name.parse("x"), raw)
+    assert store.models() == []
