@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     _register()
     try:
         code = app(args=argv, standalone_mode=False)
-        # typer (non-standalone) returns the code of an Exit instead of raising; Ctrl-C comes back as 130
-        if type(code) is int and code == 130:
+        # Outside standalone mode typer returns an exit code instead of raising: Ctrl-C gives 130
+        # (typer turns KeyboardInterrupt into Exit(130)), `raise typer.Exit(n)` gives n.
+        if code == 130:
             fail("interrupted", 130)
-        if type(code) is int and code != 0:
+        if isinstance(code, int) and code:
             raise SystemExit(code)
     except click.exceptions.Exit as e:
         raise SystemExit(e.exit_code) from None

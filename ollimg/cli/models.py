@@ -146,19 +146,23 @@ def prune_command() -> None:
 
 def verify_command(
     name: str = typer.Argument(None, help="Model name; all blobs of the store when left out."),
+    fix: bool = typer.Option(False, "--fix", help="Delete corrupt blobs so that a new create or pull rewrites them."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Re-hash blobs and report any that are missing or do not match their digest."""
     parsed = Name.parse(name) if name else None
     with byte_bar(transient=True) as bar:
         task = bar.add_task("verifying", total=None)
-        result = models.verify(Store(), parsed, lambda p: bar.update(task, completed=p.completed, total=p.total))
+        result = models.verify(Store(), parsed, lambda p: bar.update(task, completed=p.completed, total=p.total), fix)
     if as_json:
-        typer.echo(json.dumps({"ok": result.ok, "blobs": result.blobs, "bytes": result.bytes, "bad": result.bad}))
+        typer.echo(json.dumps({"ok": result.ok, "blobs": result.blobs, "bytes": result.bytes, "bad": result.bad,
+                               "affected": result.affected, "removed": result.removed}))
     else:
         for line in result.bad:
             typer.echo(line)
         typer.echo(f"checked {result.blobs} blobs ({human_bytes(result.bytes)}): "
                    + ("all good" if result.ok else f"{len(result.bad)} bad"))
     if not result.ok:
-        raise DigestMismatch(f"{len(result.bad)} blobs are missing or corrupt; re-create or pull the models that use them")
+        what = f"{len(result.bad)} blobs are missing or corrupt" + (f" ({result.removed} corrupt ones deleted)" if fix else "")
+        todo = "re-create or pull" if fix or result.removed else "run ollimg verify --fix, then re-create or pull"
+        raise DigestMismatch(f"{what}; {todo}: {', '.join(result.affected) or 'no model uses them'}")
