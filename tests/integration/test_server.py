@@ -353,7 +353,10 @@ def test_queue_overflow_is_503(server, runtime):
     waiter = threading.Thread(target=queued)
     waiter.start()
     try:
-        time.sleep(1.0)  # the second request is waiting now: the queue (OLLIMG_MAX_QUEUE=1) is full
+        deadline = time.monotonic() + 30
+        while server.ps()[0]["waiting"] < 1:  # then the queue (OLLIMG_MAX_QUEUE=1) is full
+            assert time.monotonic() < deadline, "the second request never queued"
+            time.sleep(0.05)
         r = httpx.post(server.url + "/v1/images/generations", json={"model": MODEL, "prompt": "x", "size": "16x16"}, timeout=60)
         assert r.status_code == 503, r.text
         assert int(r.headers["retry-after"]) >= 1

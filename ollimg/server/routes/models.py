@@ -51,7 +51,7 @@ def ps(request: Request) -> api.PsResponse:
             name=r.model.name.display(), model=r.model.name.display(), size=r.size, digest=r.model.digest,
             details=details(r.model), expires_at=iso(r.expires_at),
             size_vram=0 if processor == "CPU" else r.size, processor=processor, busy=r.busy,
-            pid=getattr(rt, "pid", None),
+            waiting=max(0, r.users - r.busy), pid=getattr(rt, "pid", None),
         ))
     return api.PsResponse(models=models)
 
