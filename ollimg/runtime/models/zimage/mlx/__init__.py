@@ -77,6 +77,7 @@ def build(backend, config: ZImageConfig, source: ModelSource) -> Components:
     text_encoder = _load(backend, TextEncoder(config.text_encoder), te_refs, f"{where}: text_encoder")
     transformer = _load(backend, ZImageTransformer(config.transformer), dit_refs, f"{where}: transformer")
     vae = _load(backend, VAE(config.vae), vae_refs, f"{where}: vae", layout=mlx_layout)
+    transformer.compiled = backend.compile
     vae_config = config.vae
 
     def encode(ids: list[np.ndarray]) -> list[mx.array]:
