@@ -71,7 +71,8 @@ class Pipeline:
         `on_preview(step, rgb_uint8 [n, h/8, w/8, 3])` is called at `previews` evenly spaced steps.
         """
         d = self.defaults
-        width, height = width or d.width, height or d.height
+        width = d.width if width is None else width
+        height = d.height if height is None else height
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else float(guidance)
         cfg_truncation = d.cfg_truncation if cfg_truncation is None else float(cfg_truncation)
