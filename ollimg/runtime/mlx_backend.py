@@ -85,7 +85,7 @@ class MlxBackend:
                 if name is None:
                     continue
                 tensor = stored[inner]
-                if ref.dtype != "F8_E4M3" and not name.endswith("_scale"):
+                if ref.dtype != "F8_E4M3" and not name.endswith("_scale") and tensor.dtype != dtype:
                     tensor = tensor.astype(dtype)
                 out[name] = tensor
         return out

@@ -35,8 +35,12 @@ def set_weights(module: nn.Module, tensors: dict[str, mx.array], component: str,
                 f"{component}: weight {name!r} has shape {tuple(value.shape)}, "
                 f"expected {tuple(expected[name].shape)}"
             )
-    module.load_weights([(k, v.astype(dtype)) for k, v in tensors.items()], strict=True)
-    mx.eval(module.parameters())
+    cast = []
+    for name, value in tensors.items():
+        value = value if value.dtype == dtype else value.astype(dtype)
+        mx.eval(value)  # one tensor at a time: the stored and the converted copy never all coexist
+        cast.append((name, value))
+    module.load_weights(cast, strict=True)
 
 
 def dequantize(tensors: dict[str, mx.array], dtype: mx.Dtype) -> dict[str, mx.array]:
