@@ -21,6 +21,7 @@ import numpy as np
 
 from ollimg.runtime.models.zimage import layout
 
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
