@@ -29,6 +29,9 @@ SETTINGS = [
     Setting("OLLIMG_HOST", f"127.0.0.1:{DEFAULT_PORT}", "address the server listens on and clients call; 0.0.0.0 must be explicit"),
     Setting("OLLIMG_MODELS", "<user data dir>/models", "model store root"),
     Setting("OLLIMG_REGISTRY", DEFAULT_REGISTRY, "registry host for names without one"),
+    Setting("OLLIMG_REGISTRY_USER", "", "registry user name for pull/push (with OLLIMG_REGISTRY_PASSWORD); overrides `ollimg login`"),
+    Setting("OLLIMG_REGISTRY_PASSWORD", "", "registry password or token for OLLIMG_REGISTRY_USER"),
+    Setting("OLLIMG_REGISTRY_CONCURRENCY", "8", "blobs (and byte ranges of large blobs) transferred at once by pull/push"),
     Setting("OLLIMG_KEEP_ALIVE", "5m", "how long a model stays loaded after use; 0 unloads at once, negative keeps it forever"),
     Setting("OLLIMG_MAX_LOADED_MODELS", "3", "most models loaded at once"),
     Setting("OLLIMG_MAX_QUEUE", "64", "most requests waiting per server before 503"),
@@ -56,6 +59,24 @@ def models_dir() -> Path:
 
 def registry_host() -> str:
     return _env("OLLIMG_REGISTRY") or DEFAULT_REGISTRY
+
+
+def registry_credentials() -> tuple[str, str] | None:
+    """(user, password) from OLLIMG_REGISTRY_USER/PASSWORD when both are set."""
+    user, password = _env("OLLIMG_REGISTRY_USER"), os.environ.get("OLLIMG_REGISTRY_PASSWORD", "")
+    return (user, password) if user and password else None
+
+
+def credentials_file() -> Path:
+    """Where `ollimg login` keeps registry credentials (mode 0600)."""
+    return data_dir() / "registry-credentials.json"
+
+
+def registry_concurrency() -> int:
+    value = _int("OLLIMG_REGISTRY_CONCURRENCY", 8)
+    if not 1 <= value <= 64:
+        raise InvalidInput(f"OLLIMG_REGISTRY_CONCURRENCY={value}: use a number from 1 to 64")
+    return value
 
 
 def host() -> tuple[str, int]:

@@ -244,6 +244,34 @@ class BlobStore:
     def writer(self, expected: str | None = None, expected_size: int | None = None) -> BlobWriter:
         return BlobWriter(self, expected, expected_size)
 
+    def partial_path(self, digest: str) -> Path:
+        """The stable temp file a resumable download of `digest` fills; a later run continues it."""
+        return self.root / (".tmp-partial-sha256-" + check_digest(digest).split(":", 1)[1])
+
+    def adopt(self, path: Path, expected: str, expected_size: int) -> str:
+        """Verify a fully written temp file (hash and size), fsync it and rename it into place.
+
+        A mismatch deletes the file and raises DigestMismatch.
+        """
+        path = Path(path)
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e}") from None
+        digest = "sha256:" + h.hexdigest()
+        if digest != check_digest(expected) or size != expected_size:
+            path.unlink(missing_ok=True)
+            raise DigestMismatch(f"blob digest mismatch: expected {expected} ({expected_size} bytes), got {digest} ({size} bytes)")
+        os.replace(path, self.path(digest))
+        fsync_dir(self.root)
+        return digest
+
     def put_bytes(self, data: bytes, expected: str | None = None) -> str:
         with self.writer(expected) as w:
             w.write(data)

@@ -255,3 +255,20 @@ def test_missing_weight_and_missing_config_key_are_invalid_model(tiny_zimage_dir
 
     with pytest.raises(InvalidModel, match="required key 'n_layers' is missing"):
         load(_copy_with(tiny_zimage_dir, tmp_path / "b", drop_key), backend="torch", device="cpu")
+
+
+def test_text_features_equal_transformers_hidden_state_before_last_layer(ours, reference):
+    prompts = ["a cat", "an astronaut riding a horse on the moon, 東京"]
+    ids = ours.tokenizer.encode(prompts, 512)
+    feats = ours.components.encode(ids)
+    texts = [reference.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                     add_generation_prompt=True, enable_thinking=True) for p in prompts]
+    batch = reference.tokenizer(texts, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    mask = batch.attention_mask.bool()
+    with torch.no_grad():
+        hidden = reference.text_encoder(input_ids=batch.input_ids, attention_mask=mask,
+                                        output_hidden_states=True).hidden_states[-2]
+    for i, f in enumerate(feats):
+        expected = hidden[i][mask[i]]
+        assert f.shape == expected.shape
+        torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())

@@ -1,0 +1,26 @@
+"""`ollimg pull NAME`: a model from its registry into the local store."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ollimg.cli.transfer import TransferDisplay
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pull")
+    def pull_command(
+        name: str = typer.Argument(..., help="Model name: host:port/namespace/model:tag, or a shorter form"),
+        insecure: bool = typer.Option(False, "--insecure", help="Use plain HTTP (automatic for loopback hosts)."),
+        concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, max=64,
+                                                  help="Blobs transferred at once (default: OLLIMG_REGISTRY_CONCURRENCY, 8)."),
+        json_output: bool = typer.Option(False, "--json", help="Progress as NDJSON lines on stdout."),
+    ) -> None:
+        """Pull a model from a registry; an interrupted pull resumes where it stopped."""
+        from ollimg.manifest import Store
+        from ollimg.registry import pull
+
+        with TransferDisplay("pulling", json_output) as display:
+            pull(Store(), name, insecure=insecure or None, concurrency=concurrency, on_progress=display)

@@ -1,0 +1,29 @@
+"""Running transfer jobs on a bounded number of threads, stopping all of them at the first failure."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Callable
+
+from ollimg.errors import Cancelled
+
+
+def run_all(jobs: list[Callable[[], None]], workers: int, stop: threading.Event) -> None:
+    """Runs `jobs` on up to `workers` threads. The first failure sets `stop` (jobs poll it), cancels
+    the jobs not yet started, waits for the running ones and is raised."""
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="ollimg-transfer") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # also on KeyboardInterrupt in the waiting thread
+            if stop.is_set() or any(f.done() and f.exception() for f in futures) or not all(f.done() for f in futures):
+                stop.set()
+                for f in futures:
+                    f.cancel()
+    errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+    if errors:
+        real = [e for e in errors if not isinstance(e, Cancelled)]
+        raise (real or errors)[0]
