@@ -174,6 +174,12 @@ class PushRequest(PullRequest):
     pass
 
 
+class DeleteResponse(BaseModel):
+    deleted: list[str] = Field(description="display names removed")
+    blobs: int = Field(description="blobs no other model used, now removed")
+    bytes: int = Field(description="bytes freed")
+
+
 class CopyRequest(BaseModel):
     source: str = Field(min_length=1, max_length=500)
     destination: str = Field(min_length=1, max_length=500)

@@ -69,12 +69,12 @@ def show(body: api.ShowRequest, request: Request) -> api.ShowResponse:
     )
 
 
-@router.delete("/api/delete", responses={200: {"description": "deleted"}, **ERRORS})
-async def delete(body: api.ModelRequest, request: Request) -> JSONResponse:
+@router.delete("/api/delete", response_model=api.DeleteResponse, responses=ERRORS)
+async def delete(body: api.ModelRequest, request: Request) -> api.DeleteResponse:
     name = Name.parse(_required(body))
     await scheduler(request).unload(key(name))
-    await asyncio.to_thread(models.remove, store(request), [name])
-    return JSONResponse({})
+    removed = await asyncio.to_thread(models.remove, store(request), [name])
+    return api.DeleteResponse(deleted=removed.names, blobs=removed.blobs, bytes=removed.bytes)
 
 
 @router.post("/api/copy", responses={200: {"description": "copied"}, **ERRORS})
