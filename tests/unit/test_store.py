@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.synthetic_model import listing, make_model  # noqa: E402
+from tests.synthetic_model import listing, make_model
 
-from ollimg import models  # noqa: E402
-from ollimg.create import create  # noqa: E402
-from ollimg.errors import InvalidModel, InvalidName, ModelNotFound  # noqa: E402
-from ollimg.manifest import Manifest, Name, Store  # noqa: E402
-from ollimg.manifest.manifest import CONFIG_TYPE, FILE_TYPE, TENSOR_TYPE  # noqa: E402
+from ollimg import models
+from ollimg.create import create
+from ollimg.errors import InvalidModel, InvalidName, ModelNotFound
+from ollimg.manifest import Manifest, Name, Store
+from ollimg.manifest.manifest import CONFIG_TYPE, FILE_TYPE, TENSOR_TYPE
 
 
 @pytest.fixture
