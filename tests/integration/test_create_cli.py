@@ -1,11 +1,9 @@
 """`ollimg create` and the store commands through the real CLI (subprocesses), bad input included."""
 
 import json
-import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,8 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.conftest import OLLIMG, cli_env  # noqa: E402
-from tests.synthetic_model import listing, make_big_model, make_model, set_dtype  # noqa: E402
+from tests.conftest import OLLIMG, cli_env
+from tests.synthetic_model import listing, make_big_model, make_model, set_dtype
 
 
 def ollimg(*args, check=True, **kwargs) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.synthetic_model import listing, make_model  # noqa: E402
+from tests.synthetic_model import listing, make_model
 
-from ollimg import models  # noqa: E402
-from ollimg.create import create  # noqa: E402
-from ollimg.errors import InvalidModel, InvalidName, ModelNotFound  # noqa: E402
-from ollimg.manifest import Manifest, Name, Store  # noqa: E402
-from ollimg.manifest.manifest import CONFIG_TYPE, FILE_TYPE, TENSOR_TYPE  # noqa: E402
+from ollimg import models
+from ollimg.create import create, read_source
+from ollimg.errors import InvalidModel, InvalidName, ModelNotFound
+from ollimg.manifest import Manifest, Name, Store
+from ollimg.manifest.manifest import CONFIG_TYPE, FILE_TYPE, TENSOR_TYPE
 
 
 @pytest.fixture
@@ -357,3 +356,24 @@ def test_put_manifest_refuses_a_missing_blob(store):
     with pytest.raises(StoreError, match="missing"):
         store.put_manifest(Name.parse("x"), raw)
     assert store.models() == []
+
+
+def test_progress_reports_every_tensor_byte_in_order(store, model_dir):
+    seen = []
+    create(store, "p", model_dir, on_progress=seen.append)
+    importing = [p for p in seen if p.status.startswith("importing")]
+    total = sum(ref.nbytes for ref in read_source(model_dir).tensors.values())
+    assert importing and all(p.total == total for p in importing)
+    assert [p.completed for p in importing] == sorted(p.completed for p in importing)
+    assert importing[-1].completed == total
+    assert seen[-1].status == "success"
+
+
+def test_create_over_an_existing_name_replaces_it_and_prune_frees_the_old_blobs(store, tmp_path, model_dir):
+    old = create(store, "m", model_dir)
+    new = create(store, "m", make_model(tmp_path / "other", seed=5))
+    assert [m.name.display() for m in store.models()] == ["m:latest"]
+    assert store.get(Name.parse("m")).digest == new.digest != old.digest
+    only_old = {d.digest for d in old.manifest.blobs()} - {d.digest for d in new.manifest.blobs()}
+    assert only_old and models.prune(store).blobs == len(only_old)
+    assert models.verify(store).ok

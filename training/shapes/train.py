@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.shapes import data, model as model_mod, tokenizer as tokenizer_mod
+from training.shapes import data, fast_dit, model as model_mod, tokenizer as tokenizer_mod
 from training.shapes.check import score, summarize
 from training.shapes.world import heldout_specs
 
@@ -81,17 +81,28 @@ def latent_stats(vae, args, device) -> tuple[float, float]:
     return float(z.mean()), float(1.0 / z.std())
 
 
-def encode_captions(tok, te, captions: list[str], device) -> list[torch.Tensor]:
-    """hidden_states[-2] of the text encoder, one (n_tokens, D) tensor per caption."""
-    texts = [
-        tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False,
-                                add_generation_prompt=True, enable_thinking=True)
-        for c in captions
-    ]
-    enc = tok(texts, padding="longest", truncation=True, max_length=512, return_tensors="pt")
-    ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)
-    hidden = te.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
-    return [hidden[i][mask[i].bool()] for i in range(len(captions))]
+TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def check_template(tok) -> None:
+    """Our f-string is what the pipeline's apply_chat_template renders."""
+    caption = "a large red circle at the top left on a blue background"
+    rendered = tok.apply_chat_template([{"role": "user", "content": caption}], tokenize=False,
+                                       add_generation_prompt=True, enable_thinking=True)
+    assert rendered == TEMPLATE.format(caption), rendered
+
+
+def encode_captions(bpe, te, captions: list[str], device) -> tuple[torch.Tensor, list[int]]:
+    """hidden_states[-2] of the text encoder (B, L, D) and each caption's token count."""
+    encs = bpe.encode_batch([TEMPLATE.format(c) for c in captions])
+    lens = [len(e.ids) for e in encs]
+    pad = bpe.token_to_id("<|endoftext|>")
+    ids = torch.full((len(encs), max(lens)), pad, dtype=torch.long)
+    for i, e in enumerate(encs):
+        ids[i, : lens[i]] = torch.tensor(e.ids)
+    mask = (torch.arange(ids.shape[1])[None] < torch.tensor(lens)[:, None]).long()
+    out = te.model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+    return out.hidden_states[-2], lens
 
 
 def sample_sigmas(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -105,7 +116,7 @@ def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float
     torch._foreach_lerp_(ema, params, 1 - decay)
 
 
-def train_dit(tok, te, dit, vae, shift, scale, args, device) -> None:
+def train_dit(bpe, te, dit, vae, shift, scale, args, device) -> None:
     params = list(dit.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
@@ -123,9 +134,8 @@ def train_dit(tok, te, dit, vae, shift, scale, args, device) -> None:
         xt = (1 - sigma) * x0 + sigma * noise
         t = 1 - sigma.flatten()
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            caps = encode_captions(tok, te, captions, device)
-            out = dit(list(xt.unsqueeze(2)), t, caps, return_dict=False)[0]
-        pred = torch.stack([o.float() for o in out]).squeeze(2)
+            caps, lens = encode_captions(bpe, te, captions, device)
+            pred = fast_dit.forward(dit, xt, t, caps, lens).float()
         loss = F.mse_loss(pred, x0 - noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,6 +144,9 @@ def train_dit(tok, te, dit, vae, shift, scale, args, device) -> None:
         ema_update(ema, [p.detach() for p in params], min(args.ema, (1 + step) / (10 + step)))
         if step % 100 == 0 or step == args.dit_steps - 1:
             log(f"dit step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+        if time.time() - start > args.max_dit_seconds:  # a guard for the GPU lease, not the plan
+            log(f"dit stopped at step {step}: over --max-dit-seconds")
+            break
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
@@ -166,14 +179,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--vae-batch", type=int, default=64)
     parser.add_argument("--vae-lr", type=float, default=5e-4)
     parser.add_argument("--kl-weight", type=float, default=1e-6)
-    parser.add_argument("--dit-steps", type=int, default=3000)
+    parser.add_argument("--dit-steps", type=int, default=2600)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--max-dit-seconds", type=float, default=float("inf"))
     parser.add_argument("--eval-steps", type=int, nargs="*", default=[8])
     args = parser.parse_args()
 
@@ -191,6 +205,9 @@ def main() -> None:
     tok_dir = args.out / "tokenizer"
     tokenizer_mod.save(bpe, tok_dir)
     tok = AutoTokenizer.from_pretrained(tok_dir)
+    check_template(tok)
+    probe = TEMPLATE.format("two small yellow squares on a black background")
+    assert bpe.encode(probe).ids == tok(probe).input_ids
     vae = model_mod.build_vae().to(device)
     te = model_mod.build_text_encoder(len(tok)).to(device)
     dit = model_mod.build_transformer().to(device)
@@ -205,7 +222,7 @@ def main() -> None:
     for p in vae.parameters():
         p.requires_grad_(False)
 
-    train_dit(tok, te, dit, vae, vae.config.shift_factor, vae.config.scaling_factor, args, device)
+    train_dit(bpe, te, dit, vae, vae.config.shift_factor, vae.config.scaling_factor, args, device)
     t_total = time.time() - t0
     log(f"training done in {t_total:.0f}s")
 
