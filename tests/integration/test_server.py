@@ -314,7 +314,7 @@ def test_load_and_unload_with_empty_prompt(server, runtime):
     assert server.ps() == []
 
 
-SLOW = {"prompt": "slow", "width": 1024, "height": 1024, "steps": 200}
+SLOW = {"prompt": "slow", "width": 512, "height": 512, "steps": 200}
 
 
 def _start_slow(server: Server):
@@ -369,7 +369,7 @@ def test_queue_overflow_is_503(server, runtime):
 
 
 def test_cli_ctrl_c_cancels_on_the_server(server, runtime, tmp_path):
-    cmd = [*OLLIMG, "run", MODEL, "slow", "--size", "1024x1024", "--steps", "200"]
+    cmd = [*OLLIMG, "run", MODEL, "slow", "--size", "512x512", "--steps", "200"]
     proc = subprocess.Popen(  # SIGINT as on a terminal, even when the test runner was started with it ignored
         cmd, env=server.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
