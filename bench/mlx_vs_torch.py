@@ -2,7 +2,7 @@
 
     python bench/mlx_vs_torch.py [--repeats 5] [--size 64] [--steps 4] [--model PATH_OR_NAME ...]
 
-For each model (the tiny fixture model, built here, plus any --model; `ollimg/models/shapes` is
+For each model (the tiny fixture model, built here, plus any --model; `ollimg/builtin/shapes` is
 added when it exists) it loads the torch backend and the MLX backend (eager, and with the
 denoising step under mx.compile) in fp32 on the CPU, warms each up once (mx.compile traces and
 JIT-compiles there), then runs `generate` --repeats times, interleaving the backends so that
