@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from ollimg.models import builtin_models
+from ollimg.builtin import builtin_models
 
 PROMPT = "a large red circle at the top left on a blue background"
 

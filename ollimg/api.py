@@ -115,6 +115,7 @@ class RunningModel(BaseModel):
     size_vram: int
     processor: str = Field(description="CPU, CUDA or MLX")
     busy: bool = Field(False, description="a generation is running")
+    waiting: int = Field(0, description="requests queued for this model")
     pid: int | None = Field(None, description="the runtime process")
 
 
@@ -172,6 +173,12 @@ class PullRequest(ModelRequest):
 
 class PushRequest(PullRequest):
     pass
+
+
+class DeleteResponse(BaseModel):
+    deleted: list[str] = Field(description="display names removed")
+    blobs: int = Field(description="blobs no other model used, now removed")
+    bytes: int = Field(description="bytes freed")
 
 
 class CopyRequest(BaseModel):

@@ -79,29 +79,35 @@ class Client:
     def show(self, model: str, verbose: bool = False) -> api.ShowResponse:
         return api.ShowResponse.model_validate(self._request("POST", "/api/show", json={"model": model, "verbose": verbose}))
 
-    def delete(self, model: str) -> None:
-        self._request("DELETE", "/api/delete", json={"model": model})
+    def delete(self, model: str) -> api.DeleteResponse:
+        return api.DeleteResponse.model_validate(self._request("DELETE", "/api/delete", json={"model": model}))
 
     def copy(self, source: str, destination: str) -> None:
         self._request("POST", "/api/copy", json={"source": source, "destination": destination})
 
     def create(self, model: str, source: str, *, quantize: str | None = None, dtype: str | None = None,
-               on_progress: OnProgress | None = None) -> None:
+               on_progress: OnProgress | None = None) -> api.ProgressResponse:
+        """Imports `source` (a path on the server's machine); the result carries digest and byte counts."""
         body = {"model": model, "from": source, "quantize": quantize, "dtype": dtype}
-        self._progress("/api/create", body, on_progress)
+        return self._progress("/api/create", body, on_progress)
 
-    def pull(self, model: str, *, insecure: bool = False, on_progress: OnProgress | None = None) -> None:
-        self._progress("/api/pull", {"model": model, "insecure": insecure}, on_progress)
+    def pull(self, model: str, *, insecure: bool | None = None, on_progress: OnProgress | None = None) -> api.ProgressResponse:
+        return self._progress("/api/pull", {"model": model, "insecure": insecure}, on_progress)
 
-    def push(self, model: str, *, insecure: bool = False, on_progress: OnProgress | None = None) -> None:
-        self._progress("/api/push", {"model": model, "insecure": insecure}, on_progress)
+    def push(self, model: str, *, insecure: bool | None = None, on_progress: OnProgress | None = None) -> api.ProgressResponse:
+        return self._progress("/api/push", {"model": model, "insecure": insecure}, on_progress)
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _progress(self, path: str, body: dict, on_progress: OnProgress | None) -> None:
+    def _progress(self, path: str, body: dict, on_progress: OnProgress | None) -> api.ProgressResponse:
+        last = None
         for obj in self._stream(path, {k: v for k, v in body.items() if v is not None}):
-            if on_progress and obj.get("status") != "success":
-                on_progress(Progress(obj.get("status", ""), obj.get("digest"), obj.get("completed"), obj.get("total")))
+            last = api.ProgressResponse.model_validate(obj)
+            if on_progress:
+                on_progress(Progress(last.status, last.digest, last.completed, last.total))
+        if last is None or last.status != "success":
+            raise OllimgError(f"the server closed the {path} stream before it finished")
+        return last
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -280,16 +280,45 @@ def _workers() -> int:
 
 def _import(store: Store, name: Name, src: Source, quantize: str | None, dtype: str | None,
             progress: OnProgress, added: list[str]) -> Model:
+    files = _import_files(store, src, added)
+    stored = _import_tensors(store, src, quantize, dtype, progress, added)
+    config = _config(src, stored, quantize, dtype)
+    with store.blobs.writer() as w:
+        w.write(json.dumps(config, indent=1, sort_keys=True).encode())
+        config_digest, config_size = w.commit(sync_dir=False), w.size
+    if w.new:
+        added.append(config_digest)
+    layers = [file_layer(s.title, s.digest, s.size) for s in files]
+    layers += [tensor_layer(s.title, s.digest, s.size, s.dtype, s.shape) for s in stored]
+    manifest = Manifest(config=Descriptor(mediaType=CONFIG_TYPE, digest=config_digest, size=config_size), layers=layers)
+    store.blobs.sync()  # every renamed blob is durable before a manifest names it
+    progress(Progress("writing manifest"))
+    model = store.put_manifest(name, manifest.dump())
+    model.new_bytes = sum(s.size for s in files + stored if s.new)
+    model.deduplicated_bytes = sum(s.size for s in files + stored if not s.new)
+    progress(Progress("success"))
+    return model
+
+
+def _import_files(store: Store, src: Source, added: list[str]) -> list[_Stored]:
     files = []
     for title, path in sorted(src.files.items()):
         with store.blobs.writer() as w:
             w.write(path.read_bytes())
             files.append(_Stored(title, w.commit(sync_dir=False), w.size, w.new, "", ()))
-        if files[-1].new:
+        if w.new:
             added.append(files[-1].digest)
-    total = sum(ref.nbytes for ref in src.tensors.values())
-    meter = _Meter(progress, f"importing {src.root.name}", total)
-    jobs = sorted(src.tensors.items(), key=lambda item: -item[1].nbytes)  # big first: no long tail
+    return files
+
+
+def _import_tensors(store: Store, src: Source, quantize: str | None, dtype: str | None,
+                    progress: OnProgress, added: list[str]) -> list[_Stored]:
+    """Every tensor in a pool of threads, biggest first (no long tail); sorted by title."""
+    if quantize or dtype:
+        import ollimg.quantize.cast  # noqa: F401  (import torch once, before the threads)
+        import ollimg.quantize.fp8  # noqa: F401
+    meter = _Meter(progress, f"importing {src.root.name}", sum(ref.nbytes for ref in src.tensors.values()))
+    jobs = sorted(src.tensors.items(), key=lambda item: -item[1].nbytes)
     with ThreadPoolExecutor(_workers(), thread_name_prefix="ollimg-create") as pool:
         futures = [pool.submit(_store_tensor, store, title, ref, quantize, dtype, meter, added) for title, ref in jobs]
         try:
@@ -302,23 +331,7 @@ def _import(store: Store, name: Name, src: Source, quantize: str | None, dtype: 
             for future in futures:
                 future.cancel()
             raise
-    stored = [s for future in futures for s in future.result()]
-    stored.sort(key=lambda s: s.title)
-    config = _config(src, stored, quantize, dtype)
-    with store.blobs.writer() as w:
-        w.write(json.dumps(config, indent=1, sort_keys=True).encode())
-        config_digest, config_size = w.commit(sync_dir=False), w.size
-    layers = [file_layer(s.title, s.digest, s.size) for s in files]
-    layers += [tensor_layer(s.title, s.digest, s.size, s.dtype, s.shape) for s in stored]
-    manifest = Manifest(config=Descriptor(mediaType=CONFIG_TYPE, digest=config_digest, size=config_size), layers=layers)
-    store.blobs.sync()
-    progress(Progress("writing manifest"))
-    model = store.put_manifest(name, manifest.dump())
-    everything = files + stored
-    model.new_bytes = sum(s.size for s in everything if s.new)
-    model.deduplicated_bytes = sum(s.size for s in everything if not s.new)
-    progress(Progress("success", None, total, total))
-    return model
+    return sorted((s for future in futures for s in future.result()), key=lambda s: s.title)
 
 
 def _config(src: Source, stored: list[_Stored], quantize: str | None, dtype: str | None) -> dict:

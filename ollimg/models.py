@@ -109,14 +109,32 @@ class Verified:
     blobs: int = 0
     bytes: int = 0
     bad: list[str] = field(default_factory=list)  # one line per problem
+    bad_digests: list[str] = field(default_factory=list)
+    affected: list[str] = field(default_factory=list)  # models that use a bad blob
+    removed: int = 0  # corrupt blobs deleted by fix=True
 
     @property
     def ok(self) -> bool:
         return not self.bad
 
 
-def verify(store: Store, name: Name | None = None, on_progress: OnProgress | None = None) -> Verified:
-    """Re-hash the blobs of one model (or of the whole store) and check every manifest's blobs exist."""
+def verify(store: Store, name: Name | None = None, on_progress: OnProgress | None = None, fix: bool = False) -> Verified:
+    """Re-hash the blobs of one model (or of the whole store) and check every manifest's blobs exist.
+
+    `fix` deletes blobs whose content does not match their digest, so that the next create or
+    pull of a model that uses them writes them again (both skip blobs that are already present).
+    """
+    result = _verify(store, name, on_progress)
+    if fix and result.bad_digests:
+        with store.lock(exclusive=True):
+            for digest in result.bad_digests:
+                if store.blobs.has(digest) and store.blobs.hash_file(digest) != digest:
+                    store.blobs.delete(digest)
+                    result.removed += 1
+    return result
+
+
+def _verify(store: Store, name: Name | None, on_progress: OnProgress | None) -> Verified:
     with store.lock():
         models = [store.get(name)] if name else store.models()
         sizes: dict[str, int | None] = {}
@@ -143,7 +161,10 @@ def verify(store: Store, name: Name | None = None, on_progress: OnProgress | Non
                 result.blobs += 1
                 if problem:
                     result.bad.append(f"{digest}: {problem}")
+                    result.bad_digests.append(digest)
         result.bytes = total
+        bad = set(result.bad_digests)
+        result.affected = [m.name.display() for m in models if bad & {d.digest for d in m.manifest.blobs()}]
         return result
 
 

@@ -14,6 +14,7 @@ def store_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("OLLIMG_MODELS", str(models))
     monkeypatch.setenv("OLLIMG_REGISTRY", "registry.ollimg.dev")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("OLLIMG_HOST", "127.0.0.1:9")  # no server: CLI commands work locally unless a test starts one
     return models
 
 

@@ -16,7 +16,9 @@ Must not import httpx, fastapi, rich, torch or mlx.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import hashlib
 import mmap
 import os
@@ -48,6 +50,28 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _syncfs(path: Path) -> bool:
+    """syncfs(2) on the filesystem holding `path`; False where it does not exist (not Linux)."""
+    syncfs = getattr(_libc(), "syncfs", None)
+    if syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs failed")
+    finally:
+        os.close(fd)
+    return True
+
+
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def no_space(e: OSError) -> bool:
@@ -115,11 +139,15 @@ class BlobWriter:
             return self.expected  # type: ignore[return-value]
         return "sha256:" + self.hash.hexdigest()
 
-    def commit(self, sync_dir: bool = True) -> str:
-        """Make the blob visible under its digest; returns the digest.
+    def commit(self, sync_dir: bool = True, sync: bool = True) -> str:
+        """Verify the blob and make it visible under its digest; returns the digest.
 
         `sync_dir=False` leaves the directory fsync to the caller (`BlobStore.sync()`), which
         must happen before anything (a manifest) names the blob; importers of many blobs use it.
+        `sync=False` verifies the blob but leaves it in its temp file, unsynced: `BlobStore.land()`
+        then makes a batch of such writers durable (one syncfs) and visible, which is much cheaper
+        than an fsync per small blob (pulls use it). A blob is renamed only after its bytes are
+        durable, so a crash never leaves a digest-named file with unflushed content.
         """
         digest = self.digest
         if self.expected and digest != self.expected:
@@ -128,22 +156,35 @@ class BlobWriter:
         if self.expected_size is not None and self.size != self.expected_size:
             self.abort()
             raise DigestMismatch(f"blob {digest} has {self.size} bytes, expected {self.expected_size}")
-        final = self.store.path(digest)
         if self.store.has(digest, self.size):
             self.abort()  # already stored: the temp file goes without ever being synced
             return digest
         try:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if sync:
+                os.fsync(self._file.fileno())
             self._file.close()
+        except OSError as e:
+            self.abort()
+            raise write_error(e, self.store.root) from None
+        if sync:
+            self._place()
+            if sync_dir:
+                fsync_dir(self.store.root)
+        return digest
+
+    def _place(self) -> None:
+        """Rename the (durable) temp file into place, unless an equal blob got there first."""
+        final = self.store.path(self.digest)
+        if self.store.has(self.digest, self.size):
+            self.tmp.unlink(missing_ok=True)
+            return
+        try:
             os.replace(self.tmp, final)
         except OSError as e:
             self.abort()
             raise write_error(e, self.store.root) from None
         self.new = True
-        if sync_dir:
-            fsync_dir(self.store.root)
-        return digest
 
     def abort(self) -> None:
         try:
@@ -247,6 +288,25 @@ class BlobStore:
     def partial_path(self, digest: str) -> Path:
         """The stable temp file a resumable download of `digest` fills; a later run continues it."""
         return self.root / (".tmp-partial-sha256-" + check_digest(digest).split(":", 1)[1])
+
+    def land(self, writers: list[BlobWriter]) -> None:
+        """Make blobs committed with `sync=False` durable, then visible (rename each).
+
+        On Linux one syncfs() flushes them all at once; elsewhere each is fsynced.
+        """
+        try:
+            if not _syncfs(self.root):
+                for writer in (w for w in writers if w.tmp.exists()):
+                    fd = os.open(writer.tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        except OSError as e:
+            raise StoreError(f"cannot write blob: {e}") from None
+        for writer in writers:
+            writer._place()
+        fsync_dir(self.root)
 
     def adopt(self, path: Path, expected: str, expected_size: int) -> str:
         """Verify a fully written temp file (hash and size), fsync it and rename it into place.

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import typer
+from ollimg.cli.connect import running_client
 from ollimg.cli.format import byte_bar, human_bytes
 from ollimg.create import create
 from ollimg.manifest import Name, Store
@@ -38,13 +39,23 @@ def create_command(
             else:
                 bar.update(task, description=p.status, completed=p.completed or 0, total=p.total)
 
-        model = create(Store(), parsed, file, quantize=quantize, dtype=dtype, on_progress=draw)
-    result = {
-        "name": model.name.display(), "id": model.id, "digest": model.digest, "size": model.size,
-        "new_bytes": model.new_bytes, "deduplicated_bytes": model.deduplicated_bytes,
-    }
+        client = running_client()
+        if client is not None:  # the server imports into its store; the path must be absolute there
+            with client:
+                done = client.create(name, str(file.expanduser().resolve()), quantize=quantize, dtype=dtype, on_progress=draw)
+                model = client.show(name)
+            result = {
+                "name": model.name, "id": model.digest.split(":")[-1][:12], "digest": model.digest, "size": model.size,
+                "new_bytes": done.new_bytes or 0, "deduplicated_bytes": done.deduplicated_bytes or 0,
+            }
+        else:
+            model = create(Store(), parsed, file, quantize=quantize, dtype=dtype, on_progress=draw)
+            result = {
+                "name": model.name.display(), "id": model.id, "digest": model.digest, "size": model.size,
+                "new_bytes": model.new_bytes, "deduplicated_bytes": model.deduplicated_bytes,
+            }
     if as_json:
         typer.echo(json.dumps(result))
     else:
-        typer.echo(f"created {result['name']} ({model.id}): {human_bytes(model.new_bytes)} new, "
-                   f"{human_bytes(model.deduplicated_bytes)} deduplicated")
+        typer.echo(f"created {result['name']} ({result['id']}): {human_bytes(result['new_bytes'])} new, "
+                   f"{human_bytes(result['deduplicated_bytes'])} deduplicated")

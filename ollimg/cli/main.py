@@ -52,7 +52,13 @@ def fail(message: str, code: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        # Outside standalone mode typer returns an exit code instead of raising: Ctrl-C gives 130
+        # (typer turns KeyboardInterrupt into Exit(130)), `raise typer.Exit(n)` gives n.
+        if code == 130:
+            fail("interrupted", 130)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except click.exceptions.Exit as e:
         raise SystemExit(e.exit_code) from None
     except click.exceptions.Abort:

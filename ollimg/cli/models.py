@@ -7,12 +7,14 @@ and prints: results on stdout, progress on stderr.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ollimg import models
+from ollimg.cli.connect import running_client
 from ollimg.cli.format import ago, byte_bar, human_bytes
 from ollimg.errors import DigestMismatch
 from ollimg.manifest import Name, Store
@@ -39,15 +41,21 @@ def _print(table: Table) -> None:
 
 def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the models in the store."""
-    found = sorted(Store().models(), key=lambda m: m.modified, reverse=True)
+    client = running_client()
+    if client is not None:
+        with client:
+            found = [(m.name, m.digest, m.size, datetime.fromisoformat(m.modified_at)) for m in client.tags()]
+    else:
+        found = [(m.name.display(), m.digest, m.size, m.modified) for m in Store().models()]
+    found.sort(key=lambda m: m[3], reverse=True)
     if as_json:
         typer.echo(json.dumps([
-            {"name": m.name.display(), "id": m.id, "digest": m.digest, "size": m.size,
-             "modified": m.modified.isoformat(timespec="seconds")} for m in found]))
+            {"name": name, "id": digest.split(":")[-1][:12], "digest": digest, "size": size,
+             "modified": modified.isoformat(timespec="seconds")} for name, digest, size, modified in found]))
         return
     table = _table("NAME", "ID", "SIZE", "MODIFIED")
-    for m in found:
-        table.add_row(m.name.display(), m.id, human_bytes(m.size), ago(m.modified))
+    for name, digest, size, modified in found:
+        table.add_row(name, digest.split(":")[-1][:12], human_bytes(size), ago(modified))
     _print(table)
 
 
@@ -56,7 +64,12 @@ def show_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a model: architecture, components, quantization, size, license."""
-    data = models.info(Store().get(Name.parse(name)))
+    client = running_client()
+    if client is not None:
+        with client:
+            data = client.show(name).info
+    else:
+        data = models.info(Store().get(Name.parse(name)))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -98,16 +111,31 @@ def _count(n: int | None) -> str:
 def rm_command(names: list[str] = typer.Argument(..., help="Model names.")) -> None:
     """Remove models and every blob no other model uses."""
     parsed = [Name.parse(n) for n in names]
-    result = models.remove(Store(), parsed)
-    for n in result.names:
+    client = running_client()
+    if client is not None:  # through the server, which also unloads them
+        with client:
+            for n in parsed:
+                client.show(n.display())  # ModelNotFound before anything is removed
+            results = [client.delete(n.display()) for n in parsed]
+        deleted = [d for r in results for d in r.deleted]
+        blobs, freed = sum(r.blobs for r in results), sum(r.bytes for r in results)
+    else:
+        result = models.remove(Store(), parsed)
+        deleted, blobs, freed = result.names, result.blobs, result.bytes
+    for n in deleted:
         typer.echo(f"deleted '{n}'")
-    typer.echo(f"freed {human_bytes(result.bytes)} ({result.blobs} blobs)")
+    typer.echo(f"freed {human_bytes(freed)} ({blobs} blobs)")
 
 
 def cp_command(source: str = typer.Argument(...), target: str = typer.Argument(...)) -> None:
     """Copy a model to a new name (blobs are shared)."""
-    model = models.copy(Store(), Name.parse(source), Name.parse(target))
-    typer.echo(f"copied '{Name.parse(source).display()}' to '{model.name.display()}'")
+    client = running_client()
+    if client is not None:
+        with client:
+            client.copy(source, target)
+    else:
+        models.copy(Store(), Name.parse(source), Name.parse(target))
+    typer.echo(f"copied '{Name.parse(source).display()}' to '{Name.parse(target).display()}'")
 
 
 def prune_command() -> None:
@@ -118,19 +146,23 @@ def prune_command() -> None:
 
 def verify_command(
     name: str = typer.Argument(None, help="Model name; all blobs of the store when left out."),
+    fix: bool = typer.Option(False, "--fix", help="Delete corrupt blobs so that a new create or pull rewrites them."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Re-hash blobs and report any that are missing or do not match their digest."""
     parsed = Name.parse(name) if name else None
     with byte_bar(transient=True) as bar:
         task = bar.add_task("verifying", total=None)
-        result = models.verify(Store(), parsed, lambda p: bar.update(task, completed=p.completed, total=p.total))
+        result = models.verify(Store(), parsed, lambda p: bar.update(task, completed=p.completed, total=p.total), fix)
     if as_json:
-        typer.echo(json.dumps({"ok": result.ok, "blobs": result.blobs, "bytes": result.bytes, "bad": result.bad}))
+        typer.echo(json.dumps({"ok": result.ok, "blobs": result.blobs, "bytes": result.bytes, "bad": result.bad,
+                               "affected": result.affected, "removed": result.removed}))
     else:
         for line in result.bad:
             typer.echo(line)
         typer.echo(f"checked {result.blobs} blobs ({human_bytes(result.bytes)}): "
                    + ("all good" if result.ok else f"{len(result.bad)} bad"))
     if not result.ok:
-        raise DigestMismatch(f"{len(result.bad)} blobs are missing or corrupt; re-create or pull the models that use them")
+        what = f"{len(result.bad)} blobs are missing or corrupt" + (f" ({result.removed} corrupt ones deleted)" if fix else "")
+        todo = "re-create or pull" if fix or result.removed else "run ollimg verify --fix, then re-create or pull"
+        raise DigestMismatch(f"{what}; {todo}: {', '.join(result.affected) or 'no model uses them'}")

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -143,6 +144,7 @@ class _StepBar:
         self.bar = Bar(TextColumn("Generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        console=console, transient=True) if console.is_terminal else None
         self.task = None
+        self.printed = 0.0
 
     def __enter__(self) -> "_StepBar":
         if self.bar is not None:
@@ -153,7 +155,8 @@ class _StepBar:
     def __call__(self, step: Step) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=step.step, total=step.total)
-        else:
+        elif step.step in (1, step.total) or time.monotonic() - self.printed >= 1.0:
+            self.printed = time.monotonic()
             self.console.print(f"step {step.step}/{step.total} ({step.elapsed:.1f} s)", highlight=False)
 
     def __exit__(self, *exc) -> None:

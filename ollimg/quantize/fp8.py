@@ -85,9 +85,9 @@ def quantize_tensor(blobs: BlobStore, ref: TensorRef, on_bytes: Callable[[int], 
             if not torch.isfinite(amax).all():
                 raise InvalidModel(f"{ref.path}: a tensor to quantize holds inf or nan; import it without --quantize")
             scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-            q = (x / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            error_sq += float((q.to(torch.float32) * scale[:, None] - x).double().pow(2).sum())
-            norm_sq += float(x.double().pow(2).sum())
+            q = (x / scale[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            error_sq += float(q.to(torch.float32).mul_(scale[:, None]).sub_(x).square_().sum(dtype=torch.float64))
+            norm_sq += float(torch.sum(x * x, dtype=torch.float64))
             w.write(q.view(torch.uint8).reshape(-1).numpy().data)
             scales[row : row + len(scale)] = scale
             row += len(scale)

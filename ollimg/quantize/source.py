@@ -18,7 +18,7 @@ TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-CHUNK_BYTES = 32 * 1024 * 1024
+CHUNK_BYTES = 8 * 1024 * 1024  # per worker thread; a few float32 temporaries of this size
 
 
 def row_chunks(ref: TensorRef) -> Iterator[torch.Tensor]:

@@ -7,6 +7,7 @@ distribution API's URLs and error bodies, not the store. Must not import rich, f
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import threading
@@ -39,9 +40,14 @@ class Transient(RegistryError):
 
 
 def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") and host.count(":") == 1 else host
-    name = name.split("]")[0].strip("[")
-    return name == "localhost" or name.endswith(".localhost") or name.startswith("127.") or name == "::1"
+    """localhost, *.localhost, 127.0.0.0/8 or [::1], with or without a port."""
+    name = host.split("]")[0].strip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class Registry:

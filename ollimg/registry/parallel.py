@@ -8,16 +8,25 @@ from typing import Callable
 
 from ollimg.errors import Cancelled
 
+TICK = 0.5
 
-def run_all(jobs: list[Callable[[], None]], workers: int, stop: threading.Event) -> None:
+
+def run_all(jobs: list[Callable[[], None]], workers: int, stop: threading.Event,
+            tick: Callable[[], None] | None = None) -> None:
     """Runs `jobs` on up to `workers` threads. The first failure sets `stop` (jobs poll it), cancels
-    the jobs not yet started, waits for the running ones and is raised."""
+    the jobs not yet started, waits for the running ones and is raised. `tick` is called about
+    every TICK seconds in the waiting thread while jobs run."""
     if not jobs:
         return
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="ollimg-transfer") as pool:
         futures = [pool.submit(job) for job in jobs]
         try:
-            wait(futures, return_when=FIRST_EXCEPTION)
+            while True:
+                done, pending = wait(futures, timeout=TICK if tick else None, return_when=FIRST_EXCEPTION)
+                if not pending or any(f.exception() for f in done):
+                    break
+                if tick is not None:
+                    tick()
         finally:  # also on KeyboardInterrupt in the waiting thread
             if stop.is_set() or any(f.done() and f.exception() for f in futures) or not all(f.done() for f in futures):
                 stop.set()

@@ -71,9 +71,11 @@ def create(name: str, device: str | None = None, dtype: str | None = None):
         return TorchBackend(device=device, dtype=dtype)
     if name == "mlx":
         try:
-            from ollimg.runtime.mlx_backend import MlxBackend  # noqa: F401  (added by the mlx branch)
+            import mlx.core  # noqa: F401
         except ImportError:
-            raise InvalidInput("the mlx backend is not part of this build yet; use backend torch "
-                               "(OLLIMG_BACKEND=torch)") from None
+            raise InvalidInput("the mlx backend needs mlx: pip install mlx (macOS on Apple Silicon) or "
+                               "'mlx[cpu]' (Linux); or use backend torch (OLLIMG_BACKEND=torch)") from None
+        from ollimg.runtime.mlx_backend import MlxBackend
+
         return MlxBackend(device=device, dtype=dtype)
     raise InvalidInput(f"unknown backend {name!r}: use torch or mlx")

@@ -44,6 +44,10 @@ class MlxBackend:
         if self.dtype not in DTYPES:
             raise InvalidInput(f"unsupported dtype {self.dtype!r}: use float32, bfloat16 or float16")
         self.mx_dtype = DTYPES[self.dtype]
+        # mx.compile of the denoising step: on the CPU it measured no faster (bench/README.md: the
+        # matmuls dominate) and its first trace JIT-compiles C++ for seconds; on the GPU it fuses
+        # the elementwise work (RoPE, norms, gates) into fewer kernels.
+        self.compile = wanted == "gpu"
         self._bytes = 0
 
     # --- the Backend protocol ---
@@ -81,7 +85,7 @@ class MlxBackend:
                 if name is None:
                     continue
                 tensor = stored[inner]
-                if ref.dtype != "F8_E4M3" and not name.endswith("_scale"):
+                if ref.dtype != "F8_E4M3" and not name.endswith("_scale") and tensor.dtype != dtype:
                     tensor = tensor.astype(dtype)
                 out[name] = tensor
         return out

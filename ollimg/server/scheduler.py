@@ -58,6 +58,10 @@ class Runner:
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
 
+    @property
+    def label(self) -> str:
+        return self.model.name.display()
+
 
 class Scheduler:
     def __init__(
@@ -122,13 +126,13 @@ class Scheduler:
             try:
                 result = await asyncio.shield(fut)
             except asyncio.CancelledError:
-                log.info("cancelling generation on %s", runner.key)
+                log.info("cancelling generation on %s", runner.label)
                 rt.cancel()
                 await self._settle(runner, fut)
                 raise
             except RuntimeFailed as e:
                 if not rt.alive:
-                    log.warning("runtime for %s died: %s", runner.key, e)
+                    log.warning("runtime for %s died: %s", runner.label, e)
                     e.retryable = True  # the next request starts a fresh runtime
                     await self._stop(runner)
                 raise
@@ -228,7 +232,7 @@ class Scheduler:
     async def _expire(self, runner: Runner) -> None:
         if runner.users > 0 or runner.lock.locked() or self._runners.get(runner.key) is not runner:
             return
-        log.info("keep-alive of %s ran out: unloading", runner.key)
+        log.info("keep-alive of %s ran out: unloading", runner.label)
         async with runner.lock:
             await self._stop(runner)
         self._forget(runner)
@@ -253,7 +257,7 @@ class Scheduler:
     async def _load(self, runner: Runner, model: Model, need: int) -> float:
         async with self._load_lock:
             await self._make_room(runner, need)
-            log.info("loading %s", runner.key)
+            log.info("loading %s", runner.label)
             started = time.monotonic()
             rt = self._factory(model)
             try:
@@ -276,7 +280,7 @@ class Scheduler:
             idle = sorted((r for r in others if r.users == 0 and not r.lock.locked()), key=lambda r: r.last_used)
             if idle:
                 victim = idle[0]
-                log.info("unloading %s to make room for %s", victim.key, runner.key)
+                log.info("unloading %s to make room for %s", victim.label, runner.label)
                 self._cancel_timer(victim)
                 async with victim.lock:
                     await self._stop(victim)
@@ -288,7 +292,7 @@ class Scheduler:
                 continue
             log.warning(
                 "%s needs about %.1f GB, %.1f GB free and nothing idle to unload: loading anyway",
-                runner.key, need / 1e9, (free or 0) / 1e9,
+                runner.label, need / 1e9, (free or 0) / 1e9,
             )
             return
 
@@ -296,7 +300,7 @@ class Scheduler:
         rt, runner.runtime = runner.runtime, None
         self._cancel_timer(runner)
         if rt is not None:
-            log.info("stopping runtime of %s", runner.key)
+            log.info("stopping runtime of %s", runner.label)
             await self._call(_stop_quietly, rt)
 
     async def _settle(self, runner: Runner, fut: asyncio.Future) -> None:
@@ -308,7 +312,7 @@ class Scheduler:
             except asyncio.CancelledError:
                 continue
             if not fut.done():
-                log.warning("runtime of %s ignored cancel for %.0f s: stopping it", runner.key, CANCEL_GRACE)
+                log.warning("runtime of %s ignored cancel for %.0f s: stopping it", runner.label, CANCEL_GRACE)
                 await asyncio.shield(self._stop(runner))
                 break
         if fut.done() and not fut.cancelled():
@@ -346,7 +350,7 @@ def process_factory(store: Any) -> RuntimeFactory:
             raise RuntimeFailed(f"the runtime is not available in this installation ({e})") from None
         backend, device = config.backend(), config.device()
         return RuntimeProcess(
-            str(model.name),
+            model.name.display(),  # the runtime parses it with the same environment
             models_dir=store.root,
             backend=None if backend == "auto" else backend,
             device=None if device == "auto" else device,

@@ -1,11 +1,9 @@
 """`ollimg create` and the store commands through the real CLI (subprocesses), bad input included."""
 
 import json
-import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,8 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.conftest import OLLIMG, cli_env  # noqa: E402
-from tests.synthetic_model import listing, make_big_model, make_model, set_dtype  # noqa: E402
+from tests.conftest import OLLIMG, cli_env
+from tests.synthetic_model import listing, make_big_model, make_model, set_dtype
 
 
 def ollimg(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
@@ -204,3 +202,35 @@ def test_two_concurrent_creates_both_succeed(tmp_path, store_dir):
     assert names == {"a:latest", "a2:latest", "b:latest"}
     assert "all good" in ollimg("verify").stdout
     assert "removed 0 unused blobs" in ollimg("prune").stdout
+
+
+def test_verify_fix_deletes_a_corrupt_blob_and_create_restores_it(tmp_path, store_dir):
+    src = make_model(tmp_path / "m")
+    ollimg("create", "a", "-f", str(src))
+    blob = max((store_dir / "blobs").iterdir(), key=lambda p: p.stat().st_size)
+    blob.write_bytes(b"\0" * blob.stat().st_size)
+    assert_one_error_line(ollimg("verify", check=False), 1, "run ollimg verify --fix, then re-create or pull: a:latest")
+    assert_one_error_line(ollimg("verify", "--fix", check=False), 1, "1 corrupt ones deleted")
+    assert not blob.exists()
+    ollimg("create", "a", "-f", str(src))
+    assert "all good" in ollimg("verify").stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_create_exits_130_and_removes_what_it_wrote(tmp_path, store_dir):
+    ollimg("create", "good", "-f", str(make_model(tmp_path / "good")))
+    before = listing(store_dir)
+    big = make_big_model(tmp_path / "big", tensors=96, tensor_bytes=4 << 20)
+    proc = subprocess.Popen([*OLLIMG, "create", "big", "-f", str(big)], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    blobs = store_dir / "blobs"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len([p for p in blobs.iterdir() if p.stat().st_size > 4 << 20]) >= 3:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines() == ["Error: interrupted"]
+    assert listing(store_dir) == before

@@ -25,8 +25,6 @@ import pytest
 
 from tests.conftest import OLLIMG, cli_env
 
-pytest.importorskip("ollimg.runtime.process", reason="the runtime process (branch runtime) is not merged yet")
-
 openai = pytest.importorskip("openai")
 from PIL import Image  # noqa: E402
 
@@ -89,8 +87,18 @@ def server(tmp_path_factory, tiny_zimage_dir):
     assert created.returncode == 0, created.stderr
     srv.start()
     yield srv
+    httpx.post(srv.url + "/api/generate", json={"model": MODEL}, timeout=120)  # at least one runtime to stop
+    runtimes = [m["pid"] for m in srv.ps()]
+    assert runtimes
     srv.stop()
     assert srv.proc.returncode is not None
+    assert not [pid for pid in runtimes if pid_alive(pid)], "runtime processes outlived the server"
+
+
+@pytest.fixture
+def runtime():
+    """Tests that generate need the real runtime process (ollimg/runtime/process.py)."""
+    pytest.importorskip("ollimg.runtime.process", reason="the runtime process (branch runtime) is not merged yet")
 
 
 @pytest.fixture
@@ -125,14 +133,14 @@ def generate_lines(server: Server, body: dict, client: httpx.Client | None = Non
 # -- the official openai client ----------------------------------------------------------------
 
 
-def test_openai_generate(oai):
+def test_openai_generate(oai, runtime):
     result = oai.images.generate(model=MODEL, prompt="a red circle", size="32x48", extra_body={"steps": 2, "seed": 11})
     assert len(result.data) == 1 and result.size == "32x48"
     image = decode(result.data[0].b64_json)
     assert image.size == (32, 48) and image.format == "PNG"
 
 
-def test_openai_n2_each_its_own_seed(oai):
+def test_openai_n2_each_its_own_seed(oai, runtime):
     result = oai.images.generate(model=MODEL, prompt="two squares", n=2, size="32x32", extra_body={"steps": 2, "seed": 5})
     seeds = [d.model_extra["seed"] for d in result.data]
     assert seeds == [5, 6]
@@ -142,7 +150,7 @@ def test_openai_n2_each_its_own_seed(oai):
     assert decode(again.data[0].b64_json).tobytes() == b  # image i used seed + i
 
 
-def test_openai_stream(oai):
+def test_openai_stream(oai, runtime):
     events = list(oai.images.generate(
         model=MODEL, prompt="a star", size="32x32", stream=True, partial_images=1, output_format="jpeg",
         extra_body={"steps": 3},
@@ -165,6 +173,16 @@ def test_openai_errors(oai):
 
 def test_v1_models(oai):
     assert MODEL + ":latest" in [m.id for m in oai.models.list()]
+
+
+def test_a1111_txt2img(server, runtime):
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", json={
+        "prompt": "a circle", "seed": 3, "steps": 2, "width": 30, "height": 40, "batch_size": 2, "cfg_scale": 0,
+    }, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [decode(i).size for i in body["images"]] == [(32, 48), (32, 48)]
+    assert json.loads(body["info"])["all_seeds"] == [3, 4]
 
 
 # -- raw HTTP: bad input -----------------------------------------------------------------------
@@ -198,7 +216,7 @@ def test_malformed_json(server):
         assert r.status_code == 400, r.text
 
 
-def test_long_prompt_within_limit_works(server):
+def test_long_prompt_within_limit_works(server, runtime):
     r = httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": "a cat " * 3000, "stream": False, **SMALL}, timeout=120)
     assert r.status_code == 200, r.text
     assert decode(r.json()["images"][0]).size == (32, 32)
@@ -207,7 +225,7 @@ def test_long_prompt_within_limit_works(server):
 # -- the CLI -----------------------------------------------------------------------------------
 
 
-def test_cli_run_ps_stop(server, tmp_path):
+def test_cli_run_ps_stop(server, tmp_path, runtime):
     out = tmp_path / "cat.png"
     r = server.cli("run", MODEL, "a cat", "--size", "32x32", "--steps", "2", "--seed", "3", "-o", str(out))
     assert r.returncode == 0, r.stderr
@@ -243,7 +261,7 @@ def test_cli_run_bad_input(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_run_starts_a_server(tmp_path, tiny_zimage_dir):
+def test_cli_run_starts_a_server(tmp_path, tiny_zimage_dir, runtime):
     """With nothing listening at a local OLLIMG_HOST, `run` starts `ollimg serve` in the background."""
     srv = Server(tmp_path)
     assert srv.cli("create", MODEL, "-f", str(tiny_zimage_dir)).returncode == 0
@@ -268,7 +286,7 @@ def test_cli_run_starts_a_server(tmp_path, tiny_zimage_dir):
 # -- scheduling --------------------------------------------------------------------------------
 
 
-def test_keep_alive_expiry(server):
+def test_keep_alive_expiry(server, runtime):
     r = httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": "x", "keep_alive": "1s", "stream": False, **SMALL}, timeout=120)
     assert r.status_code == 200
     [running] = server.ps()
@@ -281,7 +299,13 @@ def test_keep_alive_expiry(server):
     assert not pid_alive(pid)
 
 
-def test_load_and_unload_with_empty_prompt(server):
+def test_serve_refuses_a_busy_port(server):
+    r = subprocess.run([*OLLIMG, "serve"], env=server.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "address already in use" in r.stderr.lower()
+
+
+def test_load_and_unload_with_empty_prompt(server, runtime):
     r = httpx.post(server.url + "/api/generate", json={"model": MODEL}, timeout=120)
     assert r.json()["done_reason"] == "load"
     assert [m["name"] for m in server.ps()] == ["tiny:latest"]
@@ -290,7 +314,7 @@ def test_load_and_unload_with_empty_prompt(server):
     assert server.ps() == []
 
 
-SLOW = {"prompt": "slow", "width": 512, "height": 512, "steps": 400}
+SLOW = {"prompt": "slow", "width": 512, "height": 512, "steps": 200}
 
 
 def _start_slow(server: Server):
@@ -303,7 +327,7 @@ def _start_slow(server: Server):
     return client, response, lines, first
 
 
-def test_disconnect_cancels_work(server):
+def test_disconnect_cancels_work(server, runtime):
     client, response, lines, first = _start_slow(server)
     second = json.loads(next(lines))
     per_step = max(second["elapsed"] - first["elapsed"], 1e-3)
@@ -318,7 +342,7 @@ def test_disconnect_cancels_work(server):
     assert not server.ps()[0]["busy"]
 
 
-def test_queue_overflow_is_503(server):
+def test_queue_overflow_is_503(server, runtime):
     client, response, lines, _ = _start_slow(server)
     queued_status = {}
 
@@ -329,7 +353,10 @@ def test_queue_overflow_is_503(server):
     waiter = threading.Thread(target=queued)
     waiter.start()
     try:
-        time.sleep(1.0)  # the second request is waiting now: the queue (OLLIMG_MAX_QUEUE=1) is full
+        deadline = time.monotonic() + 30
+        while server.ps()[0]["waiting"] < 1:  # then the queue (OLLIMG_MAX_QUEUE=1) is full
+            assert time.monotonic() < deadline, "the second request never queued"
+            time.sleep(0.05)
         r = httpx.post(server.url + "/v1/images/generations", json={"model": MODEL, "prompt": "x", "size": "16x16"}, timeout=60)
         assert r.status_code == 503, r.text
         assert int(r.headers["retry-after"]) >= 1
@@ -341,7 +368,28 @@ def test_queue_overflow_is_503(server):
     assert queued_status["status"] == 200
 
 
-def test_runtime_killed_mid_generation(server):
+def test_cli_ctrl_c_cancels_on_the_server(server, runtime, tmp_path):
+    cmd = [*OLLIMG, "run", MODEL, "slow", "--size", "512x512", "--steps", "200"]
+    proc = subprocess.Popen(  # SIGINT as on a terminal, even when the test runner was started with it ignored
+        cmd, env=server.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 60
+    while not any(m["busy"] for m in server.ps()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    deadline = time.monotonic() + 20
+    while any(m["busy"] for m in server.ps()):  # the server cancelled the generation
+        assert time.monotonic() < deadline, "the generation kept running after Ctrl-C"
+        time.sleep(0.1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runtime_killed_mid_generation(server, runtime):
     client, response, lines, _ = _start_slow(server)
     [running] = server.ps()
     os.kill(running["pid"], signal.SIGKILL)
@@ -354,3 +402,31 @@ def test_runtime_killed_mid_generation(server):
     assert r.status_code == 200, r.text
     [again] = server.ps()
     assert again["pid"] != running["pid"]
+
+
+# -- store commands through the server ---------------------------------------------------------
+
+
+def test_store_commands_go_through_the_server(server, tmp_path, tiny_zimage_dir):
+    """list/show/cp/rm/create talk to the running server (its store), not to the CLI's own env."""
+    elsewhere = dict(server.env, OLLIMG_MODELS=str(tmp_path / "other-store"))
+
+    def cli(*args):
+        return subprocess.run([*OLLIMG, *args], env=elsewhere, capture_output=True, text=True, timeout=120)
+
+    listed = cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "tiny:latest" in [m["name"] for m in json.loads(listed.stdout)]
+    shown = cli("show", MODEL, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["name"] == "tiny:latest"
+    assert cli("cp", MODEL, "tiny-copy").stdout.strip() == "copied 'tiny:latest' to 'tiny-copy:latest'"
+    assert "tiny-copy:latest" in [m["name"] for m in httpx.get(server.url + "/api/tags").json()["models"]]
+    removed = cli("rm", "tiny-copy")
+    assert removed.returncode == 0 and "deleted 'tiny-copy:latest'" in removed.stdout
+    created = cli("create", "tiny-two", "-f", str(tiny_zimage_dir), "--json")
+    assert created.returncode == 0, created.stderr
+    result = json.loads(created.stdout)
+    assert result["name"] == "tiny-two:latest" and result["new_bytes"] == 0  # all blobs deduplicated
+    assert cli("rm", "tiny-two").returncode == 0
+    assert cli("rm", "nothing-here").returncode == 3
+    assert not (tmp_path / "other-store").exists()

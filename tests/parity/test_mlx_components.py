@@ -160,3 +160,20 @@ def test_text_encoder_matches_transformers_hidden_states_minus_2():
     actual = np.array(enc(mx.array(ids)))
     for i, n in enumerate(lens):
         close(actual[i, :n], hidden[i, :n])
+
+
+def test_mlx_allocation_failure_is_out_of_memory(monkeypatch):
+    """MLX reports a failed allocation as a RuntimeError naming malloc; the runtime needs OutOfMemory."""
+    from ollimg.errors import OutOfMemory
+    from ollimg.runtime.models.zimage import mlx as zmlx
+
+    def fail(*arrays):
+        raise RuntimeError("[metal::malloc] Attempting to allocate 90000000000 bytes which is greater than the "
+                           "maximum allowed buffer size of 77309411328 bytes.")
+
+    monkeypatch.setattr(zmlx.mx, "eval", fail)
+    with pytest.raises(OutOfMemory, match="out of memory on MLX"):
+        zmlx.evaluate(mx.zeros(2))
+    monkeypatch.setattr(zmlx.mx, "eval", lambda *a: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):
+        zmlx.evaluate(mx.zeros(2))

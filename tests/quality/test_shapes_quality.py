@@ -9,7 +9,7 @@ checker (training/shapes/check.py) and holds the figures to the goals of issue 7
 import numpy as np
 import pytest
 
-from ollimg.models import builtin_models
+from ollimg.builtin import builtin_models
 from training.shapes.check import score, summarize
 from training.shapes.world import heldout_specs
 

@@ -8,6 +8,7 @@ same pydantic models, covered here through the other operations and in the regis
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def test_openapi_lists_every_route():
     paths = set(app.openapi()["paths"])
     assert {
         "/", "/api/version", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/create", "/api/pull",
-        "/api/push", "/api/delete", "/api/copy", "/v1/models", "/v1/images/generations",
+        "/api/push", "/api/delete", "/api/copy", "/v1/models", "/v1/images/generations", "/sdapi/v1/txt2img",
+        "/sdapi/v1/options", "/sdapi/v1/sd-models", "/sdapi/v1/progress", "/sdapi/v1/interrupt",
     } <= paths
 
 
@@ -51,3 +53,4 @@ def test_openapi_lists_every_route():
 def _close_scheduler():
     yield
     asyncio.run(scheduler.close())
+    shutil.rmtree(_tmp, ignore_errors=True)

@@ -122,6 +122,8 @@ def test_one_generation_per_runtime_and_queue_overflow(store):
         m = _model(store, "a")
         tasks = [asyncio.create_task(sched.generate(m, req(seed=i), keep_alive=None)) for i in range(3)]
         await asyncio.sleep(0.05)  # one runs, two wait
+        [runner] = sched.running()
+        assert runner.busy and runner.users == 3
         with pytest.raises(Busy):
             await sched.generate(m, req(), keep_alive=None)
         assert sched.retry_after >= 1

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.synthetic_model import listing, make_model  # noqa: E402
+from tests.synthetic_model import listing, make_model
 
-from ollimg import models  # noqa: E402
-from ollimg.create import create  # noqa: E402
-from ollimg.errors import InvalidModel, InvalidName, ModelNotFound  # noqa: E402
-from ollimg.manifest import Manifest, Name, Store  # noqa: E402
-from ollimg.manifest.manifest import CONFIG_TYPE, FILE_TYPE, TENSOR_TYPE  # noqa: E402
+from ollimg import models
+from ollimg.create import create, read_source
+from ollimg.errors import InvalidModel, InvalidName, ModelNotFound
+from ollimg.manifest import Manifest, Name, Store
+from ollimg.manifest.manifest import CONFIG_TYPE, FILE_TYPE, TENSOR_TYPE
 
 
 @pytest.fixture
@@ -322,3 +321,59 @@ def test_invalid_name_and_options_are_refused(store, model_dir):
     with pytest.raises(Exception, match="--quantize"):
         create(store, "x", model_dir, quantize="int3")
     assert listing(store.root) == []
+
+
+def test_legacy_ollama_manifest_fields_are_read(store, tmp_path):
+    import numpy as np
+
+    from ollimg.blobs import tensor_blob_header
+
+    data = np.arange(6, dtype=np.float32)
+    digest = store.blobs.put_bytes(tensor_blob_header("F32", (2, 3)) + data.tobytes())
+    config = store.blobs.put_bytes(b"{}")
+    size = store.blobs.path(digest).stat().st_size
+    raw = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": 2},
+        "layers": [{"mediaType": "application/vnd.ollama.image.tensor", "digest": digest, "size": size,
+                    "name": "transformer/x.weight", "dtype": "F32", "shape": [2, 3]}],
+    }).encode()
+    model = store.put_manifest(Name.parse("old"), raw)
+    layer = model.manifest.layers[0]
+    assert (layer.title, layer.dtype, layer.shape, layer.is_tensor) == ("transformer/x.weight", "F32", (2, 3), True)
+    ref = model.tensors("transformer/")["transformer/x.weight"]
+    assert ref.shape == (2, 3) and store.blobs.path(digest).read_bytes()[ref.offset:] == data.tobytes()
+    assert models.verify(store, Name.parse("old")).ok
+
+
+def test_put_manifest_refuses_a_missing_blob(store):
+    from ollimg.errors import StoreError
+
+    config = store.blobs.put_bytes(b"{}")
+    raw = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": CONFIG_TYPE, "digest": config, "size": 2},
+                      "layers": [{"mediaType": FILE_TYPE, "digest": "sha256:" + "0" * 64, "size": 5}]}).encode()
+    with pytest.raises(StoreError, match="missing"):
+        store.put_manifest(Name.parse("x"), raw)
+    assert store.models() == []
+
+
+def test_progress_reports_every_tensor_byte_in_order(store, model_dir):
+    seen = []
+    create(store, "p", model_dir, on_progress=seen.append)
+    importing = [p for p in seen if p.status.startswith("importing")]
+    total = sum(ref.nbytes for ref in read_source(model_dir).tensors.values())
+    assert importing and all(p.total == total for p in importing)
+    assert [p.completed for p in importing] == sorted(p.completed for p in importing)
+    assert importing[-1].completed == total
+    assert seen[-1].status == "success"
+
+
+def test_create_over_an_existing_name_replaces_it_and_prune_frees_the_old_blobs(store, tmp_path, model_dir):
+    old = create(store, "m", model_dir)
+    new = create(store, "m", make_model(tmp_path / "other", seed=5))
+    assert [m.name.display() for m in store.models()] == ["m:latest"]
+    assert store.get(Name.parse("m")).digest == new.digest != old.digest
+    only_old = {d.digest for d in old.manifest.blobs()} - {d.digest for d in new.manifest.blobs()}
+    assert only_old and models.prune(store).blobs == len(only_old)
+    assert models.verify(store).ok

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
-from ollimg import api
+from ollimg import api, builtin
 from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Model, Name, Store
 from ollimg.server.scheduler import Scheduler
@@ -25,8 +25,11 @@ def scheduler(request: Request) -> Scheduler:
 
 
 def get_model(request: Request, text: str) -> Model:
-    """The stored model a request names (InvalidName 400, ModelNotFound 404)."""
-    return store(request).get(Name.parse(text))
+    """The stored model a request names (InvalidName 400, ModelNotFound 404).
+
+    A built-in model (`shapes`) that is not in the store yet is imported on first use.
+    """
+    return builtin.get_or_import(store(request), Name.parse(text))
 
 
 def line(obj: Any) -> bytes:

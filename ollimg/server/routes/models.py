@@ -51,7 +51,7 @@ def ps(request: Request) -> api.PsResponse:
             name=r.model.name.display(), model=r.model.name.display(), size=r.size, digest=r.model.digest,
             details=details(r.model), expires_at=iso(r.expires_at),
             size_vram=0 if processor == "CPU" else r.size, processor=processor, busy=r.busy,
-            pid=getattr(rt, "pid", None),
+            waiting=max(0, r.users - r.busy), pid=getattr(rt, "pid", None),
         ))
     return api.PsResponse(models=models)
 
@@ -69,12 +69,12 @@ def show(body: api.ShowRequest, request: Request) -> api.ShowResponse:
     )
 
 
-@router.delete("/api/delete", responses={200: {"description": "deleted"}, **ERRORS})
-async def delete(body: api.ModelRequest, request: Request) -> JSONResponse:
+@router.delete("/api/delete", response_model=api.DeleteResponse, responses=ERRORS)
+async def delete(body: api.ModelRequest, request: Request) -> api.DeleteResponse:
     name = Name.parse(_required(body))
     await scheduler(request).unload(key(name))
-    await asyncio.to_thread(models.remove, store(request), [name])
-    return JSONResponse({})
+    removed = await asyncio.to_thread(models.remove, store(request), [name])
+    return api.DeleteResponse(deleted=removed.names, blobs=removed.blobs, bytes=removed.bytes)
 
 
 @router.post("/api/copy", responses={200: {"description": "copied"}, **ERRORS})

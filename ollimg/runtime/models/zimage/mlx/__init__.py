@@ -13,7 +13,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ollimg.errors import InvalidModel
+from ollimg.errors import InvalidModel, OutOfMemory
 from ollimg.runtime.backend import Components
 from ollimg.runtime.models.zimage import weights
 from ollimg.runtime.models.zimage.config import ZImageConfig
@@ -35,8 +35,23 @@ def set_weights(module: nn.Module, tensors: dict[str, mx.array], component: str,
                 f"{component}: weight {name!r} has shape {tuple(value.shape)}, "
                 f"expected {tuple(expected[name].shape)}"
             )
-    module.load_weights([(k, v.astype(dtype)) for k, v in tensors.items()], strict=True)
-    mx.eval(module.parameters())
+    cast = []
+    for name, value in tensors.items():
+        value = value if value.dtype == dtype else value.astype(dtype)
+        mx.eval(value)  # one tensor at a time: the stored and the converted copy never all coexist
+        cast.append((name, value))
+    module.load_weights(cast, strict=True)
+
+
+def evaluate(*arrays) -> None:
+    """mx.eval, with MLX's allocation failures (a RuntimeError naming malloc) raised as OutOfMemory."""
+    try:
+        mx.eval(*arrays)
+    except RuntimeError as e:
+        if "malloc" in str(e) or "allocate" in str(e):
+            raise OutOfMemory(f"out of memory on MLX: {str(e).splitlines()[0]}; try a smaller size or fewer "
+                              "images") from None
+        raise
 
 
 def dequantize(tensors: dict[str, mx.array], dtype: mx.Dtype) -> dict[str, mx.array]:
@@ -77,6 +92,7 @@ def build(backend, config: ZImageConfig, source: ModelSource) -> Components:
     text_encoder = _load(backend, TextEncoder(config.text_encoder), te_refs, f"{where}: text_encoder")
     transformer = _load(backend, ZImageTransformer(config.transformer), dit_refs, f"{where}: transformer")
     vae = _load(backend, VAE(config.vae), vae_refs, f"{where}: vae", layout=mlx_layout)
+    transformer.compiled = backend.compile
     vae_config = config.vae
 
     def encode(ids: list[np.ndarray]) -> list[mx.array]:
@@ -86,17 +102,19 @@ def build(backend, config: ZImageConfig, source: ModelSource) -> Components:
             row[: len(i)] = i
         feats = text_encoder(mx.array(batch))
         out = [feats[k, :n] for k, n in enumerate(lens)]
-        mx.eval(out)
+        evaluate(out)
         return out
 
     def run_transformer(x: mx.array, t: np.ndarray, caps: list[mx.array]) -> mx.array:
         out = transformer(x, mx.array(np.asarray(t, np.float32)), caps)
-        mx.eval(out)
+        evaluate(out)  # step by step: progress, cancelling and timings see real work
         return out
 
     def decode(latents: mx.array) -> np.ndarray:
         z = latents.astype(backend.mx_dtype) / vae_config.scaling_factor + vae_config.shift_factor
-        pixels = np.array(vae.decode(z).astype(mx.float32))  # (B, H, W, 3)
+        pixels = vae.decode(z).astype(mx.float32)  # (B, H, W, 3)
+        evaluate(pixels)
+        pixels = np.array(pixels)
         return (np.clip(pixels / 2 + 0.5, 0, 1) * 255).round().astype(np.uint8)
 
     components = Components(encode=encode, transformer=run_transformer, decode=decode)

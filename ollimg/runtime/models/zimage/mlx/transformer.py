@@ -21,6 +21,7 @@ import numpy as np
 
 from ollimg.runtime.models.zimage import layout
 
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -141,7 +142,6 @@ class Captions:
     cos: mx.array  # (B, Lx + Lc, 1, Dh/2) main-sequence RoPE, image first
     sin: mx.array
     mask: mx.array | None  # (B, 1, 1, Lx + Lc) keys that exist; None when no row is padded
-    grid: tuple[int, int]  # (H/2, W/2) image tokens
 
 
 class ZImageTransformer(nn.Module):
@@ -160,6 +160,9 @@ class ZImageTransformer(nn.Module):
         self.layers = [Block(cfg, modulation=True) for _ in range(cfg.n_layers)]
         self._rope = layout.Rope(cfg)
         self._captions: dict = {}
+        # The weights enter the compiled step as constants: it must be rebuilt if they are replaced.
+        self.compiled = False
+        self._compiled = mx.compile(self._step)
 
     def __call__(self, latents: mx.array, t: mx.array, cap_feats: list[mx.array]) -> mx.array:
         """diffusers' forward: (B, C, H, W) latents, (B,) t in [0, 1], B caption arrays -> float32 (B, C, H, W).
@@ -200,27 +203,35 @@ class ZImageTransformer(nn.Module):
         return Captions(
             cap=cap, x_cos=x_cos, x_sin=x_sin,
             cos=mx.concatenate([x_cos, cap_cos], axis=1), sin=mx.concatenate([x_sin, cap_sin], axis=1),
-            mask=key_mask(pads, lx, lc), grid=(h, w),
+            mask=key_mask(pads, lx, lc),
         )
 
     def denoise(self, latents: mx.array, t: mx.array, captions: Captions) -> mx.array:
         """One DiT forward for (B, C, H, W) latents at times t (B,), given the encoded captions."""
+        step = self._compiled if self.compiled else self._step
+        rope = [captions.x_cos, captions.x_sin, captions.cos, captions.sin]
+        return step(latents, t, captions.cap, rope, [] if captions.mask is None else [captions.mask])
+
+    def _step(self, latents: mx.array, t: mx.array, cap: mx.array, rope: list, masks: list) -> mx.array:
+        """`denoise` on arrays only, so that mx.compile can trace it (once per shape)."""
         b, c, hh, ww = latents.shape
-        h, w = captions.grid
+        h, w = hh // 2, ww // 2
+        x_cos, x_sin, cos, sin = rope
         dtype = self.x_pad_token.dtype
         adaln = self.t_embedder(t * self.cfg.t_scale).astype(dtype)  # (B, 256)
 
         x = latents.astype(dtype).reshape(b, c, h, 2, w, 2).transpose(0, 2, 4, 3, 5, 1).reshape(b, h * w, 4 * c)
         x = self.all_x_embedder["2-1"](x)  # (B, h*w, D)
-        lx = captions.x_cos.shape[1]
+        lx = x_cos.shape[1]
         if lx > h * w:
             x = mx.concatenate([x, mx.broadcast_to(self.x_pad_token, (b, lx - h * w, x.shape[-1]))], axis=1)
         for layer in self.noise_refiner:
-            x = layer(x, None, captions.x_cos, captions.x_sin, adaln)
+            x = layer(x, None, x_cos, x_sin, adaln)
 
-        x = mx.concatenate([x, captions.cap], axis=1)  # image first
+        x = mx.concatenate([x, cap], axis=1)  # image first
+        mask = masks[0] if masks else None
         for layer in self.layers:
-            x = layer(x, captions.mask, captions.cos, captions.sin, adaln)
+            x = layer(x, mask, cos, sin, adaln)
         x = self.all_final_layer["2-1"](x, adaln)[:, : h * w]  # (B, h*w, 4C)
         return x.reshape(b, h, w, 2, 2, c).transpose(0, 5, 1, 3, 2, 4).reshape(b, c, hh, ww)
 

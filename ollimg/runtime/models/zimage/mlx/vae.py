@@ -15,6 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ollimg.runtime.models.zimage.mlx import evaluate
+
 
 class GroupNorm(nn.Module):
     def __init__(self, groups: int, channels: int, eps: float = 1e-6):
@@ -171,7 +173,7 @@ class VAE(nn.Module):
                 ys, xs = slice(top * s, top * s + th), slice(left * s, left * s + tw)
                 out[:, ys, xs] += tile * ramp
                 weight[ys, xs] += ramp
-                mx.eval(out, weight)  # one tile at a time
+                evaluate(out, weight)  # one tile at a time
         return out / weight
 
 
