@@ -1,8 +1,8 @@
-"""One 128x128 image (PNG encoding excluded) of the shipped shapes model at its defaults (8 steps, guidance 0) on the CPU:
-ollimg's torch backend, ollimg's MLX backend (if mlx imports) and diffusers' ZImagePipeline,
-measured in the same run. Median of --runs after one warm-up each.
+"""One 128x128 image (PNG encoding excluded) of the shipped shapes model at its defaults (8 steps,
+guidance 0) on the CPU: ollimg's torch backend, ollimg's MLX backend (if mlx imports) and
+diffusers' ZImagePipeline, measured in the same run, interleaved. Median (and min) of --runs after one warm-up each.
 
-    python bench/shapes_cpu.py --runs 5
+    python bench/shapes_cpu.py --runs 9 --json bench/results/shapes_cpu.json
 """
 
 from __future__ import annotations
@@ -21,14 +21,18 @@ from ollimg.builtin import builtin_models
 PROMPT = "a large red circle at the top left on a blue background"
 
 
-def median_seconds(fn, runs: int) -> dict[str, float]:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def interleaved(paths: dict, runs: int) -> dict[str, dict[str, float]]:
+    """One warm-up each, then `runs` rounds running every path once, so that load from other
+    processes falls on all of them alike."""
+    for fn in paths.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return {"median": round(statistics.median(times), 3), "min": round(min(times), 3)}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(runs):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median": round(statistics.median(t), 3), "min": round(min(t), 3)} for name, t in times.items()}
 
 
 def main() -> None:
@@ -42,21 +46,20 @@ def main() -> None:
 
     from ollimg.runtime import load
 
-    ours = load(model, backend="torch", device="cpu")
-    figures["ollimg torch"] = median_seconds(lambda: ours.generate(PROMPT, seed=0), args.runs)
-    try:
-        mlx = load(model, backend="mlx")
-        figures["ollimg mlx"] = median_seconds(lambda: mlx.generate(PROMPT, seed=0), args.runs)
-    except Exception as exc:  # a bench edge: report why MLX was not measured
-        figures["ollimg mlx"] = f"not measured: {exc}"
-
     from diffusers import ZImagePipeline
 
+    ours = load(model, backend="torch", device="cpu")
+    paths = {"ollimg torch": lambda: ours.generate(PROMPT, seed=0)}
+    try:
+        mlx = load(model, backend="mlx")
+        paths["ollimg mlx"] = lambda: mlx.generate(PROMPT, seed=0)
+    except Exception as exc:  # a bench edge: report why MLX was not measured
+        figures["ollimg mlx"] = f"not measured: {exc}"
     ref = ZImagePipeline.from_pretrained(model, dtype=torch.float32)
     ref.set_progress_bar_config(disable=True)
-    gen = lambda: ref(PROMPT, height=128, width=128, num_inference_steps=8, guidance_scale=0.0,  # noqa: E731
-                      generator=torch.Generator().manual_seed(0))
-    figures["diffusers"] = median_seconds(gen, args.runs)
+    paths["diffusers"] = lambda: ref(PROMPT, height=128, width=128, num_inference_steps=8, guidance_scale=0.0,
+                                     generator=torch.Generator().manual_seed(0))
+    figures.update(interleaved(paths, args.runs))
     figures["load_average_after"] = os.getloadavg()  # other processes on the machine skew CPU figures
     print(json.dumps(figures, indent=2))
     if args.json:
