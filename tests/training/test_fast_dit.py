@@ -8,7 +8,6 @@ pytest.importorskip("diffusers")
 from training.shapes import fast_dit, model  # noqa: E402
 
 
-@pytest.mark.slow
 def test_fast_forward_matches_diffusers():
     torch.manual_seed(0)
     dit = model.build_transformer().eval()
