@@ -48,7 +48,7 @@ class MlxBackend:
         # matmuls dominate) and its first trace JIT-compiles C++ for seconds; on the GPU it fuses
         # the elementwise work (RoPE, norms, gates) into fewer kernels.
         self.compile = wanted == "gpu"
-        self._bytes = 0
+        self.weight_bytes = 0  # of the built modules' parameters, added by the component builder
 
     # --- the Backend protocol ---
     def from_numpy(self, array: np.ndarray) -> mx.array:
@@ -67,7 +67,7 @@ class MlxBackend:
         mx.synchronize()
 
     def memory(self) -> int:
-        return self._bytes
+        return self.weight_bytes
 
     def load_tensors(self, refs: dict[str, TensorRef], dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
         """Lazily loaded tensors; floats in `dtype` (default: the compute dtype), fp8 (uint8) and scales kept."""
