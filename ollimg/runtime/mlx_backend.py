@@ -1,8 +1,9 @@
 """The MLX backend (Apple Silicon GPU, or CPU on Linux with `mlx[cpu]`): device and dtype choice,
-lazy memory-mapped weight loading, and the Backend protocol of `ollimg/runtime/backend.py`.
+lazy weight loading, and the Backend protocol of `ollimg/runtime/backend.py`.
 
-Weights come from `mx.load` on each blob (or shard): MLX reads a safetensors file lazily, so a
-tensor's bytes are read once, when the module first evaluates it, into the one copy MLX holds.
+Weights come from `mx.load` on each blob (or shard). MLX 0.32 does not memory-map the file: it
+reads a tensor lazily, once, when the module first evaluates it, straight into the one buffer MLX
+holds (unified memory on Apple Silicon), so there is no second full copy in host RAM.
 float8 E4M3 weights arrive as uint8 with their float32 `_scale` and are dequantized by the
 component builder (`models/zimage/mlx`).
 """
@@ -70,7 +71,7 @@ class MlxBackend:
         return self.weight_bytes
 
     def load_tensors(self, refs: dict[str, TensorRef], dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
-        """Lazily loaded tensors; floats in `dtype` (default: the compute dtype), fp8 (uint8) and scales kept."""
+        """Lazily loaded tensors (read on first evaluation); floats in `dtype` (default: the compute dtype), fp8 (uint8) and scales kept."""
         dtype = dtype or self.mx_dtype
         by_file: dict = defaultdict(dict)
         for name, ref in refs.items():
