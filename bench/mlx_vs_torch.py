@@ -4,8 +4,8 @@
 
 For each model (the tiny fixture model, built here, at 64x64 and 4 steps; then any --model and
 `ollimg/models/shapes` when it exists, at their own default size and steps) it loads the torch
-backend and the MLX backend (eager, and with the denoising step under mx.compile) in fp32 on the CPU, warms each up once (mx.compile traces and
-JIT-compiles there), then runs `generate` --repeats times, interleaving the backends so that
+backend and the MLX backend (eager, and with the denoising step under mx.compile) in fp32 on the
+CPU, warms each up once (mx.compile traces and JIT-compiles there), then runs `generate` --repeats times, interleaving the backends so that
 machine load hits them alike, and prints min and median seconds per stage. A last table times
 one linear layer with fp8 weights three ways on MLX (dequantized once to bf16, dequantized per
 call, MLX's 8-bit quantized matmul) to back the choice the MLX backend makes for fp8 models.

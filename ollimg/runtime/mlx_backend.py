@@ -71,7 +71,8 @@ class MlxBackend:
         return self.weight_bytes
 
     def load_tensors(self, refs: dict[str, TensorRef], dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
-        """Lazily loaded tensors (read on first evaluation); floats in `dtype` (default: the compute dtype), fp8 (uint8) and scales kept."""
+        """Tensors read on first evaluation; floats in `dtype` (default: the compute dtype), fp8
+        (as uint8) and fp8 scales as stored."""
         dtype = dtype or self.mx_dtype
         by_file: dict = defaultdict(dict)
         for name, ref in refs.items():
