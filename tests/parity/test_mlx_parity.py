@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers", reason="diffusers is the parity reference (test dependency)")
+import diffusers  # noqa: E402  (the parity reference, a test dependency: missing is an error, not a skip)
+import torch  # noqa: E402
 
 from ollimg.errors import InvalidModel  # noqa: E402
 from ollimg.runtime import load  # noqa: E402
