@@ -74,22 +74,21 @@ class MlxBackend:
         """Tensors read on first evaluation; floats in `dtype` (default: the compute dtype), fp8
         (as uint8) and fp8 scales as stored."""
         dtype = dtype or self.mx_dtype
-        by_file: dict = defaultdict(dict)
+        # file -> byte offset -> names: equal tensors share one blob in the store (deduplicated)
+        by_file: dict = defaultdict(lambda: defaultdict(list))
         for name, ref in refs.items():
             if ref.dtype not in STORED:
                 raise InvalidModel(f"{ref.path}: tensor dtype {ref.dtype} is not supported")
-            by_file[ref.path][ref.offset] = name
+            by_file[ref.path][ref.offset].append(name)
         out = {}
-        for path, names in by_file.items():
+        for path, offsets in by_file.items():
             stored = mx.load(str(path), format="safetensors")
             for inner, ref in read_header(path)[0].items():
-                name = names.get(ref.offset)
-                if name is None:
-                    continue
-                tensor = stored[inner]
-                if ref.dtype != "F8_E4M3" and not name.endswith("_scale") and tensor.dtype != dtype:
-                    tensor = tensor.astype(dtype)
-                out[name] = tensor
+                for name in offsets.get(ref.offset, []):
+                    tensor = stored[inner]
+                    if ref.dtype != "F8_E4M3" and not name.endswith("_scale") and tensor.dtype != dtype:
+                        tensor = tensor.astype(dtype)
+                    out[name] = tensor
         return out
 
     def build(self, config, source):
