@@ -3,7 +3,7 @@
     python bench/mlx_vs_torch.py [--repeats 5] [--model PATH_OR_NAME ...] [--variants torch,mlx,mlx+compile]
 
 For each model (the tiny fixture model, built here, at 64x64 and 4 steps; then any --model and
-`ollimg/models/shapes` when it exists, at their own default size and steps) it loads the torch
+`ollimg/builtin/shapes` when it exists, at their own default size and steps) it loads the torch
 backend and the MLX backend (eager, and with the denoising step under mx.compile) in fp32 on the
 CPU, warms each up once (mx.compile traces and JIT-compiles there), then runs `generate` --repeats times, interleaving the backends so that
 machine load hits them alike, and prints min and median seconds per stage. A last table times
@@ -116,8 +116,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tiny = make_tiny_zimage(Path(tmp) / "tiny", dtype="float32", seed=0)
         time_model("tiny fixture model", str(tiny), args, size=64, steps=4)
-        shapes = ROOT / "ollimg" / "models" / "shapes"
-        models = args.model + ([str(shapes)] if shapes.is_dir() else [])
+        shapes = ROOT / "ollimg" / "builtin" / "shapes"
+        given = {str(Path(m).resolve()) for m in args.model}
+        models = args.model + ([str(shapes)] if shapes.is_dir() and str(shapes) not in given else [])
         for model in models:
             time_model(model, model, args)
     time_fp8_linear(args.repeats)
