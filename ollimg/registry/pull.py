@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 LARGE = 64 << 20  # blobs this big come in parallel byte ranges and survive an interrupted pull
 PART_MIN = 16 << 20
 SAVE_EVERY = 1 << 20  # bytes of a large blob between two saves of its resume record
-LAND_BLOBS, LAND_BYTES = 64, 64 << 20  # verified small blobs are made durable and visible in batches this big
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
 
 
@@ -105,7 +104,7 @@ class Download:
     def __init__(self, store: Store, registry: Registry, name: Name, report: Reporter, workers: int):
         self.store, self.registry, self.name, self.report, self.workers = store, registry, name, report, workers
         self.stop = threading.Event()
-        self._verified: list[tuple[BlobWriter, Descriptor]] = []  # verified, not yet landed
+        self._verified: list[BlobWriter] = []  # verified, not yet landed
         self._verified_lock = threading.Lock()
 
     def run(self, descs: list[Descriptor]) -> None:
@@ -125,7 +124,7 @@ class Download:
         finally:
             for blob in large:
                 blob.close()
-            self.land(everything=True)  # verified blobs land even when the pull fails: a retry skips them
+            self.land()  # verified blobs land even when the pull fails: a retry skips them
 
     def url(self, digest: str) -> str:
         return self.registry.url(self.name.repository, "blobs", digest)
@@ -144,21 +143,19 @@ class Download:
         writer = retrying(partial(self._fetch_small, desc), f"registry {self.name.host}", self.stop)
         self.report.blob("pulling", desc.digest, desc.size, desc.size)
         with self._verified_lock:
-            self._verified.append((writer, desc))
-        self.land(everything=False)
+            self._verified.append(writer)
 
-    def land(self, everything: bool = True) -> None:
-        """Makes verified small blobs durable and visible: all of them, or a full batch if there is one.
+    def land(self) -> None:
+        """Makes the verified small blobs durable and visible, in one batch.
 
-        One round of fsyncs per batch instead of one fsync + rename + directory fsync per blob.
-        The main thread calls this every half second too, so an interrupted pull keeps its blobs.
+        Called by the waiting thread every half second and at the end, so the transfer threads
+        never wait for the disk, an interrupted pull keeps what it fetched, and the fsyncs of a
+        batch come together (one syncfs on Linux) instead of one fsync + rename per blob.
         """
         with self._verified_lock:
-            size = sum(d.size for _, d in self._verified)
-            if not self._verified or not (everything or len(self._verified) >= LAND_BLOBS or size >= LAND_BYTES):
-                return
             batch, self._verified = self._verified, []
-        self.store.blobs.land([writer for writer, _ in batch])
+        if batch:
+            self.store.blobs.land(batch)
 
     def _fetch_small(self, desc: Descriptor) -> BlobWriter:
         """The blob, verified, in a temp file not yet synced (see `land`)."""
