@@ -290,3 +290,26 @@ def test_bearer_token_flow(registry, proxy_for, tmp_path, monkeypatch):
     assert any("repository:team/tokens:pull" in r["scopes"] for r in proxy.token_requests)
 
     assert pull(dst, name).raw == model.raw
+
+
+def test_ctrl_c_stops_a_pull_cleanly(registry, proxy_for, tmp_path):
+    src, dst = Store(tmp_path / "src"), Store(tmp_path / "dst")
+    name = f"{registry.host}/team/interrupt:v1"
+    model = write_model(src, name, {"big": BIG, "small": ("F32", (64,))}, {}, seed=10)
+    push(src, name)
+    big = next(d for d in model.manifest.layers if d.size > 64 * MiB)
+    proxy = proxy_for(registry, throttle=4 * MiB)
+    via = f"{proxy.host}/team/interrupt:v1"
+    process = subprocess.Popen([*OLLIMG, "pull", "--json", via], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=cli_env(OLLIMG_MODELS=str(dst.root)))
+    for line in process.stdout:
+        if json.loads(line).get("completed", 0) >= 4 * MiB:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "Error: interrupted"
+    assert not dst.exists(Name.parse(via))
+    partial = dst.blobs.partial_path(big.digest)
+    record = json.loads(partial.with_name(partial.name + ".json").read_text())
+    assert sum(done for _, _, done in record["parts"]) >= 4 * MiB
