@@ -313,3 +313,20 @@ def test_ctrl_c_stops_a_pull_cleanly(registry, proxy_for, tmp_path):
     partial = dst.blobs.partial_path(big.digest)
     record = json.loads(partial.with_name(partial.name + ".json").read_text())
     assert sum(done for _, _, done in record["parts"]) >= 4 * MiB
+
+
+def test_chunked_upload_of_large_blobs(registry, tmp_path, monkeypatch):
+    push_module = importlib.import_module("ollimg.registry.push")
+    monkeypatch.setattr(push_module, "CHUNKED", 1 * MiB)
+    monkeypatch.setattr(push_module, "CHUNK", 300 << 10)  # not a divisor of the size: a short last chunk
+    src = Store(tmp_path / "src")
+    name = f"{registry.host}/team/chunked:v1"
+    model = write_model(src, name, {"w": ("F32", (400, 1024)), "b": ("F32", (8,))}, {}, seed=11)
+    seen = []
+    push(src, name, on_progress=seen.append)
+    big = model.manifest.layers[0]
+    done = [p.completed for p in seen if p.digest == big.digest]
+    assert done[-1] == big.size and done == sorted(done)
+    dst = Store(tmp_path / "dst")
+    assert pull(dst, name).raw == model.raw
+    assert dst.blobs.path(big.digest).read_bytes() == src.blobs.path(big.digest).read_bytes()
