@@ -14,6 +14,7 @@ def store_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("OLLIMG_MODELS", str(models))
     monkeypatch.setenv("OLLIMG_REGISTRY", "registry.ollimg.dev")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("OLLIMG_HOST", "127.0.0.1:9")  # no server: CLI commands work locally unless a test starts one
     return models
 
 
@@ -25,3 +26,12 @@ def cli_env(**extra: str) -> dict:
 
 
 OLLIMG = [sys.executable, "-m", "ollimg"]
+
+
+@pytest.fixture(scope="session")
+def tiny_zimage_dir(tmp_path_factory) -> Path:
+    """A tiny random Z-Image model (fp32) in the diffusers layout, built once per test session."""
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from make_tiny_zimage import make_tiny_zimage
+
+    return make_tiny_zimage(tmp_path_factory.mktemp("tiny-zimage") / "model", dtype="float32", seed=0)

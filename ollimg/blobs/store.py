@@ -3,6 +3,15 @@
 A blob is written to a unique temp file beside its final place, hashed while it is written,
 fsynced, checked against the digest it should have, then renamed. A reader therefore sees a
 blob whole or not at all. Temp files are named `.tmp-*` so `prune` can find stale ones.
+
+Two ways in, one way to publish (`BlobWriter.commit`):
+- `writer()`: the caller writes bytes (a download, a converted tensor); they are hashed as written.
+- `put_range()`: a byte range of an existing file (a tensor inside a safetensors shard) behind a
+  header. The range is hashed first (through mmap, so no copy), a blob that is already there is
+  not written again, and otherwise the kernel copies the range (`copy_file_range`). The source's
+  size and mtime are checked after the copy, so a file changed mid-import is an error.
+Hashing releases the GIL, so callers run several blobs in threads to use every core.
+Must not import httpx, fastapi, rich, torch or mlx.
 """
 
 from __future__ import annotations
@@ -11,10 +20,12 @@ import ctypes
 import errno
 import functools
 import hashlib
+import mmap
 import os
 import re
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from ollimg.errors import DigestMismatch, NoSpace, StoreError
 
@@ -64,55 +75,80 @@ def _libc():
 
 
 def no_space(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    """Out of room: a full disk, a quota, or a file-size limit (RLIMIT_FSIZE gives EFBIG)."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_error(e: OSError, root: Path) -> Exception:
+    if no_space(e):
+        return NoSpace(f"no space left on the device while writing to {root}; free some space and retry")
+    return StoreError(f"cannot write blob in {root}: {e}")
 
 
 class BlobWriter:
-    """Writes one blob: `write()` pieces, then `commit()` (verifies, renames) or `abort()`."""
+    """Writes one blob: `write()` pieces, then `commit()` (verifies, renames) or `abort()`.
+
+    After `commit()`, `new` says whether this writer added the blob (False: it was already there,
+    and the temp file was dropped without being synced).
+    """
 
     def __init__(self, store: "BlobStore", expected: str | None = None, expected_size: int | None = None):
         self.store = store
         self.expected = check_digest(expected) if expected else None
         self.expected_size = expected_size
-        self.hash = hashlib.sha256()
+        self.hash: "hashlib._Hash | None" = hashlib.sha256()
         self.size = 0
+        self.new = False
         self.tmp = store.root / f".tmp-{uuid.uuid4().hex}"
-        store.root.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.tmp, "wb")
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.tmp, "wb")
+        except OSError as e:
+            raise write_error(e, store.root) from None
 
     def write(self, data: bytes | memoryview) -> None:
-        self.hash.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         try:
             self._file.write(data)
         except OSError as e:
             self.abort()
-            if no_space(e):
-                raise NoSpace(f"no space left on the device while writing to {self.store.root}; free some space and retry") from None
-            raise StoreError(f"cannot write blob: {e}") from None
-        self.size += len(data)
+            raise write_error(e, self.store.root) from None
+        self.size += memoryview(data).nbytes
+
+    def copy_range(self, fd: int, offset: int, nbytes: int, on_bytes: Callable[[int], None] | None = None) -> None:
+        """Append `nbytes` of file `fd` from `offset`, copied by the kernel and NOT hashed here.
+
+        Only for a writer made with `expected`: the caller hashed exactly these bytes already.
+        """
+        if self.expected is None:
+            raise StoreError("copy_range needs a writer that knows its expected digest")
+        self.hash = None
+        try:
+            self._file.flush()
+            _copy(fd, self._file.fileno(), offset, self.size, nbytes, on_bytes)
+            self._file.seek(0, os.SEEK_END)
+        except OSError as e:
+            self.abort()
+            raise write_error(e, self.store.root) from None
+        self.size += nbytes
 
     @property
     def digest(self) -> str:
+        if self.hash is None:
+            return self.expected  # type: ignore[return-value]
         return "sha256:" + self.hash.hexdigest()
 
-    def commit(self, sync: bool = True) -> str:
-        """Make the blob visible under its digest; returns the digest.
+    def commit(self, sync_dir: bool = True, sync: bool = True) -> str:
+        """Verify the blob and make it visible under its digest; returns the digest.
 
-        With `sync=False` the verified blob stays in its temp file, not yet fsynced:
-        `BlobStore.land()` then makes a batch of such writers durable and visible with one round
-        of fsyncs (the first fsync commits the journal for all of them), which is much cheaper
-        than one fsync + rename + directory fsync per small blob.
+        `sync_dir=False` leaves the directory fsync to the caller (`BlobStore.sync()`), which
+        must happen before anything (a manifest) names the blob; importers of many blobs use it.
+        `sync=False` verifies the blob but leaves it in its temp file, unsynced: `BlobStore.land()`
+        then makes a batch of such writers durable (one syncfs) and visible, which is much cheaper
+        than an fsync per small blob (pulls use it). A blob is renamed only after its bytes are
+        durable, so a crash never leaves a digest-named file with unflushed content.
         """
-        try:
-            self._file.flush()
-            if sync:
-                os.fsync(self._file.fileno())
-            self._file.close()
-        except OSError as e:
-            self.abort()
-            if no_space(e):
-                raise NoSpace(f"no space left on the device while writing to {self.store.root}; free some space and retry") from None
-            raise StoreError(f"cannot write blob: {e}") from None
         digest = self.digest
         if self.expected and digest != self.expected:
             self.abort()
@@ -120,17 +156,35 @@ class BlobWriter:
         if self.expected_size is not None and self.size != self.expected_size:
             self.abort()
             raise DigestMismatch(f"blob {digest} has {self.size} bytes, expected {self.expected_size}")
+        if self.store.has(digest, self.size):
+            self.abort()  # already stored: the temp file goes without ever being synced
+            return digest
+        try:
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as e:
+            self.abort()
+            raise write_error(e, self.store.root) from None
         if sync:
             self._place()
-            fsync_dir(self.store.root)
+            if sync_dir:
+                fsync_dir(self.store.root)
         return digest
 
     def _place(self) -> None:
+        """Rename the (durable) temp file into place, unless an equal blob got there first."""
         final = self.store.path(self.digest)
-        if final.exists() and final.stat().st_size == self.size:
+        if self.store.has(self.digest, self.size):
             self.tmp.unlink(missing_ok=True)
-        else:
+            return
+        try:
             os.replace(self.tmp, final)
+        except OSError as e:
+            self.abort()
+            raise write_error(e, self.store.root) from None
+        self.new = True
 
     def abort(self) -> None:
         try:
@@ -145,6 +199,73 @@ class BlobWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _copy(src: int, dst: int, src_offset: int, dst_offset: int, nbytes: int, on_bytes: Callable[[int], None] | None) -> None:
+    """Copy a byte range between files in the kernel; read/write where copy_file_range cannot."""
+    done = 0
+    use_kernel = hasattr(os, "copy_file_range")
+    while done < nbytes:
+        count = min(CHUNK * 8, nbytes - done)
+        n = 0
+        if use_kernel:
+            try:
+                n = os.copy_file_range(src, dst, count, src_offset + done, dst_offset + done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                use_kernel = False
+        if not use_kernel:
+            data = os.pread(src, min(count, CHUNK), src_offset + done)
+            n = os.pwrite(dst, data, dst_offset + done) if data else 0
+        if n == 0:
+            raise StoreError(f"source file ended {nbytes - done} bytes early while copying")
+        done += n
+        if on_bytes:
+            on_bytes(n)
+
+
+def hash_range(fd: int, offset: int, nbytes: int, prefix: bytes = b"", on_bytes: Callable[[int], None] | None = None) -> str:
+    """sha256 of `prefix` + `nbytes` of file `fd` from `offset`, read through mmap (no copy)."""
+    h = hashlib.sha256(prefix)
+    if nbytes:
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+            if offset + nbytes > len(mm):
+                raise StoreError(f"source file is shorter than expected ({len(mm)} < {offset + nbytes} bytes)")
+            view = memoryview(mm)
+            try:
+                for start in range(offset, offset + nbytes, CHUNK):
+                    end = min(start + CHUNK, offset + nbytes)
+                    h.update(view[start:end])
+                    if on_bytes:
+                        on_bytes(end - start)
+            finally:
+                view.release()
+    return "sha256:" + h.hexdigest()
+
+
+class _Scaled:
+    """Maps two passes over `total` bytes onto `total` progress units: `split` for the first."""
+
+    def __init__(self, callback: Callable[[int], None] | None, total: int, split: int):
+        self.callback, self.total, self.split, self.sent = callback, total, split, 0
+        self.first_done = self.second_done = 0
+
+    def _send(self, target: int) -> None:
+        if self.callback and target > self.sent:
+            self.callback(target - self.sent)
+            self.sent = target
+
+    def first(self, n: int) -> None:
+        self.first_done += n
+        self._send(self.first_done * self.split // max(self.total, 1))
+
+    def second(self, n: int) -> None:
+        self.second_done += n
+        self._send(self.split + self.second_done * (self.total - self.split) // max(self.total, 1))
+
+    def finish(self) -> None:
+        self._send(self.total)
 
 
 class BlobStore:
@@ -175,7 +296,7 @@ class BlobStore:
         """
         try:
             if not _syncfs(self.root):
-                for writer in writers:
+                for writer in (w for w in writers if w.tmp.exists()):
                     fd = os.open(writer.tmp, os.O_RDONLY)
                     try:
                         os.fsync(fd)
@@ -216,6 +337,39 @@ class BlobStore:
             w.write(data)
             return w.commit()
 
+    def put_range(
+        self, path: Path, offset: int, nbytes: int, header: bytes = b"",
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> tuple[str, int, bool]:
+        """Store `header` + a byte range of `path` as one blob: (digest, size, new).
+
+        `on_bytes` gets progress in bytes of the range, which add up to `nbytes`: the first half
+        while hashing, the second half while copying (at once when the blob is already stored).
+        Does not fsync the directory: call `sync()` before naming the blob in a manifest.
+        """
+        hashed = nbytes // 2
+        report = _Scaled(on_bytes, nbytes, hashed)
+        with open(path, "rb") as f:
+            before = os.fstat(f.fileno())
+            digest = hash_range(f.fileno(), offset, nbytes, header, report.first)
+            size = len(header) + nbytes
+            if self.has(digest, size):
+                report.finish()
+                return digest, size, False
+            with self.writer(digest, size) as w:
+                w.write(header)
+                w.copy_range(f.fileno(), offset, nbytes, report.second)
+                after = os.fstat(f.fileno())
+                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                    raise StoreError(f"{path} changed while it was being imported; retry when it is stable")
+                w.commit(sync_dir=False)
+                report.finish()
+                return digest, size, w.new
+
+    def sync(self) -> None:
+        """Make renamed blobs durable (fsync of the blob directory)."""
+        fsync_dir(self.root)
+
     def read_bytes(self, digest: str) -> bytes:
         try:
             return self.path(digest).read_bytes()
@@ -236,8 +390,6 @@ class BlobStore:
         self.path(digest).unlink(missing_ok=True)
 
     def hash_file(self, digest: str) -> str:
-        h = hashlib.sha256()
+        """The sha256 of the blob stored under `digest`, as it is on disk now."""
         with open(self.path(digest), "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-        return "sha256:" + h.hexdigest()
+            return hash_range(f.fileno(), 0, os.fstat(f.fileno()).st_size)

@@ -37,9 +37,9 @@ def _options(
 
 
 def _register() -> None:
-    from ollimg.cli import login, models, pull, push
+    from ollimg.cli import create, login, models, ps, pull, push, run, serve, stop
 
-    for module in (models, pull, push, login):
+    for module in (create, models, pull, push, login, serve, run, ps, stop):
         module.register(app)
 
 
@@ -53,8 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     _register()
     try:
         code = app(args=argv, standalone_mode=False)
-        if code == 130:  # typer turns Ctrl-C into a returned 130 when not standalone
+        # Outside standalone mode typer returns an exit code instead of raising: Ctrl-C gives 130
+        # (typer turns KeyboardInterrupt into Exit(130)), `raise typer.Exit(n)` gives n.
+        if code == 130:
             fail("interrupted", 130)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except click.exceptions.Exit as e:
         raise SystemExit(e.exit_code) from None
     except click.exceptions.Abort:

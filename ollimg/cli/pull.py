@@ -22,5 +22,12 @@ def register(app: typer.Typer) -> None:
         from ollimg.manifest import Store
         from ollimg.registry import pull
 
+        from ollimg.cli.connect import running_client
+
+        client = running_client()
         with TransferDisplay("pulling", json_output) as display:
-            pull(Store(), name, insecure=insecure or None, concurrency=concurrency, on_progress=display)
+            if client is not None:  # the server pulls into its store (with its own concurrency setting)
+                with client:
+                    client.pull(name, insecure=insecure or None, on_progress=display)
+            else:
+                pull(Store(), name, insecure=insecure or None, concurrency=concurrency, on_progress=display)

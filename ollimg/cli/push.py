@@ -22,5 +22,12 @@ def register(app: typer.Typer) -> None:
         from ollimg.manifest import Store
         from ollimg.registry import push
 
+        from ollimg.cli.connect import running_client
+
+        client = running_client()
         with TransferDisplay("pushing", json_output) as display:
-            push(Store(), name, insecure=insecure or None, concurrency=concurrency, on_progress=display)
+            if client is not None:  # the server pushes from its store (with its own concurrency setting)
+                with client:
+                    client.push(name, insecure=insecure or None, on_progress=display)
+            else:
+                push(Store(), name, insecure=insecure or None, concurrency=concurrency, on_progress=display)

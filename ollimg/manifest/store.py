@@ -23,7 +23,7 @@ from typing import Iterator
 from ollimg import config
 from ollimg.blobs import BlobStore, TensorRef, read_header
 from ollimg.blobs.store import fsync_dir, no_space
-from ollimg.errors import InvalidModel, ModelNotFound, NoSpace, StoreError
+from ollimg.errors import Busy, InvalidModel, ModelNotFound, NoSpace, StoreError
 from ollimg.manifest.manifest import Manifest
 from ollimg.manifest.name import Name
 
@@ -37,6 +37,8 @@ class Model:
     manifest: Manifest
     modified: datetime
     store: "Store"
+    new_bytes: int = 0  # set by create/pull: bytes this call added to the store
+    deduplicated_bytes: int = 0  # set by create/pull: bytes already stored
 
     @property
     def digest(self) -> str:
@@ -85,10 +87,14 @@ class Store:
         self.manifests_root = self.root / "manifests"
 
     @contextlib.contextmanager
-    def lock(self, exclusive: bool = False) -> Iterator[None]:
+    def lock(self, exclusive: bool = False, wait: bool = True) -> Iterator[None]:
+        """Shared for writers of blobs and manifests, exclusive for deleters; Busy if not `wait`."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise Busy(f"the model store {self.root} is in use by another ollimg command; retry when it ends") from None
             try:
                 yield
             finally:

@@ -1,0 +1,291 @@
+"""The wire models of the HTTP API (pydantic), written once for the server and the client.
+
+Native API (`/api/*`, ollama-like, NDJSON streams) and the OpenAI-compatible images API (`/v1/*`).
+Field constraints here are the validation the server applies and what its OpenAPI document says.
+Imports pydantic and errors.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ollimg.errors import InvalidInput
+
+MAX_PROMPT = 32000
+MIN_SIZE, MAX_SIZE = 16, 4096
+MAX_SEED = 2**63 - 1
+Format = Literal["png", "jpeg", "webp"]
+KeepAlive = str | float | None
+
+_KEEP_ALIVE_HELP = "how long the model stays loaded: seconds or a duration like 5m; 0 unloads after the request, negative keeps it"
+
+
+class Error(BaseModel):
+    """Native error body: `error` is the message, `code` the machine code the client rebuilds the exception from."""
+
+    error: str
+    code: str = "error"
+
+
+# -- native: generate ---------------------------------------------------------------------------
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=500)
+    prompt: str = Field("", max_length=MAX_PROMPT, description="empty: only load the model (or unload it with keep_alive 0)")
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
+    width: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=16, description="default: the model's")
+    height: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=16, description="default: the model's")
+    steps: int | None = Field(None, ge=1, le=200, description="default: the model's")
+    guidance: float | None = Field(None, ge=0, le=100, description="default: the model's")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="default: random; image i uses seed + i")
+    n: int = Field(1, ge=1, le=10)
+    format: Format = "png"
+    compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality")
+    keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
+    stream: bool = True
+
+
+class GenerateStep(BaseModel):
+    """One NDJSON progress line of a streamed generate: a finished denoising step."""
+
+    model: str
+    step: int
+    total: int
+    elapsed: float = 0.0
+    done: Literal[False] = False
+
+
+class GenerateResponse(BaseModel):
+    """The last line of a generate stream (or the whole answer without streaming)."""
+
+    model: str
+    created_at: str
+    images: list[str] = Field(default_factory=list, description="base64 of the encoded images")
+    format: Format = "png"
+    seed: int | None = None
+    seeds: list[int] = Field(default_factory=list)
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    load_duration: int = Field(0, description="nanoseconds spent loading the model")
+    total_duration: int = Field(0, description="nanoseconds for the whole request")
+    done: Literal[True] = True
+    done_reason: Literal["stop", "load", "unload"] = "stop"
+
+
+# -- native: models -----------------------------------------------------------------------------
+
+
+class ModelDetails(BaseModel):
+    format: str = "safetensors"
+    family: str = ""
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+class ModelInfo(BaseModel):
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: ModelDetails
+    capabilities: list[str] = Field(default_factory=lambda: ["image"])
+
+
+class TagsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class RunningModel(BaseModel):
+    name: str
+    model: str
+    size: int = Field(description="bytes the loaded model holds")
+    digest: str
+    details: ModelDetails
+    expires_at: str | None = Field(description="null: stays loaded until stopped")
+    size_vram: int
+    processor: str = Field(description="CPU, CUDA or MLX")
+    busy: bool = Field(False, description="a generation is running")
+    pid: int | None = Field(None, description="the runtime process")
+
+
+class PsResponse(BaseModel):
+    models: list[RunningModel]
+
+
+class ModelRequest(BaseModel):
+    """A request naming one model (`name` is accepted as ollama's older spelling)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, min_length=1, max_length=500)
+    name: str | None = Field(None, min_length=1, max_length=500)
+
+    def model_name(self) -> str | None:
+        return self.model or self.name
+
+
+class ShowRequest(ModelRequest):
+    verbose: bool = False
+
+
+class ShowResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    digest: str
+    size: int
+    modified_at: str
+    details: ModelDetails
+    capabilities: list[str]
+    parameters: dict[str, Any] = Field(default_factory=dict, description="generation defaults")
+    license: str = ""
+    description: str = ""
+    model_info: dict[str, Any] = Field(default_factory=dict, description="the config blob")
+    tensors: int = 0
+    files: list[str] = Field(default_factory=list)
+    info: dict[str, Any] = Field(default_factory=dict, description="what `ollimg show` prints (ollimg.models.info)")
+
+
+class CreateRequest(ModelRequest):
+    from_: str = Field(alias="from", min_length=1, max_length=4096, description="a model directory or Hugging Face repo on the server's machine")
+    quantize: Literal["fp8"] | None = None
+    dtype: Literal["bf16"] | None = None
+    stream: bool = True
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class PullRequest(ModelRequest):
+    insecure: bool | None = Field(None, description="plain HTTP; default: only for loopback registries")
+    stream: bool = True
+
+
+class PushRequest(PullRequest):
+    pass
+
+
+class DeleteResponse(BaseModel):
+    deleted: list[str] = Field(description="display names removed")
+    blobs: int = Field(description="blobs no other model used, now removed")
+    bytes: int = Field(description="bytes freed")
+
+
+class CopyRequest(BaseModel):
+    source: str = Field(min_length=1, max_length=500)
+    destination: str = Field(min_length=1, max_length=500)
+
+
+class ProgressResponse(BaseModel):
+    """One NDJSON line of create, pull and push: `status`, and bytes `completed` of `total`.
+
+    The last line is `{"status": "success"}`; after create and pull it also carries the model's
+    `digest`, `new_bytes` and `deduplicated_bytes`."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+    new_bytes: int | None = None
+    deduplicated_bytes: int | None = None
+
+
+class VersionResponse(BaseModel):
+    version: str
+
+
+# -- OpenAI-compatible images API ---------------------------------------------------------------
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI's `POST /v1/images/generations`, plus the extras `seed`, `steps`, `negative_prompt`, `guidance_scale`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT)
+    model: str | None = Field(None, max_length=500, description="default: the only loaded or stored model")
+    n: int | None = Field(1, ge=1, le=10)
+    size: str | None = Field("auto", max_length=32, description="auto or WxH, multiples of 16 from 16 to 4096")
+    response_format: Literal["b64_json", "url"] | None = Field(None, description="only b64_json is served; url is refused")
+    output_format: Format | None = "png"
+    output_compression: int | None = Field(None, ge=0, le=100)
+    quality: str | None = Field(None, max_length=32, description="accepted, ignored")
+    background: Literal["auto", "transparent", "opaque"] | None = Field(None, description="transparent is refused")
+    moderation: str | None = Field(None, max_length=32)
+    style: str | None = Field(None, max_length=32)
+    user: str | None = Field(None, max_length=500)
+    stream: bool | None = False
+    partial_images: int | None = Field(0, ge=0, le=3)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    steps: int | None = Field(None, ge=1, le=200)
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
+    guidance_scale: float | None = Field(None, ge=0, le=100)
+    keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
+
+
+class ImageData(BaseModel):
+    b64_json: str
+    seed: int | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    output_format: Format
+    size: str
+    quality: str = "auto"
+    background: str = "opaque"
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ollimg"
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorBody
+
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    """`auto` (None, None: the model's default) or `WxH` with multiples of 16 from 16 to 4096."""
+    if size is None or size.strip().lower() == "auto":
+        return None, None
+    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*", size)
+    if not match:
+        raise _bad_size(f"Invalid size {size!r}: use WxH (such as 1024x1024) or auto.")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width % 16 or height % 16:
+        raise _bad_size(f"Invalid size {size!r}: width and height must be multiples of 16.")
+    if not (MIN_SIZE <= width <= MAX_SIZE and MIN_SIZE <= height <= MAX_SIZE):
+        raise _bad_size(f"Invalid size {size!r}: width and height must be from {MIN_SIZE} to {MAX_SIZE}.")
+    return width, height
+
+
+def _bad_size(message: str) -> InvalidInput:
+    e = InvalidInput(message)
+    e.param = "size"
+    return e

@@ -1,0 +1,180 @@
+"""`ollimg run MODEL PROMPT`: generate images through the server and write them to files.
+
+Progress on stderr (a spinner while the model loads, then a step bar), results on stdout (the
+path and seed of each image, or JSON with --json). Starts a local server when none runs.
+Ctrl-C closes the connection, which cancels the generation on the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+from ollimg import api
+from ollimg.cli.connect import ensure_server
+from ollimg.errors import InvalidInput
+from ollimg.progress import Step
+
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+
+
+def run_command(
+    model: str = typer.Argument(..., help="Model name, e.g. z-image."),
+    prompt: str = typer.Argument(..., help="What to draw."),
+    size: str = typer.Option(None, "--size", help="WxH, multiples of 16 (default: the model's)."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the model's)."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Seed (default: random); image i uses seed + i."),
+    guidance: float = typer.Option(None, "--guidance", min=0, help="Guidance scale (default: the model's)."),
+    negative: str = typer.Option(None, "--negative", help="Negative prompt."),
+    n: int = typer.Option(1, "-n", min=1, max=10, help="Number of images."),
+    output: Path = typer.Option(None, "-o", "--output", help="Output file (default: <prompt>-<time>.<ext> here)."),
+    fmt: str = typer.Option(None, "--format", help="png, jpeg or webp (default: from -o, else png)."),
+    keep_alive: str = typer.Option(None, "--keep-alive", help="How long the model stays loaded, e.g. 10m."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Generate images from a prompt."""
+    if not prompt.strip():
+        raise InvalidInput("the prompt is empty")
+    width, height = api.parse_size(size)
+    fmt = _format(fmt, output)
+    console = Console(stderr=True)
+    client = ensure_server(lambda text: console.print(text, style="dim", highlight=False, soft_wrap=True))
+    with client:
+        with _spinner(console, f"loading {model}"):
+            client.load(model, keep_alive=keep_alive)
+        with _StepBar(console) as bar:
+            result = client.generate(
+                model, prompt, on_step=bar, width=width, height=height, steps=steps, seed=seed, guidance=guidance,
+                negative_prompt=negative, n=n, format=fmt, keep_alive=keep_alive,
+            )
+    paths = _write(result, prompt, output, fmt)
+    if as_json:
+        typer.echo(json.dumps({
+            "model": result.model, "images": [{"path": str(p), "seed": s} for p, s in zip(paths, result.seeds)],
+            "width": result.width, "height": result.height, "steps": result.steps, "guidance": result.guidance,
+            "format": fmt, "timings": result.timings,
+        }))
+        return
+    for path, image_seed, data in zip(paths, result.seeds, result.images):
+        if sys.stdout.isatty():
+            _show_inline(base64.b64decode(data), fmt)
+        typer.echo(f"{path}  seed {image_seed}")
+
+
+def _format(fmt: str | None, output: Path | None) -> str:
+    if fmt is not None:
+        fmt = {"jpg": "jpeg"}.get(fmt.lower(), fmt.lower())
+        if fmt not in EXTENSIONS:
+            raise InvalidInput(f"unknown --format {fmt!r}: use png, jpeg or webp")
+        return fmt
+    if output is not None and output.suffix.lower() in FORMATS:
+        return FORMATS[output.suffix.lower()]
+    return "png"
+
+
+def slug(prompt: str, limit: int = 50) -> str:
+    text = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return text[:limit].rstrip("-") or "image"
+
+
+def _write(result: api.GenerateResponse, prompt: str, output: Path | None, fmt: str) -> list[Path]:
+    images = [base64.b64decode(b) for b in result.images]
+    if output is not None:
+        paths = [output] if len(images) == 1 else [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(len(images))]
+    else:
+        stem = f"{slug(prompt)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        stems = [stem] if len(images) == 1 else [f"{stem}-{i + 1}" for i in range(len(images))]
+        paths = [_free_path(Path.cwd() / f"{s}{EXTENSIONS[fmt]}") for s in stems]
+    for path, data in zip(paths, images):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return paths
+
+
+def _free_path(path: Path) -> Path:
+    k = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return candidate
+
+
+class _spinner:
+    """A spinner on a terminal's stderr; one plain line elsewhere."""
+
+    def __init__(self, console: Console, text: str):
+        self.console, self.text, self.status = console, text, None
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            self.status = self.console.status(self.text)
+            self.status.__enter__()
+        else:
+            self.console.print(self.text, highlight=False)
+        return self
+
+    def __exit__(self, *exc):
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+
+class _StepBar:
+    """`Generating ▕████    ▏ 4/9 0:00:03` on a terminal's stderr; `step 4/9 (3.1 s)` lines elsewhere."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = Bar(TextColumn("Generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console, transient=True) if console.is_terminal else None
+        self.task = None
+        self.printed = 0.0
+
+    def __enter__(self) -> "_StepBar":
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task("generate", total=None)
+        return self
+
+    def __call__(self, step: Step) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step.step, total=step.total)
+        elif step.step in (1, step.total) or time.monotonic() - self.printed >= 1.0:
+            self.printed = time.monotonic()
+            self.console.print(f"step {step.step}/{step.total} ({step.elapsed:.1f} s)", highlight=False)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _show_inline(data: bytes, fmt: str) -> None:
+    """Draws the image in kitty/Ghostty (kitty graphics, PNG only) or iTerm2/WezTerm (OSC 1337)."""
+    term, program = os.environ.get("TERM", ""), os.environ.get("TERM_PROGRAM", "")
+    b64 = base64.b64encode(data).decode()
+    out = sys.stdout
+    if (term == "xterm-kitty" or os.environ.get("KITTY_WINDOW_ID") or program == "ghostty") and fmt == "png":
+        chunks = [b64[i:i + 4096] for i in range(0, len(b64), 4096)]
+        for i, chunk in enumerate(chunks):
+            control = "a=T,f=100," if i == 0 else ""
+            out.write(f"\033_G{control}m={1 if i < len(chunks) - 1 else 0};{chunk}\033\\")
+        out.write("\n")
+    elif program in ("iTerm.app", "WezTerm") or os.environ.get("LC_TERMINAL") == "iTerm2":
+        out.write(f"\033]1337;File=inline=1;size={len(data)};preserveAspectRatio=1:{b64}\a\n")
+    out.flush()

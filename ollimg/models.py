@@ -1,0 +1,201 @@
+"""Operations on stored models that the CLI and the server share: info, remove, copy, prune, verify.
+
+Deleting (`remove`, `prune`) holds the store lock exclusively, so no create or pull is halfway
+through naming a blob that is about to go; `copy` and `verify` hold it shared. Imports only the
+store layers (manifest, blobs): no httpx, fastapi, rich, torch or mlx.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ollimg.manifest import Model, Name, Store
+from ollimg.progress import OnProgress, Progress
+
+log = logging.getLogger(__name__)
+
+
+def info(model: Model) -> dict:
+    """What `show` prints: the config blob's description plus sizes and ids."""
+    config = model.config
+    unique = {d.digest: d.size for d in model.manifest.blobs()}
+    quant = config.get("quantization")
+    return {
+        "name": model.name.display(),
+        "id": model.id,
+        "digest": model.digest,
+        "architecture": config.get("architecture"),
+        "parameters": config.get("parameters"),
+        "components": config.get("components", {}),
+        "dtype": config.get("dtype"),
+        "quantization": None if not quant else {
+            "scheme": quant.get("scheme"),
+            "tensors": len(quant.get("tensors", [])),
+            "rel_rms_error": quant.get("rel_rms_error"),
+            "max_rel_rms_error": quant.get("max_rel_rms_error"),
+        },
+        "size": model.size,
+        "size_on_disk": sum(unique.values()),
+        "layers": len(model.manifest.layers),
+        "capabilities": config.get("capabilities", []),
+        "license": config.get("license"),
+        "description": config.get("description"),
+        "defaults": config.get("defaults", {}),
+        "source": config.get("source"),
+        "created": config.get("created"),
+        "modified": model.modified.isoformat(timespec="seconds"),
+    }
+
+
+@dataclass
+class Removed:
+    names: list[str] = field(default_factory=list)
+    blobs: int = 0
+    bytes: int = 0
+
+
+def remove(store: Store, names: list[Name]) -> Removed:
+    """Remove the manifests, then every blob that no remaining manifest names. All names must exist."""
+    result = Removed()
+    with store.lock(exclusive=True):
+        models = [store.get(name) for name in names]  # ModelNotFound before anything is removed
+        for model in models:
+            store.remove_manifest(model.name)
+            result.names.append(model.name.display())
+        referenced = store.referenced()
+        for digest in {d.digest for m in models for d in m.manifest.blobs()} - referenced:
+            result.bytes += _delete(store, digest)
+            result.blobs += 1
+    return result
+
+
+def copy(store: Store, source: Name, target: Name) -> Model:
+    """A second name for the same manifest (the blobs are shared)."""
+    with store.lock():
+        return store.put_manifest(target, store.get(source).raw)
+
+
+@dataclass
+class Pruned:
+    blobs: int = 0
+    bytes: int = 0
+    temp_files: int = 0
+
+
+def prune(store: Store) -> Pruned:
+    """Remove blobs no manifest names and temp files of interrupted writes."""
+    result = Pruned()
+    with store.lock(exclusive=True):  # no writer is running, so every temp file is stale
+        referenced = store.referenced()
+        for digest in store.blobs.digests():
+            if digest not in referenced:
+                result.bytes += _delete(store, digest)
+                result.blobs += 1
+        temps = store.blobs.temp_files()
+        if store.manifests_root.is_dir():
+            temps += [p for p in store.manifests_root.rglob(".tmp-*") if p.is_file()]
+        for path in temps:
+            result.bytes += _unlink(path)
+            result.temp_files += 1
+    return result
+
+
+@dataclass
+class Verified:
+    blobs: int = 0
+    bytes: int = 0
+    bad: list[str] = field(default_factory=list)  # one line per problem
+    bad_digests: list[str] = field(default_factory=list)
+    affected: list[str] = field(default_factory=list)  # models that use a bad blob
+    removed: int = 0  # corrupt blobs deleted by fix=True
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+
+def verify(store: Store, name: Name | None = None, on_progress: OnProgress | None = None, fix: bool = False) -> Verified:
+    """Re-hash the blobs of one model (or of the whole store) and check every manifest's blobs exist.
+
+    `fix` deletes blobs whose content does not match their digest, so that the next create or
+    pull of a model that uses them writes them again (both skip blobs that are already present).
+    """
+    result = _verify(store, name, on_progress)
+    if fix and result.bad_digests:
+        with store.lock(exclusive=True):
+            for digest in result.bad_digests:
+                if store.blobs.has(digest) and store.blobs.hash_file(digest) != digest:
+                    store.blobs.delete(digest)
+                    result.removed += 1
+    return result
+
+
+def _verify(store: Store, name: Name | None, on_progress: OnProgress | None) -> Verified:
+    with store.lock():
+        models = [store.get(name)] if name else store.models()
+        sizes: dict[str, int | None] = {}
+        for model in models:
+            sizes.update({d.digest: d.size for d in model.manifest.blobs()})
+        if name is None:
+            for digest in store.blobs.digests():
+                sizes.setdefault(digest, None)
+        result = Verified()
+        total = sum(_size(store, d) for d in sizes)
+        done = [0]
+        lock = threading.Lock()
+
+        def check(digest: str) -> str | None:
+            problem = _check(store, digest, sizes[digest])
+            with lock:
+                done[0] += _size(store, digest)
+                if on_progress:
+                    on_progress(Progress("verifying", None, done[0], total))
+            return problem
+
+        with ThreadPoolExecutor(min(8, (os.cpu_count() or 2) + 1)) as pool:
+            for digest, problem in zip(sizes, pool.map(check, sizes)):
+                result.blobs += 1
+                if problem:
+                    result.bad.append(f"{digest}: {problem}")
+                    result.bad_digests.append(digest)
+        result.bytes = total
+        bad = set(result.bad_digests)
+        result.affected = [m.name.display() for m in models if bad & {d.digest for d in m.manifest.blobs()}]
+        return result
+
+
+def _check(store: Store, digest: str, size: int | None) -> str | None:
+    path = store.blobs.path(digest)
+    if not path.is_file():
+        return "missing"
+    if size is not None and path.stat().st_size != size:
+        return f"has {path.stat().st_size} bytes, the manifest says {size}"
+    actual = store.blobs.hash_file(digest)
+    return None if actual == digest else f"content hashes to {actual}"
+
+
+def _size(store: Store, digest: str) -> int:
+    try:
+        return store.blobs.path(digest).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _delete(store: Store, digest: str) -> int:
+    size = _size(store, digest)
+    store.blobs.delete(digest)
+    return size
+
+
+def _unlink(path) -> int:
+    try:
+        size = path.stat().st_size
+        path.unlink()
+        return size
+    except FileNotFoundError:
+        return 0
+

@@ -1,0 +1,101 @@
+"""`--quantize fp8`: linear-layer weights as float8 E4M3 with per-output-channel float32 scales.
+
+The stored format (the runtime reads exactly this):
+- a quantized weight `X.weight` (2-D, [out, in]) is stored as safetensors dtype `F8_E4M3`
+  (torch.float8_e4m3fn: finite, max 448) with its original name and shape;
+- next to it, `X.weight_scale`: dtype `F32`, shape [out];
+- dequantized weight = `fp8.float() * scale[:, None]` (then cast to the compute dtype);
+- scale[o] = max|W[o, :]| / 448 (1.0 for an all-zero row); fp8 = round-to-nearest-even of
+  W / scale[:, None], computed in float32 from the source dtype;
+- the config blob's `quantization` holds `scheme: "fp8_e4m3"`, the list of quantized weight
+  names (`tensors`, path-style like `transformer/layers.0.attention.to_q.weight`) and the measured
+  relative RMS error ||W - dequant(W)|| / ||W||, over all of them and per tensor.
+
+Which tensors are quantized is the data in RULE (the one place it lives): 2-D `.weight` tensors
+of float dtype in the listed components, unless the name contains one of the `keep` parts:
+norms, embeddings (embed_tokens, x/t/cap embedders), pad tokens, final layer, adaLN modulation,
+lm_head. Everything else (biases, the VAE, the tokenizer, ...) is imported unchanged.
+
+Quantization streams a tensor in chunks of whole rows, so memory stays far below its size.
+Imports torch (allowed in quantize/ only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ollimg.blobs import BlobStore, TensorRef, tensor_blob_header
+from ollimg.errors import InvalidModel
+from ollimg.quantize.source import row_chunks
+
+SCHEME = "fp8_e4m3"
+DTYPE = "F8_E4M3"
+SCALE_DTYPE = "F32"
+SCALE_SUFFIX = "_scale"
+FP8_MAX = 448.0
+
+RULE = {
+    "components": ["transformer", "text_encoder"],
+    "suffix": ".weight",
+    "ndim": 2,
+    "dtypes": ["F32", "F16", "BF16", "F64"],
+    "keep": ["norm", "embed", "pad_token", "final_layer", "adaLN_modulation", "lm_head"],
+}
+
+
+def quantizes(title: str, ref: TensorRef) -> bool:
+    """Whether the tensor `component/name` becomes FP8 under RULE."""
+    component, _, name = title.partition("/")
+    return (
+        component in RULE["components"]
+        and name.endswith(RULE["suffix"])
+        and len(ref.shape) == RULE["ndim"]
+        and ref.dtype in RULE["dtypes"]
+        and not any(part in name for part in RULE["keep"])
+    )
+
+
+@dataclass(frozen=True)
+class Quantized:
+    weight: tuple[str, int, bool]  # (digest, size, new) of the F8_E4M3 blob
+    scale: tuple[str, int, bool]  # (digest, size, new) of the F32 [out] scale blob
+    error_sq: float  # sum of squared (dequantized - original)
+    norm_sq: float  # sum of squared original
+
+    @property
+    def rel_rms_error(self) -> float:
+        return math.sqrt(self.error_sq / self.norm_sq) if self.norm_sq > 0 else 0.0
+
+
+def quantize_tensor(blobs: BlobStore, ref: TensorRef, on_bytes: Callable[[int], None] | None = None) -> Quantized:
+    """Write `ref` as an F8_E4M3 blob plus its scale blob, and measure the error."""
+    out = ref.shape[0]
+    scales = torch.empty(out, dtype=torch.float32)
+    error_sq = norm_sq = 0.0
+    row = 0
+    with blobs.writer() as w:
+        w.write(tensor_blob_header(DTYPE, ref.shape))
+        for chunk in row_chunks(ref):
+            x = chunk.to(torch.float32)
+            amax = x.abs().amax(dim=1)
+            if not torch.isfinite(amax).all():
+                raise InvalidModel(f"{ref.path}: a tensor to quantize holds inf or nan; import it without --quantize")
+            scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+            q = (x / scale[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            error_sq += float(q.to(torch.float32).mul_(scale[:, None]).sub_(x).square_().sum(dtype=torch.float64))
+            norm_sq += float(torch.sum(x * x, dtype=torch.float64))
+            w.write(q.view(torch.uint8).reshape(-1).numpy().data)
+            scales[row : row + len(scale)] = scale
+            row += len(scale)
+            if on_bytes:
+                on_bytes(chunk.numel() * chunk.element_size())
+        weight = (w.commit(sync_dir=False), w.size, w.new)
+    with blobs.writer() as w:
+        w.write(tensor_blob_header(SCALE_DTYPE, (out,)))
+        w.write(scales.numpy().tobytes())
+        scale_blob = (w.commit(sync_dir=False), w.size, w.new)
+    return Quantized(weight, scale_blob, error_sq, norm_sq)

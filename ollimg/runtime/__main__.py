@@ -1,0 +1,178 @@
+"""The runtime subprocess (worker side): `python -m ollimg.runtime --model NAME [...]`.
+
+Loads one model once, then serves requests from its parent over stdin/stdout frames
+(`ollimg/runtime/channel.py`); the parent side is `ollimg/runtime/process.py`.
+
+  parent -> worker: {"type": "generate", "request": {...}} | {"type": "cancel"} | {"type": "stop"}
+  worker -> parent: {"type": "ready", "processor", "memory", "load_seconds"}
+                    {"type": "step", "step", "total", "elapsed"}
+                    {"type": "preview", "index", "image" (base64 PNG)}
+                    {"type": "result", "result": GenerateResult JSON}
+                    {"type": "error", "code", "message"}
+
+Generation runs on the main thread; a reader thread takes `cancel` (checked between steps),
+`stop` and end of input. The worker exits when asked, when stdin closes and when its parent
+process dies (a watchdog compares getppid() with the parent's pid). Logs go to stderr, which the
+parent keeps a tail of. Exceptions are caught here, at the process edge, and become error frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+
+from ollimg.errors import Cancelled, InvalidInput, OllimgError, OutOfMemory, RuntimeFailed
+
+log = logging.getLogger("ollimg.runtime.worker")
+
+
+def _error(e: BaseException) -> dict:
+    if isinstance(e, OllimgError):
+        return {"type": "error", "code": e.code, "message": e.message}
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return {"type": "error", "code": OutOfMemory.code, "message": f"out of memory: {str(e).splitlines()[0] if str(e) else ''}"}
+    return {"type": "error", "code": RuntimeFailed.code, "message": f"{type(e).__name__}: {e}"}
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            log.warning("parent process %d is gone; exiting", parent)
+            os._exit(0)
+        time.sleep(0.5)
+
+
+class Worker:
+    def __init__(self, channel, pipeline):
+        self.channel, self.pipeline = channel, pipeline
+        self.requests: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+
+    def read(self) -> None:
+        """Reader thread: queue generate requests, flag cancels; stop or EOF ends the worker."""
+        while True:
+            try:
+                message = self.channel.receive()
+            except (OSError, ValueError):
+                message = None
+            if message is None or message.get("type") == "stop":
+                self.cancelled.set()
+                self.requests.put(None)
+                return
+            if message.get("type") == "cancel":
+                self.cancelled.set()
+            elif message.get("type") == "generate":
+                self.cancelled.clear()  # here, not in serve(): a cancel that follows the request must stick
+                self.requests.put(message.get("request") or {})
+
+    def serve(self) -> None:
+        while True:
+            request = self.requests.get()
+            if request is None:
+                return
+            try:
+                result = self.generate(request)
+                self.channel.send({"type": "result", "result": result.to_json()})
+            except Exception as e:  # process edge: every failure becomes an error frame
+                if not isinstance(e, OllimgError):
+                    log.exception("generation failed")
+                self.channel.send(_error(e))
+
+    def generate(self, raw: dict):
+        from ollimg.progress import Step
+        from ollimg.runtime.images import Parameters, encode
+        from ollimg.runtime.request import GenerateRequest, GenerateResult
+
+        try:
+            req = GenerateRequest.from_json(raw)
+        except TypeError as e:
+            raise InvalidInput(f"invalid request: {e}") from None
+        if req.format.lower() not in ("png", "jpeg", "jpg", "webp"):
+            raise InvalidInput(f"unsupported output format {req.format!r}: use png, jpeg or webp")
+
+        def on_step(step: Step) -> None:
+            if self.cancelled.is_set():
+                raise Cancelled("generation cancelled")
+            self.channel.send({"type": "step", **step.to_json()})
+
+        previews = iter(range(req.previews))
+
+        def on_preview(step: int, rgb) -> None:
+            from PIL import Image
+
+            image = Image.fromarray(rgb[0], "RGB").resize((result_size[0], result_size[1]), Image.BILINEAR)
+            png = encode(image, None, "png", compression=10)
+            self.channel.send({"type": "preview", "index": next(previews), "step": step,
+                               "image": base64.b64encode(png).decode("ascii")})
+
+        d = self.pipeline.defaults
+        result_size = (req.width or d.width, req.height or d.height)
+        result = self.pipeline.generate(
+            req.prompt, negative_prompt=req.negative_prompt, width=req.width, height=req.height, steps=req.steps,
+            guidance=req.guidance, seed=req.seed, n=req.n, on_step=on_step, previews=req.previews,
+            on_preview=on_preview if req.previews else None,
+        )
+        mark = time.perf_counter()
+        images = []
+        for image, seed in zip(result.images, result.seeds):
+            params = Parameters(req.prompt, req.negative_prompt, result.steps, result.guidance, seed, result.width,
+                                result.height, req.model_name or self.pipeline.name, self.pipeline.digest)
+            images.append(encode(image, params, req.format, req.compression))
+        result.timings["encode"] = time.perf_counter() - mark
+        return GenerateResult(images, result.seeds, result.width, result.height, result.steps, result.guidance,
+                              req.format.lower(), result.timings)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m ollimg.runtime")
+    parser.add_argument("--model", required=True, help="store name or diffusers directory")
+    parser.add_argument("--models-dir")
+    parser.add_argument("--backend")
+    parser.add_argument("--device")
+    parser.add_argument("--dtype")
+    parser.add_argument("--parent-pid", type=int, default=os.getppid())
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    # Frames go to the real stdout; anything else printed to fd 1 lands on stderr instead.
+    from ollimg.runtime.channel import Channel
+
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    channel = Channel(sys.stdin.buffer, out)
+    threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True).start()
+
+    from pathlib import Path
+
+    from ollimg.runtime import load
+
+    try:
+        pipeline = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                        models_dir=Path(args.models_dir) if args.models_dir else None)
+    except Exception as e:  # process edge
+        if not isinstance(e, OllimgError):
+            log.exception("loading %s failed", args.model)
+        channel.send(_error(e))
+        return 1
+    channel.send({"type": "ready", "processor": pipeline.backend.processor, "memory": pipeline.backend.memory(),
+                  "load_seconds": pipeline.load_seconds})
+    log.info("loaded %s on %s in %.1fs", pipeline.name, pipeline.backend.processor, pipeline.load_seconds)
+    worker = Worker(channel, pipeline)
+    threading.Thread(target=worker.read, daemon=True).start()
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except (BrokenPipeError, KeyboardInterrupt):
+        code = 0
+    sys.stdout.flush()
+    os._exit(code)

@@ -1,0 +1,204 @@
+"""The FLUX VAE decoder (diffusers' AutoencoderKL.decode) on MLX.
+
+Parameter names are diffusers' `decoder.*` (and `post_quant_conv.*` when the config uses one), so
+the stored names load as they are; only conv kernels change layout (torch OIHW -> MLX OHWI, see
+`mlx_layout`). MLX convolutions are channels-last: the decoder takes channels-first latents like the reference
+and returns channels-last pixels, the layout images have. GroupNorm statistics are computed in
+float32 whatever the weight dtype (the FLUX VAE is unusable in half precision otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ollimg.runtime.models.zimage.mlx import evaluate
+
+
+class GroupNorm(nn.Module):
+    def __init__(self, groups: int, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = mx.ones((channels,))
+        self.bias = mx.zeros((channels,))
+
+    def __call__(self, x: mx.array) -> mx.array:  # (B, H, W, C)
+        b, h, w, c = x.shape
+        g = x.astype(mx.float32).reshape(b, h * w, self.groups, c // self.groups)
+        mean = g.mean(axis=(1, 3), keepdims=True)
+        var = ((g - mean) ** 2).mean(axis=(1, 3), keepdims=True)
+        g = (g - mean) * mx.rsqrt(var + self.eps)
+        out = g.reshape(b, h, w, c) * self.weight.astype(mx.float32) + self.bias.astype(mx.float32)
+        return out.astype(x.dtype)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, groups: int):
+        super().__init__()
+        self.norm1 = GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = GroupNorm(groups, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        if c_in != c_out:
+            self.conv_shortcut = nn.Conv2d(c_in, c_out, 1)
+
+    def __call__(self, x: mx.array) -> mx.array:  # (B, H, W, C_in) -> (B, H, W, C_out)
+        h = self.conv1(nn.silu(self.norm1(x)))
+        h = self.conv2(nn.silu(self.norm2(h)))
+        if "conv_shortcut" in self:
+            x = self.conv_shortcut(x)
+        return x + h
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over all pixels, with its own GroupNorm and a residual."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.group_norm = GroupNorm(groups, channels)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = [nn.Linear(channels, channels)]
+
+    def __call__(self, x: mx.array) -> mx.array:  # (B, H, W, C)
+        b, h, w, c = x.shape
+        t = self.group_norm(x).reshape(b, 1, h * w, c)  # (B, 1, HW, C): one head
+        q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(c))
+        return x + self.to_out[0](o).reshape(b, h, w, c)
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, groups: int, attention: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)]
+        self.attentions = [Attention(channels, groups)] if attention else []
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.resnets[0](x)
+        for attn in self.attentions:
+            x = attn(x)
+        return self.resnets[1](x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:  # (B, H, W, C) -> (B, 2H, 2W, C), nearest
+        b, h, w, c = x.shape
+        x = mx.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+        return self.conv(x)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, layers: int, groups: int, upsample: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock(c_in if i == 0 else c_out, c_out, groups) for i in range(layers)]
+        self.upsamplers = [Upsample(c_out)] if upsample else []
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for resnet in self.resnets:
+            x = resnet(x)
+        for up in self.upsamplers:
+            x = up(x)
+        return x
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        chans = list(reversed(cfg.block_out_channels))
+        groups = cfg.norm_num_groups
+        self.conv_in = nn.Conv2d(cfg.latent_channels, chans[0], 3, padding=1)
+        self.mid_block = MidBlock(chans[0], groups, cfg.mid_block_add_attention)
+        self.up_blocks = [
+            UpBlock(chans[max(i - 1, 0)], chans[i], cfg.layers_per_block + 1, groups, i < len(chans) - 1)
+            for i in range(len(chans))
+        ]
+        self.conv_norm_out = GroupNorm(groups, chans[-1])
+        self.conv_out = nn.Conv2d(chans[-1], cfg.out_channels, 3, padding=1)
+
+    def __call__(self, z: mx.array) -> mx.array:  # (B, h, w, latent) -> (B, 8h, 8w, 3)
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+
+
+class VAE(nn.Module):
+    """`decode(z)`: latents already unscaled (z / scaling_factor + shift_factor) -> pixels in [-1, 1].
+
+    Latents larger than `tile` cells a side are decoded in overlapping tiles blended with linear
+    ramps, exactly as the torch backend tiles them, so memory stays that of one tile and both
+    backends give the same image.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.scale = cfg.scale
+        self.decoder = Decoder(cfg)
+        if cfg.use_post_quant_conv:
+            self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
+        self.tile = 128  # latent cells per tile side (1024 pixels for the FLUX VAE)
+        self.overlap = 16  # latent cells shared by neighbouring tiles
+
+    def decode(self, z: mx.array) -> mx.array:  # (B, 16, h, w) -> (B, 8h, 8w, 3), channels last
+        z = z.astype(self.decoder.conv_in.weight.dtype).transpose(0, 2, 3, 1)
+        if max(z.shape[1:3]) <= self.tile:
+            return self._decode(z)
+        return self._tiled(z)
+
+    def _decode(self, z: mx.array) -> mx.array:  # (B, h, w, 16) -> (B, 8h, 8w, 3)
+        if "post_quant_conv" in self:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+    def _tiled(self, z: mx.array) -> mx.array:
+        b, h, w, _ = z.shape
+        s, size, stride = self.scale, self.tile, self.tile - self.overlap
+        out = mx.zeros((b, h * s, w * s, 3), dtype=mx.float32)
+        weight = mx.zeros((h * s, w * s, 1), dtype=mx.float32)
+        for top in tile_starts(h, size, stride):
+            for left in tile_starts(w, size, stride):
+                tile = self._decode(z[:, top: top + size, left: left + size]).astype(mx.float32)
+                th, tw = tile.shape[1:3]
+                ramp = mx.array(tile_ramp(th, tw, self.overlap * s, top > 0, left > 0,
+                                          top + size < h, left + size < w))[:, :, None]
+                ys, xs = slice(top * s, top * s + th), slice(left * s, left * s + tw)
+                out[:, ys, xs] += tile * ramp
+                weight[ys, xs] += ramp
+                evaluate(out, weight)  # one tile at a time
+        return out / weight
+
+
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """First cells of the tiles along one side: every `stride`, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    return list(range(0, size - tile, stride)) + [size - tile]
+
+
+def tile_ramp(h: int, w: int, overlap: int, top: bool, left: bool, bottom: bool, right: bool) -> np.ndarray:
+    """float32 blend weights (h, w): rising over the overlap on the sides that have a neighbour."""
+
+    def axis(n: int, start: bool, end: bool) -> np.ndarray:
+        r = np.ones(n, dtype=np.float32)
+        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        if start:
+            r[:overlap] = ramp
+        if end:
+            r[n - overlap:] = np.minimum(r[n - overlap:], ramp[::-1])
+        return r
+
+    return axis(h, top, bottom)[:, None] * axis(w, left, right)[None, :]
+
+
+def mlx_layout(name: str, value: mx.array) -> mx.array:
+    """A stored (torch-layout) VAE weight in MLX layout: conv kernels OIHW -> OHWI."""
+    return value.transpose(0, 2, 3, 1) if value.ndim == 4 else value

@@ -1,0 +1,194 @@
+"""The Z-Image single-stream DiT in torch (ZImageTransformer2DModel's numerics, our own code).
+
+Module and parameter names equal the upstream tensor names, so weights load by name.
+Position ids and RoPE angles come from the shared numpy layout; RoPE is applied in float32 as a
+complex multiply on interleaved pairs. Attention is F.scaled_dot_product_attention, so fused
+kernels, torch.compile and CUDA graphs fit without changes here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ollimg.runtime.models.zimage import layout
+from ollimg.runtime.models.zimage.config import TransformerConfig
+from ollimg.runtime.torch_backend import Linear
+
+
+class RMSNorm(nn.Module):
+    """diffusers' RMSNorm: statistics in float32, result in the weight's dtype if 16-bit."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return x * self.weight
+
+
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """x (B, L, H, D); freqs complex64 (B, L, D/2): rotate interleaved pairs (x[2j], x[2j+1])."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * freqs.unsqueeze(2)).flatten(3).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, qk_norm: bool):
+        super().__init__()
+        self.n_heads = n_heads
+        self.to_q = Linear(dim, dim, bias=False)
+        self.to_k = Linear(dim, dim, bias=False)
+        self.to_v = Linear(dim, dim, bias=False)
+        self.to_out = nn.ModuleList([Linear(dim, dim, bias=False)])
+        self.norm_q = RMSNorm(dim // n_heads, eps=1e-5) if qk_norm else None
+        self.norm_k = RMSNorm(dim // n_heads, eps=1e-5) if qk_norm else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, freqs: torch.Tensor) -> torch.Tensor:
+        q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, L, H, D)
+        k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
+        v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
+        if self.norm_q is not None:
+            q, k = self.norm_q(q), self.norm_k(k)
+        q, k = apply_rope(q, freqs), apply_rope(k, freqs)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=None if mask is None else mask[:, None, None, :],
+        )  # (B, H, L, D)
+        return self.to_out[0](out.transpose(1, 2).flatten(2).to(q.dtype))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = Linear(dim, hidden, bias=False)
+        self.w2 = Linear(hidden, dim, bias=False)
+        self.w3 = Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Sandwich-normed attention + SwiGLU; `modulated` blocks scale and gate by the time embedding."""
+
+    def __init__(self, c: TransformerConfig, modulated: bool):
+        super().__init__()
+        self.attention = Attention(c.dim, c.n_heads, c.qk_norm)
+        self.feed_forward = FeedForward(c.dim, c.ffn_dim)
+        self.attention_norm1 = RMSNorm(c.dim, c.norm_eps)
+        self.attention_norm2 = RMSNorm(c.dim, c.norm_eps)
+        self.ffn_norm1 = RMSNorm(c.dim, c.norm_eps)
+        self.ffn_norm2 = RMSNorm(c.dim, c.norm_eps)
+        self.adaLN_modulation = nn.Sequential(Linear(c.adaln_dim, 4 * c.dim)) if modulated else None
+
+    def forward(self, x, mask, freqs, adaln=None) -> torch.Tensor:
+        if self.adaLN_modulation is None:
+            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, freqs))
+            return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(adaln).unsqueeze(1).chunk(4, dim=2)
+        attn = self.attention(self.attention_norm1(x) * (1.0 + scale_msa), mask, freqs)
+        x = x + gate_msa.tanh() * self.attention_norm2(attn)
+        return x + gate_mlp.tanh() * self.ffn_norm2(self.feed_forward(self.ffn_norm1(x) * (1.0 + scale_mlp)))
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, out: int):
+        super().__init__()
+        self.mlp = nn.Sequential(Linear(256, 1024), nn.SiLU(), Linear(1024, out))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = 128
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t[:, None].float() * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 256), cos first
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, c: TransformerConfig, out: int):
+        super().__init__()
+        self.linear = Linear(c.dim, out)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(c.adaln_dim, c.dim))
+
+    def forward(self, x: torch.Tensor, adaln: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 + self.adaLN_modulation(adaln)
+        return self.linear(F.layer_norm(x, x.shape[-1:], eps=1e-6) * scale.unsqueeze(1))
+
+
+def _pad_batch(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack sequences of different lengths, zero-padded; mask (B, L) True where real, None if all equal."""
+    lengths = [len(i) for i in items]
+    stacked = nn.utils.rnn.pad_sequence(items, batch_first=True, padding_value=0.0)
+    if len(set(lengths)) == 1:
+        return stacked, None
+    mask = torch.arange(stacked.shape[1], device=stacked.device)[None, :] < torch.tensor(lengths, device=stacked.device)[:, None]
+    return stacked, mask
+
+
+class ZImageTransformer(nn.Module):
+    def __init__(self, c: TransformerConfig):
+        super().__init__()
+        self.config = c
+        key = f"{c.patch_size}-{c.all_f_patch_size[0]}"
+        patch = c.patch_size ** 2 * c.in_channels
+        self.all_x_embedder = nn.ModuleDict({key: Linear(patch, c.dim)})
+        self.all_final_layer = nn.ModuleDict({key: FinalLayer(c, patch)})
+        self.noise_refiner = nn.ModuleList([Block(c, modulated=True) for _ in range(c.n_refiner_layers)])
+        self.context_refiner = nn.ModuleList([Block(c, modulated=False) for _ in range(c.n_refiner_layers)])
+        self.layers = nn.ModuleList([Block(c, modulated=True) for _ in range(c.n_layers)])
+        self.t_embedder = TimestepEmbedder(c.adaln_dim)
+        self.cap_embedder = nn.Sequential(RMSNorm(c.cap_feat_dim, c.norm_eps), Linear(c.cap_feat_dim, c.dim))
+        self.x_pad_token = nn.Parameter(torch.empty(1, c.dim), requires_grad=False)
+        self.cap_pad_token = nn.Parameter(torch.empty(1, c.dim), requires_grad=False)
+        self.key = key
+        self.rope = layout.Rope(c)
+
+    def _freqs(self, ids: np.ndarray, device) -> torch.Tensor:
+        angles = torch.from_numpy(self.rope(ids)).to(device)
+        return torch.polar(torch.ones_like(angles), angles)  # complex64 (L, D/2)
+
+    def forward(self, x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor]) -> torch.Tensor:
+        """x float32 (B, C, H, W) latents; t float32 [B]; caps B features (L_i, cap_feat_dim) -> float32 (B, C, H, W)."""
+        c, dev = self.config, x.device
+        dtype = self.x_pad_token.dtype
+        B, C, H, W = x.shape
+        ht, wt = H // 2, W // 2
+        n, n_pad = ht * wt, layout.padded(ht * wt)
+        adaln = self.t_embedder(torch.from_numpy(np.asarray(t, np.float32) * np.float32(c.t_scale)).to(dev)).to(dtype)
+
+        # Patchify: tokens row-major (h, w), features (ph, pw, c) with c fastest.
+        tokens = x.to(dtype).view(B, C, ht, 2, wt, 2).permute(0, 2, 4, 3, 5, 1).reshape(B, n, 4 * C)
+        img = self.all_x_embedder[self.key](tokens)  # (B, n, dim)
+        img = torch.cat([img, self.x_pad_token.expand(B, n_pad - n, -1)], dim=1)
+
+        cap_lens = [layout.padded(len(f)) for f in caps]
+        img_freqs = torch.stack([self._freqs(layout.image_positions(lc, ht, wt), dev) for lc in cap_lens])
+        for block in self.noise_refiner:
+            img = block(img, None, img_freqs, adaln)
+
+        cap_items, cap_freq_items = [], []
+        for feats, lc in zip(caps, cap_lens):
+            emb = self.cap_embedder(feats.to(dev, dtype))
+            cap_items.append(torch.cat([emb, self.cap_pad_token.expand(lc - len(feats), -1)]))
+            cap_freq_items.append(self._freqs(layout.caption_positions(len(feats)), dev))
+        cap, cap_mask = _pad_batch(cap_items)
+        cap_freqs, _ = _pad_batch(cap_freq_items)
+        for block in self.context_refiner:
+            cap = block(cap, cap_mask, cap_freqs)
+
+        unified, mask = _pad_batch([torch.cat([img[i], cap[i, :lc]]) for i, lc in enumerate(cap_lens)])
+        freqs, _ = _pad_batch([torch.cat([img_freqs[i], cap_freqs[i, :lc]]) for i, lc in enumerate(cap_lens)])
+        for block in self.layers:
+            unified = block(unified, mask, freqs, adaln)
+        out = self.all_final_layer[self.key](unified, adaln)[:, :n]  # (B, n, 4C)
+        return out.float().view(B, ht, wt, 2, 2, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)

@@ -1,0 +1,165 @@
+"""The runtime subprocess, parent side: `RuntimeProcess` starts `python -m ollimg.runtime`, waits
+until the model is loaded, sends generation requests and turns the worker's frames back into
+callbacks, results and typed errors (with the tail of the worker's stderr).
+
+Protocol: see `ollimg/runtime/__main__.py`. Thread-safety: `generate` runs one request at a time
+(call it from a worker thread); `cancel` and `stop` may be called from any thread. Imports no torch
+or mlx (the server imports this).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from ollimg.errors import Cancelled, OllimgError, RuntimeFailed, by_code
+from ollimg.progress import Step
+from ollimg.runtime.channel import Channel
+from ollimg.runtime.request import GenerateRequest, GenerateResult
+
+log = logging.getLogger(__name__)
+TAIL_LINES = 60
+_EOF = object()
+
+
+class RuntimeProcess:
+    def __init__(self, model: str, *, models_dir: Path | None = None, backend: str | None = None,
+                 device: str | None = None, dtype: str | None = None):
+        self.model, self.models_dir = model, models_dir
+        self.backend, self.device, self.dtype = backend, device, dtype
+        self.processor: str | None = None
+        self.memory: int = 0
+        self.load_seconds: float | None = None
+        self._proc: subprocess.Popen | None = None
+        self._channel: Channel | None = None
+        self._frames: queue.Queue = queue.Queue()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._busy = threading.Lock()
+        self._stopping = False
+
+    # --- lifecycle ---
+    def start(self, timeout: float) -> None:
+        """Spawn the worker and block until its model is loaded; typed error with the stderr tail if not."""
+        args = [sys.executable, "-m", "ollimg.runtime", "--model", str(self.model), "--parent-pid", str(os.getpid())]
+        for flag, value in (("--models-dir", self.models_dir), ("--backend", self.backend),
+                            ("--device", self.device), ("--dtype", self.dtype)):
+            if value is not None:
+                args += [flag, str(value)]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=env, start_new_session=True)
+        self._channel = Channel(self._proc.stdout, self._proc.stdin)
+        threading.Thread(target=self._read_frames, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        try:
+            message = self._frames.get(timeout=timeout)
+        except queue.Empty:
+            self._kill()
+            raise RuntimeFailed(f"model {self.model} did not load within {timeout:.0f}s", stderr_tail=self.stderr_tail())
+        if message is _EOF or message.get("type") != "ready":
+            self._kill()
+            raise self._failure(message, f"runtime for {self.model} failed while loading")
+        self.processor, self.memory = message["processor"], int(message["memory"])
+        self.load_seconds = message.get("load_seconds")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit; kill it if it has not after `timeout` seconds."""
+        self._stopping = True
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            self._channel.send({"type": "stop"})
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def stderr_tail(self) -> str:
+        time.sleep(0.05)  # let the stderr reader catch the last lines of a dying process
+        return "\n".join(self._stderr)
+
+    # --- requests ---
+    def generate(self, request: GenerateRequest, on_step: Callable[[Step], None] | None = None,
+                 on_preview: Callable[[int, bytes], None] | None = None) -> GenerateResult:
+        with self._busy:
+            if not self.alive:
+                raise RuntimeFailed(f"runtime for {self.model} is not running", stderr_tail=self.stderr_tail())
+            try:
+                self._channel.send({"type": "generate", "request": request.to_json()})
+            except OSError:
+                raise RuntimeFailed(f"runtime for {self.model} exited", stderr_tail=self.stderr_tail()) from None
+            while True:
+                message = self._frames.get()
+                kind = message.get("type") if message is not _EOF else None
+                if kind == "step" and on_step is not None:
+                    on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0)))
+                elif kind == "preview" and on_preview is not None:
+                    on_preview(message["index"], base64.b64decode(message["image"]))
+                elif kind == "result":
+                    return GenerateResult.from_json(message["result"])
+                elif kind not in ("step", "preview"):
+                    raise self._failure(message, f"runtime for {self.model} failed")
+
+    def cancel(self) -> None:
+        """Cancel the running generation (it stops before its next step); harmless when idle."""
+        if self.alive:
+            try:
+                self._channel.send({"type": "cancel"})
+            except OSError:
+                pass
+
+    # --- internals ---
+    def _failure(self, message, context: str) -> OllimgError:
+        tail = self.stderr_tail()
+        if message is _EOF or message is None:
+            code = self._proc.wait(5) if self._proc else None
+            return RuntimeFailed(f"{context}: the process exited (code {code})", stderr_tail=tail)
+        cls = by_code(message.get("code", "runtime_failed"))
+        text = message.get("message") or context
+        if issubclass(cls, RuntimeFailed):
+            return cls(text, stderr_tail=tail)
+        error = cls(text) if cls is not Cancelled else Cancelled(text)
+        error.stderr_tail = tail
+        return error
+
+    def _read_frames(self) -> None:
+        try:
+            while (message := self._channel.receive()) is not None:
+                self._frames.put(message)
+        except (OSError, ValueError):
+            pass
+        self._frames.put(_EOF)
+
+    def _read_stderr(self) -> None:
+        for raw in self._proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._stderr.append(line)
+            log.debug("runtime %s: %s", self.pid, line)
+
+    def _kill(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()

@@ -1,0 +1,59 @@
+"""What a runtime is asked and what it answers: GenerateRequest and GenerateResult.
+
+Plain dataclasses that travel as JSON between the server and the runtime subprocess. Imports no
+torch or mlx (the server imports this).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class GenerateRequest:
+    """width/height/steps/guidance None means the model's defaults; image i uses seed + i."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    n: int = 1
+    format: str = "png"
+    compression: int | None = None
+    previews: int = 0
+    model_name: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GenerateRequest":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class GenerateResult:
+    images: list[bytes]  # encoded in the request's format
+    seeds: list[int]
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    format: str = "png"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["images"] = [base64.b64encode(i).decode("ascii") for i in self.images]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "GenerateResult":
+        data = dict(data)
+        data["images"] = [base64.b64decode(i) for i in data["images"]]
+        return cls(**data)

@@ -1,0 +1,136 @@
+"""The torch backend (CUDA or CPU): device and dtype choice, memory-mapped weight loading, and the
+Backend protocol of `ollimg/runtime/backend.py`.
+
+Weights are memory-mapped from the blobs (or shards): `np.memmap` at the tensor's byte offset
+-> `torch.from_numpy` -> reinterpreted as bfloat16 / float8_e4m3fn. On CPU in the stored dtype
+nothing is copied; otherwise the only copy is the one on the device (or the converted one).
+Modules are built on the meta device and get the loaded tensors assigned, so no random init
+and no second copy happen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ollimg import config
+from ollimg.blobs import TensorRef
+from ollimg.errors import InvalidInput, InvalidModel
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORED = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F8_E4M3": torch.float8_e4m3fn}
+FP8 = torch.float8_e4m3fn
+
+
+class Linear(nn.Module):
+    """nn.Linear that also takes a float8 E4M3 weight with a per-output-channel float32 `weight_scale`.
+
+    A float8 weight stays float8 in memory and is dequantized (w.float() * scale[:, None]) per call;
+    a real fp8 matmul (torch._scaled_mm) can replace that branch without changing the layer.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.weight_scale: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight.dtype == FP8:
+            weight = (weight.float() * self.weight_scale[:, None]).to(x.dtype)
+        return F.linear(x, weight, self.bias)
+
+
+def assign(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> nn.Module:
+    """Put loaded tensors into a module built on the meta device; every parameter must be given."""
+    for name, tensor in tensors.items():
+        path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(path) if path else module
+        if leaf.endswith("_scale"):
+            setattr(owner, leaf, tensor)
+        else:
+            setattr(owner, leaf, nn.Parameter(tensor, requires_grad=False))
+    missing = [n for n, p in module.named_parameters() if p.is_meta]
+    if missing:
+        raise InvalidModel(f"{where}: weight {missing[0]} is missing")
+    return module
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, device: str | None = None, dtype: str | None = None):
+        wanted = (device or config.device() or "auto").lower()
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidInput(f"device {wanted!r} asked for, but torch sees no CUDA GPU; use device cpu")
+        if not (wanted == "cpu" or wanted.startswith("cuda")):
+            raise InvalidInput(f"unknown torch device {wanted!r}: use cpu, cuda or cuda:N")
+        self.device = torch.device(wanted)
+        self.processor = "CUDA" if self.device.type == "cuda" else "CPU"
+        self.dtype = dtype or ("bfloat16" if self.device.type == "cuda" else "float32")
+        if self.dtype not in DTYPES:
+            raise InvalidInput(f"unsupported dtype {self.dtype!r}: use float32, bfloat16 or float16")
+        self.torch_dtype = DTYPES[self.dtype]
+        self._bytes = 0
+
+    # --- the Backend protocol ---
+    def from_numpy(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().float().cpu().numpy()
+
+    def concat(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(xs, dim=0)
+
+    def norm(self, x: torch.Tensor) -> float:
+        return float(torch.linalg.vector_norm(x.float()))
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def memory(self) -> int:
+        return self._bytes
+
+    def load_tensors(self, refs: dict[str, TensorRef], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Memory-mapped tensors on the device; floats in `dtype` (default: the compute dtype), fp8 kept."""
+        dtype = dtype or self.torch_dtype
+        out = {}
+        for name, ref in refs.items():
+            tensor = mapped(ref)
+            if tensor.dtype == FP8 or name.endswith("_scale"):
+                tensor = tensor.to(self.device)
+            else:
+                tensor = tensor.to(self.device, dtype)
+            self._bytes += tensor.numel() * tensor.element_size()
+            out[name] = tensor
+        return out
+
+    def build(self, config, source):
+        from ollimg.runtime.models.zimage.torch import build
+
+        return build(self, config, source)
+
+    def empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def mapped(ref: TensorRef) -> torch.Tensor:
+    """A CPU tensor over the file's bytes (copy-on-write map: nothing is read until used)."""
+    if ref.dtype not in STORED:
+        raise InvalidModel(f"{ref.path}: tensor dtype {ref.dtype} is not supported")
+    if ref.nbytes == 0:
+        return torch.empty(ref.shape, dtype=STORED[ref.dtype])
+    raw = np.memmap(ref.path, dtype=np.uint8, mode="c", offset=ref.offset, shape=(ref.nbytes,))
+    return torch.from_numpy(raw).view(STORED[ref.dtype]).reshape(ref.shape)

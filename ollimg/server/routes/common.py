@@ -1,0 +1,93 @@
+"""Helpers the route modules share: the app's store and scheduler, model lookup, NDJSON lines."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import Request
+
+from ollimg import api
+from ollimg.errors import InvalidInput, OllimgError
+from ollimg.manifest import Model, Name, Store
+from ollimg.server.scheduler import Scheduler
+
+NDJSON = "application/x-ndjson"
+
+
+def store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+def get_model(request: Request, text: str) -> Model:
+    """The stored model a request names (InvalidName 400, ModelNotFound 404)."""
+    return store(request).get(Name.parse(text))
+
+
+def line(obj: Any) -> bytes:
+    data = obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else obj
+    return (json.dumps(data, separators=(",", ":")) + "\n").encode()
+
+
+def wire_message(e: OllimgError) -> str:
+    """The message a client sees: with the runtime's stderr tail when there is one."""
+    tail = (getattr(e, "stderr_tail", "") or "").strip()
+    if tail and tail not in e.message:
+        return f"{e.message}\nruntime stderr (last lines):\n{tail[-2000:]}"
+    return e.message
+
+
+def error_line(e: OllimgError) -> bytes:
+    return line(api.Error(error=wire_message(e), code=e.code))
+
+
+def openai_error(e: OllimgError, status: int, param: str | None = None) -> api.OpenAIError:
+    """OpenAI's error shape: type from the status, code `invalid_value` for bad input."""
+    if status == 401:
+        kind = "authentication_error"
+    elif status == 429:
+        kind = "rate_limit_error"
+    else:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+    code = "invalid_value" if isinstance(e, InvalidInput) and e.code == InvalidInput.code else e.code
+    return api.OpenAIError(error=api.OpenAIErrorBody(message=wire_message(e), type=kind, param=param, code=code))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def iso(ts: float | datetime | None) -> str | None:
+    if ts is None:
+        return None
+    if isinstance(ts, datetime):
+        return ts.astimezone(timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+def details(model: Model) -> api.ModelDetails:
+    """Display details from the model's config blob (missing keys stay empty)."""
+    try:
+        cfg = model.config
+    except OllimgError:
+        cfg = {}
+    count = cfg.get("parameter_count")
+    size = cfg.get("parameter_size") or (_human_count(count) if isinstance(count, (int, float)) else "")
+    return api.ModelDetails(
+        format=str(cfg.get("model_format") or cfg.get("format") or "safetensors"),
+        family=str(cfg.get("family") or cfg.get("architecture") or cfg.get("_class_name") or ""),
+        parameter_size=str(size),
+        quantization_level=str(cfg.get("quantization") or cfg.get("dtype") or ""),
+    )
+
+
+def _human_count(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))

@@ -1,0 +1,96 @@
+"""`POST /api/generate`: NDJSON step progress, then the images; an empty prompt loads or unloads."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ollimg import api
+from ollimg.errors import OllimgError
+from ollimg.progress import Step
+from ollimg.runtime.request import GenerateRequest, GenerateResult
+from ollimg.server.jobs import Job
+from ollimg.server.routes.common import NDJSON, error_line, get_model, line, now, scheduler
+from ollimg.server.scheduler import key
+
+router = APIRouter(tags=["native"])
+
+ERRORS = {s: {"model": api.Error} for s in (400, 401, 403, 404, 499, 500, 503, 507)}
+
+
+@router.post(
+    "/api/generate",
+    response_model=api.GenerateResponse,
+    responses={
+        200: {"description": "With stream (default): NDJSON lines of GenerateStep, then a GenerateResponse "
+                             "(or a final {error, code} line).",
+              "content": {NDJSON: {"schema": {"type": "string"}}}},
+        **ERRORS,
+    },
+)
+async def generate(body: api.GenerateRequest, request: Request):
+    started = time.monotonic()
+    sched = scheduler(request)
+    model = get_model(request, body.model)
+    keep_alive = sched.keep_alive(body.keep_alive)
+    name = model.name.display()
+    if not body.prompt:
+        if keep_alive == 0:
+            await sched.unload(key(model.name))
+            return api.GenerateResponse(model=name, created_at=now(), done_reason="unload")
+        seconds = await sched.load(model, keep_alive=keep_alive)
+        return api.GenerateResponse(model=name, created_at=now(), done_reason="load", load_duration=int(seconds * 1e9))
+
+    req = GenerateRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
+        steps=body.steps, guidance=body.guidance, seed=body.seed, n=body.n, format=body.format,
+        compression=body.compression, model_name=name,
+    )
+
+    async def work(emit):
+        return await sched.generate(
+            model, req, keep_alive=keep_alive,
+            on_load=lambda s: emit("load", s), on_step=lambda s: emit("step", s),
+        )
+
+    job = Job(request, work)
+    try:
+        _, load_seconds = await job.until("load")  # errors so far leave with a real status
+    except BaseException:
+        job.close()
+        raise
+    if not body.stream:
+        try:
+            _, result = await job.until("done")
+        finally:
+            job.close()
+        return JSONResponse(_final(name, body.format, result, load_seconds, started).model_dump())
+    return StreamingResponse(_stream(job, name, body.format, load_seconds, started), media_type=NDJSON)
+
+
+async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: float) -> AsyncIterator[bytes]:
+    try:
+        async for kind, value in job.events():
+            if kind == "step":
+                assert isinstance(value, Step)
+                yield line(api.GenerateStep(model=name, step=value.step, total=value.total, elapsed=value.elapsed))
+            elif kind == "done":
+                yield line(_final(name, fmt, value, load_seconds, started))
+            elif kind == "error":
+                assert isinstance(value, OllimgError)
+                yield error_line(value)
+    finally:
+        job.close()
+
+
+def _final(name: str, fmt: str, result: GenerateResult, load_seconds: float, started: float) -> api.GenerateResponse:
+    return api.GenerateResponse(
+        model=name, created_at=now(), images=[base64.b64encode(b).decode() for b in result.images], format=fmt,
+        seed=result.seeds[0] if result.seeds else None, seeds=list(result.seeds), width=result.width,
+        height=result.height, steps=result.steps, guidance=result.guidance, timings=dict(result.timings),
+        load_duration=int(load_seconds * 1e9), total_duration=int((time.monotonic() - started) * 1e9),
+    )

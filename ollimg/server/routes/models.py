@@ -1,0 +1,164 @@
+"""Model routes: list, show, running, delete, copy, and the streamed create, pull and push."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ollimg import api
+from ollimg import models, registry
+from ollimg.create import create as create_model
+from ollimg.errors import InvalidInput, OllimgError
+from ollimg.manifest import Name
+from ollimg.progress import Progress
+from ollimg.server.jobs import Job
+from ollimg.server.routes.common import NDJSON, details, error_line, get_model, iso, line, scheduler, store
+from ollimg.server.scheduler import key
+
+router = APIRouter(tags=["native"])
+
+ERRORS = {s: {"model": api.Error} for s in (400, 401, 403, 404, 500, 501, 502, 503, 507)}
+PROGRESS = {
+    200: {"description": "With stream (default): NDJSON ProgressResponse lines, the last one "
+                         '{"status": "success"} (or a final {error, code} line).',
+          "content": {NDJSON: {"schema": {"type": "string"}}}},
+    **ERRORS,
+}
+
+
+@router.get("/api/tags", response_model=api.TagsResponse, responses=ERRORS)
+def tags(request: Request) -> api.TagsResponse:
+    return api.TagsResponse(models=[
+        api.ModelInfo(
+            name=m.name.display(), model=m.name.display(), modified_at=iso(m.modified), size=m.size,
+            digest=m.digest, details=details(m),
+        )
+        for m in store(request).models()
+    ])
+
+
+@router.get("/api/ps", response_model=api.PsResponse, responses=ERRORS)
+def ps(request: Request) -> api.PsResponse:
+    models = []
+    for r in scheduler(request).running():
+        rt = r.runtime
+        processor = str(getattr(rt, "processor", "") or "CPU")
+        models.append(api.RunningModel(
+            name=r.model.name.display(), model=r.model.name.display(), size=r.size, digest=r.model.digest,
+            details=details(r.model), expires_at=iso(r.expires_at),
+            size_vram=0 if processor == "CPU" else r.size, processor=processor, busy=r.busy,
+            pid=getattr(rt, "pid", None),
+        ))
+    return api.PsResponse(models=models)
+
+
+@router.post("/api/show", response_model=api.ShowResponse, responses=ERRORS)
+def show(body: api.ShowRequest, request: Request) -> api.ShowResponse:
+    model = get_model(request, _required(body))
+    cfg = model.config
+    return api.ShowResponse(
+        name=model.name.display(), digest=model.digest, size=model.size, modified_at=iso(model.modified),
+        details=details(model), capabilities=list(cfg.get("capabilities") or ["image"]),
+        parameters=dict(cfg.get("defaults") or {}), license=str(cfg.get("license") or ""),
+        description=str(cfg.get("description") or ""), model_info=cfg if body.verbose else {},
+        tensors=len(model.manifest.tensor_layers()), files=sorted(model.files()), info=models.info(model),
+    )
+
+
+@router.delete("/api/delete", response_model=api.DeleteResponse, responses=ERRORS)
+async def delete(body: api.ModelRequest, request: Request) -> api.DeleteResponse:
+    name = Name.parse(_required(body))
+    await scheduler(request).unload(key(name))
+    removed = await asyncio.to_thread(models.remove, store(request), [name])
+    return api.DeleteResponse(deleted=removed.names, blobs=removed.blobs, bytes=removed.bytes)
+
+
+@router.post("/api/copy", responses={200: {"description": "copied"}, **ERRORS})
+async def copy(body: api.CopyRequest, request: Request) -> JSONResponse:
+    source, destination = Name.parse(body.source), Name.parse(body.destination)
+    await asyncio.to_thread(models.copy, store(request), source, destination)
+    return JSONResponse({})
+
+
+@router.post("/api/create", response_model=api.ProgressResponse, responses=PROGRESS)
+async def create(body: api.CreateRequest, request: Request):
+    call = functools.partial(
+        create_model, store(request), Name.parse(_required(body)), body.from_, quantize=body.quantize, dtype=body.dtype,
+    )
+    return await _progress(request, call, body.stream)
+
+
+@router.post("/api/pull", response_model=api.ProgressResponse, responses=PROGRESS)
+async def pull(body: api.PullRequest, request: Request):
+    call = functools.partial(registry.pull, store(request), Name.parse(_required(body)), insecure=body.insecure)
+    return await _progress(request, call, body.stream)
+
+
+@router.post("/api/push", response_model=api.ProgressResponse, responses=PROGRESS)
+async def push(body: api.PushRequest, request: Request):
+    call = functools.partial(registry.push, store(request), Name.parse(_required(body)), insecure=body.insecure)
+    return await _progress(request, call, body.stream)
+
+
+async def _progress(request: Request, call: Callable[..., Any], stream: bool):
+    """Runs a library operation that reports Progress in a thread; streams it as NDJSON."""
+
+    async def work(emit):
+        loop = asyncio.get_running_loop()
+        on_progress = lambda p: loop.call_soon_threadsafe(emit, "progress", p)  # noqa: E731
+        return await asyncio.to_thread(call, on_progress=on_progress)
+
+    job = Job(request, work)
+    try:
+        first = await job.until("progress")  # errors so far leave with a real status
+        result = first[1] if first[0] == "done" else None
+        if not stream and first[0] != "done":
+            _, result = await job.until("done")
+    except BaseException:
+        job.close()
+        raise
+    if not stream:
+        job.close()
+        return JSONResponse(_success(result).model_dump(exclude_none=True))
+    return StreamingResponse(_progress_lines(job, first), media_type=NDJSON)
+
+
+async def _progress_lines(job: Job, first: tuple[str, Any]) -> AsyncIterator[bytes]:
+    async def events():
+        yield first
+        if first[0] not in ("done", "error"):
+            async for event in job.events():
+                yield event
+
+    try:
+        async for kind, value in events():
+            if kind == "progress":
+                assert isinstance(value, Progress)
+                if value.status != "success":  # the final line says it, once
+                    yield line(value.to_json())
+            elif kind == "done":
+                yield line(_success(value))
+            elif kind == "error":
+                assert isinstance(value, OllimgError)
+                yield error_line(value)
+    finally:
+        job.close()
+
+
+def _success(result: Any) -> api.ProgressResponse:
+    """The last line: success, with the model's digest and byte counts when the operation returned a Model."""
+    return api.ProgressResponse(
+        status="success", digest=getattr(result, "digest", None),
+        new_bytes=getattr(result, "new_bytes", None), deduplicated_bytes=getattr(result, "deduplicated_bytes", None),
+    )
+
+
+def _required(body: api.ModelRequest) -> str:
+    name = body.model_name()
+    if not name:
+        raise InvalidInput("model is required")
+    return name

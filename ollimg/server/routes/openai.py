@@ -1,0 +1,149 @@
+"""OpenAI-compatible routes: `GET /v1/models` and `POST /v1/images/generations` (JSON or SSE).
+
+Streaming sends `event: progress` per step (`{"type": "progress", "step", "total"}`),
+`image_generation.partial_image` when `partial_images` > 0, and one `image_generation.completed`
+per image. `response_format: url` is refused (400): images are returned inline only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ollimg import api
+from ollimg.errors import InvalidInput, OllimgError
+from ollimg.manifest import Model
+from ollimg.progress import Step
+from ollimg.runtime.request import GenerateRequest, GenerateResult
+from ollimg.server.jobs import Job
+from ollimg.server.routes.common import get_model, openai_error, scheduler, store
+
+router = APIRouter(tags=["openai"])
+
+ERRORS = {s: {"model": api.OpenAIError} for s in (400, 401, 403, 404, 499, 500, 503, 507)}
+SSE = "text/event-stream"
+KEEPALIVE_SECONDS = 10.0
+USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+         "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}}
+
+
+@router.get("/v1/models", response_model=api.OpenAIModelList, responses=ERRORS)
+def models(request: Request) -> api.OpenAIModelList:
+    return api.OpenAIModelList(data=[
+        api.OpenAIModel(id=m.name.display(), created=int(m.modified.timestamp())) for m in store(request).models()
+    ])
+
+
+@router.post(
+    "/v1/images/generations",
+    response_model=api.ImagesResponse,
+    responses={
+        200: {"description": "With stream: server-sent events (progress, image_generation.partial_image, "
+                             "image_generation.completed).",
+              "content": {SSE: {"schema": {"type": "string"}}}},
+        **ERRORS,
+    },
+)
+async def generations(body: api.ImageGenerationRequest, request: Request):
+    model = _model(request, body.model)
+    width, height = api.parse_size(body.size)
+    if body.response_format == "url":
+        raise _invalid("response_format 'url' is not supported: ollimg returns images inline; use b64_json", "response_format")
+    if body.background == "transparent":
+        raise _invalid("background 'transparent' is not supported by this model; use auto or opaque", "background")
+    sched = scheduler(request)
+    keep_alive = sched.keep_alive(body.keep_alive)
+    fmt = body.output_format or "png"
+    stream = bool(body.stream)
+    req = GenerateRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, width=width, height=height, steps=body.steps,
+        guidance=body.guidance_scale, seed=body.seed, n=body.n or 1, format=fmt, compression=body.output_compression,
+        previews=(body.partial_images or 0) if stream else 0, model_name=model.name.display(),
+    )
+
+    async def work(emit):
+        return await sched.generate(
+            model, req, keep_alive=keep_alive, on_load=lambda s: emit("load", s),
+            on_step=lambda s: emit("step", s), on_preview=lambda i, png: emit("preview", (i, png)),
+        )
+
+    job = Job(request, work)
+    try:
+        await job.until("load")  # errors so far leave with a real status
+        if not stream:
+            _, result = await job.until("done")
+    except BaseException:
+        job.close()
+        raise
+    if not stream:
+        job.close()
+        return JSONResponse(_response(result, fmt, body.quality).model_dump(exclude_none=True))
+    return StreamingResponse(_events(job, fmt, body.quality), media_type=SSE, headers={"Cache-Control": "no-cache"})
+
+
+def _model(request: Request, name: str | None) -> Model:
+    if name:
+        try:
+            return get_model(request, name)
+        except OllimgError as e:
+            e.param = "model"
+            raise
+    stored = store(request).models()
+    if len(stored) == 1:
+        return stored[0]
+    raise _invalid("model is required: this server has " + ("no models" if not stored else "several models"), "model")
+
+
+def _invalid(message: str, param: str) -> InvalidInput:
+    e = InvalidInput(message)
+    e.param = param
+    return e
+
+
+def _response(result: GenerateResult, fmt: str, quality: str | None) -> api.ImagesResponse:
+    return api.ImagesResponse(
+        created=int(time.time()),
+        data=[api.ImageData(b64_json=base64.b64encode(img).decode(), seed=seed) for img, seed in zip(result.images, result.seeds)],
+        output_format=fmt, size=f"{result.width}x{result.height}", quality=quality or "auto",
+    )
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def _events(job: Job, fmt: str, quality: str | None) -> AsyncIterator[bytes]:
+    common = {"quality": quality or "auto", "background": "opaque"}
+    try:
+        async for kind, value in job.events(keepalive=KEEPALIVE_SECONDS):
+            if kind == "keepalive":
+                yield b": keepalive\n\n"
+            elif kind == "step":
+                assert isinstance(value, Step)
+                yield _sse("progress", {"type": "progress", "step": value.step, "total": value.total})
+            elif kind == "preview":
+                index, png = value
+                yield _sse("image_generation.partial_image", {
+                    "type": "image_generation.partial_image", "b64_json": base64.b64encode(png).decode(),
+                    "partial_image_index": index, "created_at": int(time.time()), "size": "auto",
+                    "output_format": "png", **common,
+                })
+            elif kind == "done":
+                size = f"{value.width}x{value.height}"
+                for i, (img, seed) in enumerate(zip(value.images, value.seeds)):
+                    yield _sse("image_generation.completed", {
+                        "type": "image_generation.completed", "b64_json": base64.b64encode(img).decode(),
+                        "created_at": int(time.time()), "size": size, "output_format": fmt, "image_index": i,
+                        "seed": seed, "usage": USAGE, **common,
+                    })
+            elif kind == "error":
+                assert isinstance(value, OllimgError)
+                body = openai_error(value, value.http_status).model_dump()
+                yield _sse("error", {"type": "error", **body})
+    finally:
+        job.close()

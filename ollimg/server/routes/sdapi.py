@@ -1,0 +1,210 @@
+"""The AUTOMATIC1111 `/sdapi/v1` subset that Open WebUI, LibreChat and SillyTavern call.
+
+`txt2img` maps prompt, negative_prompt, seed (-1 = random), steps, cfg_scale (guidance),
+width/height (rounded to multiples of 16), batch_size x n_iter (at most 10 images) and
+override_settings.sd_model_checkpoint; samplers, hires fix and scripts are ignored. Absent
+steps/cfg_scale/size take the model's defaults (not A1111's 50 steps, CFG 7, 512x512).
+`options` holds the default model; `progress` and `interrupt` see the txt2img requests in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ollimg import api
+from ollimg.errors import InvalidInput
+from ollimg.manifest import Model
+from ollimg.runtime.request import GenerateRequest
+from ollimg.server.jobs import Job
+from ollimg.server.routes.common import get_model, scheduler, store
+
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+ERRORS = {s: {"model": api.Error} for s in (400, 401, 403, 404, 499, 500, 503, 507)}
+
+
+class Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field("", max_length=api.MAX_PROMPT)
+    negative_prompt: str | None = Field(None, max_length=api.MAX_PROMPT)
+    seed: int = Field(-1, ge=-1, le=api.MAX_SEED, description="-1: random")
+    steps: int | None = Field(None, ge=1, le=200)
+    cfg_scale: float | None = Field(None, ge=0, le=100)
+    width: int | None = Field(None, ge=8, le=api.MAX_SIZE)
+    height: int | None = Field(None, ge=8, le=api.MAX_SIZE)
+    batch_size: int = Field(1, ge=1, le=10)
+    n_iter: int = Field(1, ge=1, le=10)
+    override_settings: dict = Field(default_factory=dict)
+
+
+class Txt2ImgResponse(BaseModel):
+    images: list[str] = Field(description="base64 PNGs, no data: prefix")
+    parameters: dict
+    info: str = Field(description="JSON text: prompt, seed, all_seeds, width, height, steps, cfg_scale, sd_model_name, infotexts")
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = Field(None, max_length=500)
+
+
+class SdModel(BaseModel):
+    title: str
+    model_name: str
+    hash: str
+    sha256: str
+    filename: str
+    config: str | None = None
+
+
+class Named(BaseModel):
+    name: str
+
+
+@dataclass
+class _State:
+    """What the A1111 endpoints remember: the default model and the txt2img jobs in flight."""
+
+    checkpoint: str | None = None
+    jobs: list[Job] = field(default_factory=list)
+    step: int = 0
+    steps: int = 0
+    started: float = 0.0
+
+
+def _state(request: Request) -> _State:
+    if not hasattr(request.app.state, "sdapi"):
+        request.app.state.sdapi = _State()
+    return request.app.state.sdapi
+
+
+@router.post("/txt2img", response_model=Txt2ImgResponse, responses=ERRORS)
+async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
+    state = _state(request)
+    model = _model(request, body.override_settings.get("sd_model_checkpoint") or state.checkpoint)
+    n = body.batch_size * body.n_iter
+    if n > 10:
+        raise InvalidInput(f"batch_size x n_iter is {n}; at most 10 images per request")
+    if not body.prompt:
+        raise InvalidInput("prompt is empty")
+    sched = scheduler(request)
+    req = GenerateRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt or None, width=_round16(body.width),
+        height=_round16(body.height), steps=body.steps, guidance=body.cfg_scale,
+        seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(),
+    )
+
+    def on_step(step):
+        state.step, state.steps = step.step, step.total
+
+    async def work(emit):
+        state.step, state.steps, state.started = 0, req.steps or 0, time.monotonic()
+        return await sched.generate(model, req, keep_alive=sched.keep_alive(None), on_step=on_step)
+
+    job = Job(request, work)
+    state.jobs.append(job)
+    try:
+        _, result = await job.until("done")
+    finally:
+        job.close()
+        state.jobs.remove(job)
+    name = model.name.display()
+    info = {
+        "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": result.seeds[0],
+        "all_seeds": result.seeds, "width": result.width, "height": result.height, "steps": result.steps,
+        "cfg_scale": result.guidance, "sd_model_name": name, "sd_model_hash": model.digest.split(":")[-1][:10],
+        "batch_size": body.batch_size, "n_iter": body.n_iter,
+        "infotexts": [_infotext(body, result, seed, name) for seed in result.seeds],
+    }
+    return Txt2ImgResponse(
+        images=[base64.b64encode(img).decode() for img in result.images],
+        parameters=body.model_dump(), info=json.dumps(info),
+    )
+
+
+@router.get("/options", response_model=Options, responses=ERRORS)
+def get_options(request: Request) -> Options:
+    checkpoint = _state(request).checkpoint
+    if checkpoint is None:
+        models = store(request).models()
+        checkpoint = models[0].name.display() if len(models) == 1 else None
+    return Options(sd_model_checkpoint=checkpoint)
+
+
+@router.post("/options", responses=ERRORS)
+def set_options(body: Options, request: Request) -> dict:
+    if body.sd_model_checkpoint:
+        _state(request).checkpoint = _model(request, body.sd_model_checkpoint).name.display()
+    return {}
+
+
+@router.get("/sd-models", response_model=list[SdModel], responses=ERRORS)
+def sd_models(request: Request) -> list[SdModel]:
+    return [
+        SdModel(title=m.name.display(), model_name=m.name.display(), hash=m.digest.split(":")[-1][:10],
+                sha256=m.digest.split(":")[-1], filename=str(store(request).manifest_path(m.name)))
+        for m in store(request).models()
+    ]
+
+
+@router.get("/progress", responses=ERRORS)
+def progress(request: Request) -> dict:
+    state = _state(request)
+    busy = bool(state.jobs)
+    fraction = state.step / state.steps if busy and state.steps else 0.0
+    elapsed = time.monotonic() - state.started if busy else 0.0
+    eta = elapsed / fraction - elapsed if fraction else 0.0
+    return {
+        "progress": fraction, "eta_relative": eta, "current_image": None, "textinfo": None,
+        "state": {"skipped": False, "interrupted": False, "job": "txt2img" if busy else "", "job_count": len(state.jobs),
+                  "job_no": 0, "sampling_step": state.step if busy else 0, "sampling_steps": state.steps if busy else 0},
+    }
+
+
+@router.post("/interrupt", responses=ERRORS)
+def interrupt(request: Request) -> dict:
+    for job in list(_state(request).jobs):
+        job.close()
+    return {}
+
+
+def _names(*names: str):
+    def route() -> list[Named]:
+        return [Named(name=n) for n in names]
+
+    return route
+
+
+router.get("/samplers", response_model=list[Named])(_names("Euler"))
+router.get("/schedulers", response_model=list[Named])(_names("Simple"))
+router.get("/upscalers", response_model=list[Named])(_names("None"))
+router.get("/latent-upscale-modes", response_model=list[Named])(_names())
+router.get("/sd-vae", response_model=list[Named])(_names("Automatic"))
+
+
+def _model(request: Request, name: str | None) -> Model:
+    if name:
+        return get_model(request, name)
+    models = store(request).models()
+    if len(models) == 1:
+        return models[0]
+    raise InvalidInput("no model chosen: set sd_model_checkpoint in /sdapi/v1/options or override_settings")
+
+
+def _round16(value: int | None) -> int | None:
+    return None if value is None else max(16, int(value / 16 + 0.5) * 16)  # half up, as people expect
+
+
+def _infotext(body: Txt2ImgRequest, result, seed: int, name: str) -> str:
+    text = body.prompt
+    if body.negative_prompt:
+        text += f"\nNegative prompt: {body.negative_prompt}"
+    return text + (f"\nSteps: {result.steps}, Sampler: Euler, Schedule type: Simple, CFG scale: {result.guidance}, "
+                   f"Seed: {seed}, Size: {result.width}x{result.height}, Model: {name}, Version: ollimg")

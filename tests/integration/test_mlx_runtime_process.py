@@ -1,0 +1,83 @@
+"""The runtime subprocess on the MLX backend, through RuntimeProcess like the server uses it.
+
+Skipped only when mlx cannot be imported (install `mlx[cpu]` on Linux, `mlx` on macOS).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
+
+from ollimg.errors import Cancelled, InvalidModel  # noqa: E402
+from ollimg.runtime.process import RuntimeProcess  # noqa: E402
+from ollimg.runtime.request import GenerateRequest  # noqa: E402
+
+pytestmark = pytest.mark.mlx
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_zimage_dir):
+    rt = RuntimeProcess(str(tiny_zimage_dir), backend="mlx", device="cpu")
+    rt.start(timeout=120)
+    yield rt
+    rt.stop()
+
+
+def test_mlx_runtime_generates_like_the_torch_runtime(runtime, tiny_zimage_dir):
+    steps = []
+    request = GenerateRequest("a cat", negative_prompt="blurry", width=48, height=32, steps=3, guidance=2.0,
+                              seed=5, n=2, previews=1, model_name="tiny:latest")
+    result = runtime.generate(request, on_step=steps.append)
+    assert runtime.processor == "MLX" and runtime.memory > 0 and runtime.alive
+    assert [s.step for s in steps] == [1, 2, 3] and result.seeds == [5, 6]
+    images = [Image.open(io.BytesIO(png)) for png in result.images]
+    assert all(im.format == "PNG" and im.size == (48, 32) for im in images)
+
+    torch_rt = RuntimeProcess(str(tiny_zimage_dir), backend="torch", device="cpu")
+    torch_rt.start(timeout=120)
+    try:
+        expected = torch_rt.generate(request)
+    finally:
+        torch_rt.stop()
+    for ours, theirs in zip(result.images, expected.images):
+        a = np.asarray(Image.open(io.BytesIO(ours))).astype(int)
+        b = np.asarray(Image.open(io.BytesIO(theirs))).astype(int)
+        assert np.abs(a - b).max() <= 1
+
+
+def test_cancel_stops_a_running_mlx_generation(runtime):
+    seen = []
+
+    def on_step(step):
+        seen.append(step.step)
+        if step.step == 2:
+            threading.Thread(target=runtime.cancel).start()
+
+    with pytest.raises(Cancelled):
+        runtime.generate(GenerateRequest("a cat", width=64, height=64, steps=200, seed=1), on_step=on_step)
+    assert len(seen) < 50
+    assert runtime.generate(GenerateRequest("a cat", width=16, height=16, steps=1)).seeds
+
+
+def test_bad_weights_are_invalid_model_at_mlx_start(tiny_zimage_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "bad"
+    shutil.copytree(tiny_zimage_dir, model)
+    path = model / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    tensors["decoder.conv_out.weight"] = torch.zeros(3, 3, 3, 3)
+    save_file(tensors, path)
+    rt = RuntimeProcess(str(model), backend="mlx", device="cpu")
+    with pytest.raises(InvalidModel, match="conv_out.weight has shape"):
+        rt.start(timeout=120)
+    assert not rt.alive

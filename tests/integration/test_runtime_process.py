@@ -1,0 +1,157 @@
+"""The runtime subprocess through RuntimeProcess: load, progress, previews, cancel, crash, parent death."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from ollimg.errors import Cancelled, InvalidInput, InvalidModel, RuntimeFailed
+from ollimg.runtime.images import read_parameters
+from ollimg.runtime.process import RuntimeProcess
+from ollimg.runtime.request import GenerateRequest
+
+from tests.conftest import cli_env
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_zimage_dir):
+    rt = RuntimeProcess(str(tiny_zimage_dir), backend="torch", device="cpu")
+    rt.start(timeout=120)
+    yield rt
+    rt.stop()
+
+
+def test_generate_streams_steps_and_returns_images(runtime):
+    steps, previews = [], []
+    result = runtime.generate(GenerateRequest("a cat", width=48, height=32, steps=4, seed=5, n=2, previews=2,
+                                              model_name="tiny:latest"),
+                              on_step=steps.append, on_preview=lambda i, png: previews.append((i, png)))
+    assert [s.step for s in steps] == [1, 2, 3, 4] and all(s.total == 4 for s in steps)
+    assert [i for i, _ in previews] == [0, 1]
+    assert Image.open(io.BytesIO(previews[0][1])).size == (48, 32)
+    assert result.seeds == [5, 6] and len(result.images) == 2 and (result.width, result.height) == (48, 32)
+    image = Image.open(io.BytesIO(result.images[1]))
+    assert image.format == "PNG" and image.size == (48, 32)
+    text = read_parameters(result.images[1])
+    assert text.startswith("a cat\n") and "Seed: 6" in text and 'Model: "tiny:latest"' in text
+    assert runtime.processor == "CPU" and runtime.memory > 0 and runtime.alive
+    assert {"text_encode", "denoise", "decode", "encode"} <= set(result.timings)
+
+
+def test_jpeg_output(runtime):
+    result = runtime.generate(GenerateRequest("a cat", width=32, height=32, steps=1, seed=1, format="jpeg"))
+    assert Image.open(io.BytesIO(result.images[0])).format == "JPEG"
+
+
+def test_bad_request_is_a_typed_error_and_the_runtime_lives_on(runtime):
+    with pytest.raises(InvalidInput, match="multiples of 16"):
+        runtime.generate(GenerateRequest("a cat", width=1000, height=64))
+    assert runtime.alive
+    runtime.generate(GenerateRequest("a cat", width=16, height=16, steps=1))
+
+
+def test_cancel_stops_a_running_generation(runtime):
+    seen = []
+
+    def on_step(step):
+        seen.append(step.step)
+        if step.step == 2:
+            threading.Thread(target=runtime.cancel).start()
+
+    with pytest.raises(Cancelled):
+        runtime.generate(GenerateRequest("a cat", width=64, height=64, steps=200, seed=1), on_step=on_step)
+    assert len(seen) < 50
+    # the runtime serves the next request normally
+    assert runtime.generate(GenerateRequest("a cat", width=16, height=16, steps=1)).seeds
+
+
+def test_killed_worker_is_runtime_failed_with_stderr_tail(tiny_zimage_dir):
+    rt = RuntimeProcess(str(tiny_zimage_dir), backend="torch", device="cpu")
+    rt.start(timeout=120)
+
+    def on_step(step):
+        if step.step == 2:
+            os.kill(rt.pid, signal.SIGKILL)
+
+    with pytest.raises(RuntimeFailed) as info:
+        rt.generate(GenerateRequest("a cat", width=64, height=64, steps=500), on_step=on_step)
+    assert "exited" in info.value.message and "loaded" in info.value.stderr_tail
+    assert not rt.alive
+    with pytest.raises(RuntimeFailed):
+        rt.generate(GenerateRequest("a cat", width=16, height=16, steps=1))
+
+
+def test_bad_weights_are_invalid_model_at_start(tiny_zimage_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "bad"
+    shutil.copytree(tiny_zimage_dir, model)
+    path = model / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    tensors["decoder.conv_out.weight"] = torch.zeros(3, 3, 3, 3)
+    save_file(tensors, path)
+    rt = RuntimeProcess(str(model), backend="torch", device="cpu")
+    with pytest.raises(InvalidModel, match="conv_out.weight has shape"):
+        rt.start(timeout=120)
+    assert not rt.alive
+
+
+def test_unknown_model_fails_to_start(store_dir):
+    rt = RuntimeProcess("nosuchmodel", backend="torch", device="cpu", models_dir=store_dir)
+    with pytest.raises(Exception) as info:
+        rt.start(timeout=60)
+    assert info.value.code == "model_not_found"
+
+
+PARENT = """
+import json, sys, time
+from ollimg.runtime.process import RuntimeProcess
+rt = RuntimeProcess(sys.argv[1], backend="torch", device="cpu")
+rt.start(timeout=120)
+print(json.dumps({"pid": rt.pid}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_worker_exits_when_its_parent_dies(tiny_zimage_dir):
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tiny_zimage_dir)], stdout=subprocess.PIPE,
+                              env=cli_env())
+    try:
+        worker = json.loads(parent.stdout.readline())["pid"]
+        os.kill(worker, 0)  # it is running
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the runtime outlived its parent by more than 5 s")
+    finally:
+        parent.kill()
+
+
+def test_stop_ends_the_worker(tiny_zimage_dir):
+    rt = RuntimeProcess(str(tiny_zimage_dir), backend="torch", device="cpu")
+    rt.start(timeout=120)
+    pid = rt.pid
+    rt.stop()
+    assert not rt.alive
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -1,0 +1,219 @@
+"""The MLX backend against diffusers' ZImagePipeline (and against our torch backend) on the tiny
+fixture models, with the same initial latents.
+
+Gates: fp32 final latents within 1e-4 of max|ref| and pixels within 1 level; bf16 pixels within
+8 levels. Skipped only when mlx cannot be imported (install `mlx[cpu]` on Linux, `mlx` on macOS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers", reason="diffusers is the parity reference (test dependency)")
+
+from ollimg.errors import InvalidModel  # noqa: E402
+from ollimg.runtime import load  # noqa: E402
+from ollimg.runtime.models.zimage import layout  # noqa: E402
+
+pytestmark = pytest.mark.mlx
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_zimage_dir):
+    return load(tiny_zimage_dir, backend="mlx", device="cpu", dtype="float32")
+
+
+def reference_pipe(path, dtype):
+    pipe = diffusers.ZImagePipeline.from_pretrained(path, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_zimage_dir):
+    return reference_pipe(tiny_zimage_dir, torch.float32)
+
+
+def run_reference(pipe, prompts, *, negative, latents, **kwargs):
+    """(final latents float32, pixels uint8 [B, H, W, 3]); fresh lists each call (diffusers rewrites them)."""
+    out = {}
+    for kind in ("latent", "np"):
+        extra = {"negative_prompt": list(negative)} if negative is not None else {}
+        out[kind] = pipe(list(prompts), output_type=kind, latents=torch.from_numpy(latents), **extra, **kwargs).images
+    return out["latent"].float().numpy(), (out["np"] * 255).round().astype(np.uint8)
+
+
+def compare(ours, reference, prompts, *, width=64, height=64, steps=3, guidance=0.0, negative=None, n=1,
+            seed=7, latent_rtol=1e-4, levels=1, **extra):
+    """Run both with the noise of `seed`; assert the gates; return our Result."""
+    latents = layout.noise(seed, len(prompts) * n, (16, height // 8, width // 8))
+    ref_latents, ref_pixels = run_reference(
+        reference, prompts, negative=negative, latents=latents, height=height, width=width,
+        num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=n, **extra)
+    result = ours.generate(list(prompts), negative_prompt=list(negative) if negative else None, width=width,
+                           height=height, steps=steps, guidance=guidance, seed=seed, n=n, **extra)
+    pixels = np.stack([np.asarray(im) for im in result.images])
+    assert pixels.shape == ref_pixels.shape
+    latent_err = np.abs(result.latents - ref_latents).max()
+    assert latent_err <= latent_rtol * np.abs(ref_latents).max(), f"latents off by {latent_err:.3g}"
+    assert np.abs(pixels.astype(int) - ref_pixels).max() <= levels
+    return result
+
+
+def test_square(ours, reference):
+    compare(ours, reference, ["a photo of a cat sitting on a red chair"])
+
+
+def test_non_square(ours, reference):
+    compare(ours, reference, ["a lighthouse at dusk"], width=96, height=48, steps=2)
+
+
+def test_cfg_with_negative_prompt(ours, reference):
+    compare(ours, reference, ["a bowl of ramen"], guidance=4.0, negative=["blurry, low quality"], width=48, height=48)
+
+
+def test_cfg_truncation_and_normalization(ours, reference):
+    # Truncation 0.5 switches CFG off for the later steps (the batch shrinks: a second caption
+    # cache entry); normalization 1.05 clips the guided norm.
+    compare(ours, reference, ["an astronaut riding a horse"], guidance=5.0, negative=["watermark"], steps=4,
+            width=48, height=32, cfg_truncation=0.5, cfg_normalization=1.05)
+
+
+def test_batch_of_prompts_with_different_lengths(ours, reference):
+    prompts = ["cat", "a watercolor painting of a lighthouse at dusk with seagulls, film grain, highly detailed"]
+    result = compare(ours, reference, prompts, n=2, guidance=2.0, negative=["", "blurry"], width=32, height=48)
+    assert result.seeds == [7, 8, 9, 10]
+
+
+def test_prompt_truncation(ours, reference):
+    compare(ours, reference, ["the quick brown fox jumps over the lazy dog " * 6], max_sequence_length=9,
+            width=32, height=32)
+
+
+def test_unicode_prompt(ours, reference):
+    compare(ours, reference, ["東京の夜景、ネオンの光 — Café crème, naïve façade 🐼"], width=32, height=32)
+
+
+def test_a_skipped_tensor_breaks_parity(ours, reference):
+    """The gate can fail: zero one pad token (a tensor a careless loader could skip)."""
+    dit = ours.components.modules["transformer"]
+    saved = dit.cap_pad_token
+    try:
+        dit.cap_pad_token = mx.zeros_like(saved)
+        with pytest.raises(AssertionError):
+            compare(ours, reference, ["a cat"], width=32, height=32)
+    finally:
+        dit.cap_pad_token = saved
+
+
+def test_bfloat16(tiny_zimage_dir, reference):
+    ours16 = load(tiny_zimage_dir, backend="mlx", device="cpu", dtype="bfloat16")
+    ref16 = reference_pipe(tiny_zimage_dir, torch.bfloat16)
+    compare(ours16, ref16, ["a portrait of an old fisherman"], guidance=3.0, negative=["blurry"],
+            latent_rtol=3e-2, levels=8, width=48, height=48)
+    compare(ours16, reference, ["a portrait of an old fisherman"], latent_rtol=5e-2, levels=8, width=48, height=48)
+
+
+@pytest.mark.parametrize("dtype, levels", [("float32", 1), ("bfloat16", 8)])
+def test_same_seed_same_image_as_the_torch_backend(ours, tiny_zimage_dir, dtype, levels):
+    mlx_pipe = ours if dtype == "float32" else load(tiny_zimage_dir, backend="mlx", device="cpu", dtype=dtype)
+    torch_pipe = load(tiny_zimage_dir, backend="torch", device="cpu", dtype=dtype)
+    kwargs = dict(negative_prompt="blurry", guidance=2.5, width=48, height=32, steps=3, seed=1234)
+    a = mlx_pipe.generate("a red fox in the snow", **kwargs)
+    b = torch_pipe.generate("a red fox in the snow", **kwargs)
+    assert a.seed == b.seed == 1234
+    diff = np.abs(np.asarray(a.images[0]).astype(int) - np.asarray(b.images[0]).astype(int))
+    assert diff.max() <= levels
+
+
+def test_fp8_model_against_its_dequantized_weights(tiny_zimage_dir, store_dir):
+    from ollimg.create import create
+    from ollimg.manifest import Store
+    from ollimg.runtime.torch_backend import mapped
+
+    model = create(Store(store_dir), "tiny:fp8", tiny_zimage_dir, quantize="fp8")
+    refs = model.tensors()
+    fp8_refs = {t: r for t, r in refs.items() if r.dtype == "F8_E4M3"}
+    assert len(fp8_refs) > 10
+    ours8 = load("tiny:fp8", backend="mlx", device="cpu", dtype="float32", models_dir=store_dir)
+    ref = reference_pipe(tiny_zimage_dir, torch.float32)
+    for title, weight_ref in fp8_refs.items():
+        component, name = title.split("/", 1)
+        name = name.removeprefix("model.") if component == "text_encoder" else name
+        dequantized = mapped(weight_ref).float() * mapped(refs[title + "_scale"])[:, None]
+        getattr(ref, component).get_parameter(name).data.copy_(dequantized)
+    compare(ours8, ref, ["a cat on the moon"], guidance=2.0, negative=["blurry"], width=48, height=48)
+
+
+def test_store_model_equals_directory_model(ours, tiny_zimage_dir, store_dir):
+    from ollimg.create import create
+    from ollimg.manifest import Store
+
+    create(Store(store_dir), "tiny", tiny_zimage_dir)
+    stored = load("tiny", backend="mlx", device="cpu", models_dir=store_dir)
+    assert stored.backend.processor == "MLX" and stored.backend.memory() > 0
+    a = stored.generate("a red fox", width=32, height=32, steps=2, seed=3)
+    b = ours.generate("a red fox", width=32, height=32, steps=2, seed=3)
+    assert np.array_equal(a.latents, b.latents)
+
+
+def _copy_with(tiny_zimage_dir, tmp_path, edit):
+    import shutil
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_zimage_dir, out)
+    edit(out)
+    return out
+
+
+def test_wrong_shape_and_missing_weights_are_invalid_model(tiny_zimage_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    def edit_vae(change):
+        def edit(root):
+            path = root / "vae" / "diffusion_pytorch_model.safetensors"
+            tensors = load_file(path)
+            change(tensors)
+            save_file(tensors, path)
+        return edit
+
+    wrong = edit_vae(lambda t: t.__setitem__("decoder.conv_out.bias", torch.zeros(4)))
+    with pytest.raises(InvalidModel, match=r"decoder\.conv_out\.bias has shape \[4\], expected \[3\]"):
+        load(_copy_with(tiny_zimage_dir, tmp_path / "a", wrong), backend="mlx", device="cpu")
+    missing = edit_vae(lambda t: t.pop("decoder.conv_in.weight"))
+    with pytest.raises(InvalidModel, match=r"decoder\.conv_in\.weight is missing"):
+        load(_copy_with(tiny_zimage_dir, tmp_path / "b", missing), backend="mlx", device="cpu")
+
+
+def test_tiled_vae_matches_torch_tiling_and_untiled(ours, tiny_zimage_dir):
+    """Tiles of 8 latent cells, overlap 4, on a 12x16 latent: the same tiles and blend as the torch
+    backend (within fp32 noise). How far tiling strays from untiled decoding is the torch tests' bound."""
+    vae = ours.components.modules["vae"]
+    torch_vae = load(tiny_zimage_dir, backend="torch", device="cpu").components.modules["vae"]
+    z = layout.noise(5, 1, (16, 12, 16))
+    full = np.array(vae.decode(mx.array(z)))
+    vae.tile, vae.overlap = torch_vae.tile, torch_vae.overlap = 8, 4
+    try:
+        tiled = np.array(vae.decode(mx.array(z)))
+        with torch.inference_mode():
+            torch_tiled = torch_vae.decode(torch.from_numpy(z)).permute(0, 2, 3, 1).numpy()
+    finally:
+        vae.tile, vae.overlap = torch_vae.tile, torch_vae.overlap = 128, 16
+    assert np.abs(tiled - torch_tiled).max() <= 1e-4 * np.abs(torch_tiled).max()
+    assert np.abs(full - tiled).max() > 1e-2  # it did tile (per-tile GroupNorm statistics differ)
+
+
+def test_compiled_denoising_step_matches(ours, reference):
+    """The mx.compile path (the default on the GPU) gives the eager result and passes the same gate."""
+    dit = ours.components.modules["transformer"]
+    eager = ours.generate("a cat on a mat", width=32, height=48, steps=2, seed=2, guidance=2.0)
+    dit.compiled = True
+    try:
+        compiled = compare(ours, reference, ["a cat on a mat"], width=32, height=48, steps=2, seed=2, guidance=2.0,
+                           negative=[""])
+    finally:
+        dit.compiled = False
+    assert np.abs(compiled.latents - eager.latents).max() <= 1e-6 * np.abs(eager.latents).max()
