@@ -22,7 +22,7 @@ import httpx
 
 from ollimg import config
 from ollimg.blobs.store import BlobWriter, check_digest
-from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound, RegistryError
+from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound, RegistryError, StoreError
 from ollimg.manifest import Descriptor, Manifest, Model, Name, Store
 from ollimg.manifest.manifest import MAX_MANIFEST_BYTES
 from ollimg.progress import OnProgress
@@ -183,9 +183,12 @@ class LargeBlob:
     """One large blob, fetched in parallel byte ranges into `.tmp-partial-sha256-<hex>`.
 
     `<partial>.json` records how many bytes of each part have landed, so a later pull asks only
-    for the rest (`Range: bytes=N-M`). The final hash over the whole file is what makes the blob
-    trusted: the record only saves work, and a resumed blob that fails verification is fetched
-    once more from scratch. An flock on the partial file keeps two pulls from filling it at once.
+    for the rest (`Range: bytes=N-M`). The sha256 follows the bytes as they land: whichever thread
+    extends the run of landed bytes from the start hashes it (read back from the page cache), so
+    when the last part ends only the tail is left to hash. The hash over the whole file is what
+    makes the blob trusted: the record only saves work, and a resumed blob that fails verification
+    is fetched once more from scratch. An flock on the partial file keeps two pulls from filling it
+    at once.
     """
 
     def __init__(self, download: Download, desc: Descriptor):
@@ -196,6 +199,10 @@ class LargeBlob:
         self.ranged = True  # False once the server ignored a Range and one part takes the whole body
         self.owner: int | None = None
         self.saved = 0
+        self.whole_pos = 0  # bytes landed from the start when one part takes the whole body
+        self.hasher = hashlib.sha256()
+        self.hashed = 0  # bytes from the start fed to `hasher`
+        self.hashing = False  # one thread at a time feeds the hasher
         self.fd = self._open()
         if self.fd is None:
             self.parts: list[list[int]] = []
@@ -309,16 +316,51 @@ class LargeBlob:
                 self.parts[part][2] = pos - self.parts[part][0]
                 completed = self.done()
             else:
-                completed = pos
+                completed = self.whole_pos = pos
             if completed - self.saved >= SAVE_EVERY and part is not None:
                 self.saved = completed
                 self._save()
         self.download.report.blob("pulling", self.desc.digest, completed, self.desc.size)
+        self.hash_landed()
+
+    def _landed(self) -> int:
+        """How many bytes from the start have landed without a gap (call under the lock)."""
+        for start, end, done in self.parts:
+            if done < end - start:
+                return max(start + done, self.whole_pos)
+        return self.desc.size
+
+    def hash_landed(self) -> None:
+        """Feeds the hasher the bytes that landed since; returns at once if another thread does it."""
+        with self.lock:
+            if self.hashing or self._landed() <= self.hashed:
+                return
+            self.hashing = True
+        try:
+            while True:
+                with self.lock:
+                    end = self._landed()
+                    if end <= self.hashed:
+                        self.hashing = False
+                        return
+                while self.hashed < end:
+                    data = os.pread(self.fd, min(end - self.hashed, 8 << 20), self.hashed)
+                    if not data:
+                        raise StoreError(f"{self.path} is shorter than the bytes recorded as landed")
+                    self.hasher.update(data)
+                    self.hashed += len(data)
+        except BaseException:
+            with self.lock:
+                self.hashing = False
+            raise
 
     def finish(self) -> None:
         blobs = self.download.store.blobs
         try:
-            blobs.adopt(self.path, self.desc.digest, self.desc.size)
+            self.hash_landed()
+            if self.hashed != self.desc.size:  # cannot happen: every part has ended, the hasher caught up
+                raise StoreError(f"{self.desc.digest}: hashed {self.hashed} of {self.desc.size} bytes")
+            blobs.adopt(self.path, self.desc.digest, self.desc.size, hashed=self.hasher)
         except DigestMismatch as e:
             if not self.resumed:
                 raise self.download.mismatch(self.desc, e) from None
@@ -328,6 +370,7 @@ class LargeBlob:
             if self.fd is not None:
                 self.resumed, self.ranged, self.owner = False, False, 0
                 self.parts = [[0, self.desc.size, 0]]
+                self.whole_pos, self.hashed, self.hasher = 0, 0, hashlib.sha256()
                 os.ftruncate(self.fd, self.desc.size)
                 retrying(partial(self._fetch_part, 0), f"registry {self.download.name.host}", self.download.stop)
                 self.finish()

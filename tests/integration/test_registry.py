@@ -343,3 +343,22 @@ def test_chunked_upload_of_large_blobs(registry, tmp_path, monkeypatch):
     dst = Store(tmp_path / "dst")
     assert pull(dst, name).raw == model.raw
     assert dst.blobs.path(big.digest).read_bytes() == src.blobs.path(big.digest).read_bytes()
+
+
+def test_resumed_partial_with_bad_bytes_is_fetched_again(registry, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(pull_module, "LARGE", 1 * MiB)
+    monkeypatch.setattr(pull_module, "PART_MIN", 256 << 10)
+    src, dst = Store(tmp_path / "src"), Store(tmp_path / "dst")
+    name = f"{registry.host}/team/bad-partial:v1"
+    model = write_model(src, name, {"w": ("F32", (1024, 1024))}, {}, seed=12)
+    push(src, name)
+    big = model.manifest.layers[0]
+    partial = dst.blobs.partial_path(big.digest)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * big.size)  # "landed" bytes that are wrong, as after a crash that lost them
+    partial.with_name(partial.name + ".json").write_text(json.dumps({"size": big.size, "parts": [[0, big.size, big.size // 2]]}))
+    with caplog.at_level("INFO", logger="ollimg.registry.pull"):
+        assert pull(dst, name).raw == model.raw
+    assert "resuming" in caplog.text and "fetching it again from scratch" in caplog.text
+    assert dst.blobs.path(big.digest).read_bytes() == src.blobs.path(big.digest).read_bytes()
+    assert dst.blobs.temp_files() == []
