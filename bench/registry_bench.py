@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ollimg.manifest import Name, Store  # noqa: E402
+from ollimg.manifest import Store  # noqa: E402
 from ollimg.registry import pull, push  # noqa: E402
 from tests.registry_server import RegistryServer  # noqa: E402
 from tests.synthetic_model import pipeline_tensors, write_model  # noqa: E402

@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 from functools import partial
-from pathlib import Path
 
 import httpx
 
