@@ -10,7 +10,7 @@ peak GPU memory of each. diffusers is only the reference here (test/bench depend
 
 The tokenizer is the fixture's small BPE (the real one cannot be downloaded here), so a prompt
 has a different number of tokens than with Qwen's vocabulary; the prompt below is long enough
-(about 150 tokens) for text encoding to be representative.
+(164 tokens templated) for text encoding to be representative.
 """
 
 from __future__ import annotations

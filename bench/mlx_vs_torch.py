@@ -1,11 +1,11 @@
 """CPU timings of the MLX backend next to the torch backend, in one run, on the same models.
 
-    python bench/mlx_vs_torch.py [--repeats 5] [--size 64] [--steps 4] [--model PATH_OR_NAME ...]
+    python bench/mlx_vs_torch.py [--repeats 5] [--model PATH_OR_NAME ...] [--variants torch,mlx,mlx+compile]
 
-For each model (the tiny fixture model, built here, plus any --model; `ollimg/builtin/shapes` is
-added when it exists) it loads the torch backend and the MLX backend (eager, and with the
-denoising step under mx.compile) in fp32 on the CPU, warms each up once (mx.compile traces and
-JIT-compiles there), then runs `generate` --repeats times, interleaving the backends so that
+For each model (the tiny fixture model, built here, at 64x64 and 4 steps; then any --model and
+`ollimg/builtin/shapes` when it exists, at their own default size and steps) it loads the torch
+backend and the MLX backend (eager, and with the denoising step under mx.compile) in fp32 on the
+CPU, warms each up once (mx.compile traces and JIT-compiles there), then runs `generate` --repeats times, interleaving the backends so that
 machine load hits them alike, and prints min and median seconds per stage. A last table times
 one linear layer with fp8 weights three ways on MLX (dequantized once to bf16, dequantized per
 call, MLX's 8-bit quantized matmul) to back the choice the MLX backend makes for fp8 models.
@@ -27,20 +27,23 @@ sys.path[:0] = [str(ROOT), str(ROOT / "fixtures")]
 STAGES = ("text_encode", "denoise", "decode", "total")
 
 
-def load_variants(model: str) -> dict:
+def load_variants(model: str, names: list[str]) -> dict:
     from ollimg.runtime import load
 
-    variants = {"torch": load(model, backend="torch", device="cpu", dtype="float32")}
-    variants["mlx"] = load(model, backend="mlx", device="cpu", dtype="float32")
-    compiled = load(model, backend="mlx", device="cpu", dtype="float32")
-    compiled.components.modules["transformer"].compiled = True
-    variants["mlx+compile"] = compiled
+    variants = {}
+    for name in names:
+        pipe = load(model, backend=name.split("+")[0], device="cpu", dtype="float32")
+        if name == "mlx+compile":
+            pipe.components.modules["transformer"].compiled = True
+        variants[name] = pipe
     return variants
 
 
-def time_model(label: str, model: str, args) -> None:
-    variants = load_variants(model)
-    kwargs = dict(width=args.size, height=args.size, steps=args.steps, seed=1, guidance=0.0)
+def time_model(label: str, model: str, args, size: int | None = None, steps: int | None = None) -> None:
+    variants = load_variants(model, args.variants.split(","))
+    defaults = next(iter(variants.values())).defaults
+    size, steps = size or defaults.width, steps or defaults.steps
+    kwargs = dict(width=size, height=size, steps=steps, seed=1, guidance=0.0)
     times: dict[str, dict[str, list[float]]] = {name: {s: [] for s in STAGES} for name in variants}
     warm = {}
     for name, pipe in variants.items():
@@ -52,7 +55,7 @@ def time_model(label: str, model: str, args) -> None:
             result = pipe.generate("a red circle on a blue background", **kwargs)
             for stage in STAGES:
                 times[name][stage].append(result.timings[stage])
-    print(f"\n{label}: {args.size}x{args.size}, {args.steps} steps, guidance 0, fp32, CPU, "
+    print(f"\n{label}: {size}x{size}, {steps} steps, guidance 0, fp32, CPU, "
           f"{args.repeats} runs each (min / median seconds)")
     print(f"| backend | first call | " + " | ".join(STAGES) + " |")
     print("|---|---|" + "---|" * len(STAGES))
@@ -99,8 +102,7 @@ def time_fp8_linear(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--variants", default="torch,mlx,mlx+compile")
     parser.add_argument("--model", action="append", default=[], help="a store name or diffusers directory")
     args = parser.parse_args()
 
@@ -113,9 +115,10 @@ def main() -> None:
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), mlx {mx.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         tiny = make_tiny_zimage(Path(tmp) / "tiny", dtype="float32", seed=0)
-        time_model("tiny fixture model", str(tiny), args)
-        shapes = ROOT / "ollimg" / "models" / "shapes"
-        models = args.model + ([str(shapes)] if shapes.is_dir() else [])
+        time_model("tiny fixture model", str(tiny), args, size=64, steps=4)
+        shapes = ROOT / "ollimg" / "builtin" / "shapes"
+        given = {str(Path(m).resolve()) for m in args.model}
+        models = args.model + ([str(shapes)] if shapes.is_dir() and str(shapes) not in given else [])
         for model in models:
             time_model(model, model, args)
     time_fp8_linear(args.repeats)

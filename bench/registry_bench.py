@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -25,10 +27,21 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ollimg.manifest import Name, Store  # noqa: E402
+from ollimg.manifest import Store  # noqa: E402
 from ollimg.registry import pull, push  # noqa: E402
 from tests.registry_server import RegistryServer  # noqa: E402
 from tests.synthetic_model import pipeline_tensors, write_model  # noqa: E402
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def upload_one_blob(registry: RegistryServer, repository: str, path: Path) -> str:
@@ -81,19 +94,25 @@ def main() -> None:
         one = upload_one_blob(registry, "bench/oneblob", joined)
         joined.unlink()
 
-        pulls, curls = [], []
+        pulls, curls, cpu = [], [], {"pull_client": [], "pull_registry": [], "curl_client": [], "curl_registry": []}
+        server = registry.process.pid
         for run in range(args.runs):
             target = root / f"pull-{run}"
-            started = time.perf_counter()
+            client_cpu, registry_cpu, started = own_cpu(), process_cpu(server), time.perf_counter()
             pulled = pull(Store(target), name, concurrency=args.concurrency)
             pulls.append(time.perf_counter() - started)
+            cpu["pull_client"].append(own_cpu() - client_cpu)
+            cpu["pull_registry"].append(process_cpu(server) - registry_cpu)
             assert pulled.raw == model.raw
             shutil.rmtree(target)
 
             out = root / f"curl-{run}"
+            client_cpu, registry_cpu = own_cpu(resource.RUSAGE_CHILDREN), process_cpu(server)
             started = time.perf_counter()
             subprocess.run(["curl", "-sSf", "-o", str(out), f"{registry.url}/v2/bench/oneblob/blobs/{one}"], check=True)
             curls.append(time.perf_counter() - started)
+            cpu["curl_client"].append(own_cpu(resource.RUSAGE_CHILDREN) - client_cpu)
+            cpu["curl_registry"].append(process_cpu(server) - registry_cpu)
             assert out.stat().st_size == total
             out.unlink()
 
@@ -107,6 +126,8 @@ def main() -> None:
             "pull_median_s": round(pull_s, 2), "curl_median_s": round(curl_s, 2),
             "pull_over_curl": round(pull_s / curl_s, 2),
             "pull_MB_s": round(total / pull_s / 1e6), "curl_MB_s": round(total / curl_s / 1e6),
+            "cpu_s_median": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
+            "load_average_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
         }, indent=1))
     finally:
         registry.remove()

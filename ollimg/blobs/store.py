@@ -308,19 +308,21 @@ class BlobStore:
             writer._place()
         fsync_dir(self.root)
 
-    def adopt(self, path: Path, expected: str, expected_size: int) -> str:
+    def adopt(self, path: Path, expected: str, expected_size: int, hashed: "hashlib._Hash | None" = None) -> str:
         """Verify a fully written temp file (hash and size), fsync it and rename it into place.
 
+        `hashed`: a sha256 the caller already fed with exactly the file's bytes as they landed
+        (a download hashed while it streamed); otherwise the file is read and hashed here.
         A mismatch deletes the file and raises DigestMismatch.
         """
         path = Path(path)
-        h = hashlib.sha256()
-        size = 0
+        h = hashed or hashlib.sha256()
         try:
             with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    h.update(chunk)
-                    size += len(chunk)
+                if hashed is None:
+                    while chunk := f.read(CHUNK):
+                        h.update(chunk)
+                size = os.fstat(f.fileno()).st_size
                 os.fsync(f.fileno())
         except OSError as e:
             raise StoreError(f"cannot read {path}: {e}") from None

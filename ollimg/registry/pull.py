@@ -16,13 +16,12 @@ import logging
 import os
 import threading
 from functools import partial
-from pathlib import Path
 
 import httpx
 
 from ollimg import config
 from ollimg.blobs.store import BlobWriter, check_digest
-from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound, RegistryError
+from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound, RegistryError, StoreError
 from ollimg.manifest import Descriptor, Manifest, Model, Name, Store
 from ollimg.manifest.manifest import MAX_MANIFEST_BYTES
 from ollimg.progress import OnProgress
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 LARGE = 64 << 20  # blobs this big come in parallel byte ranges and survive an interrupted pull
 PART_MIN = 16 << 20
 SAVE_EVERY = 1 << 20  # bytes of a large blob between two saves of its resume record
-LAND_BLOBS, LAND_BYTES = 64, 64 << 20  # verified small blobs are made durable and visible in batches this big
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
 
 
@@ -105,7 +103,7 @@ class Download:
     def __init__(self, store: Store, registry: Registry, name: Name, report: Reporter, workers: int):
         self.store, self.registry, self.name, self.report, self.workers = store, registry, name, report, workers
         self.stop = threading.Event()
-        self._verified: list[tuple[BlobWriter, Descriptor]] = []  # verified, not yet landed
+        self._verified: list[BlobWriter] = []  # verified, not yet landed
         self._verified_lock = threading.Lock()
 
     def run(self, descs: list[Descriptor]) -> None:
@@ -125,7 +123,7 @@ class Download:
         finally:
             for blob in large:
                 blob.close()
-            self.land(everything=True)  # verified blobs land even when the pull fails: a retry skips them
+            self.land()  # verified blobs land even when the pull fails: a retry skips them
 
     def url(self, digest: str) -> str:
         return self.registry.url(self.name.repository, "blobs", digest)
@@ -144,21 +142,19 @@ class Download:
         writer = retrying(partial(self._fetch_small, desc), f"registry {self.name.host}", self.stop)
         self.report.blob("pulling", desc.digest, desc.size, desc.size)
         with self._verified_lock:
-            self._verified.append((writer, desc))
-        self.land(everything=False)
+            self._verified.append(writer)
 
-    def land(self, everything: bool = True) -> None:
-        """Makes verified small blobs durable and visible: all of them, or a full batch if there is one.
+    def land(self) -> None:
+        """Makes the verified small blobs durable and visible, in one batch.
 
-        One round of fsyncs per batch instead of one fsync + rename + directory fsync per blob.
-        The main thread calls this every half second too, so an interrupted pull keeps its blobs.
+        Called by the waiting thread every half second and at the end, so the transfer threads
+        never wait for the disk, an interrupted pull keeps what it fetched, and the fsyncs of a
+        batch come together (one syncfs on Linux) instead of one fsync + rename per blob.
         """
         with self._verified_lock:
-            size = sum(d.size for _, d in self._verified)
-            if not self._verified or not (everything or len(self._verified) >= LAND_BLOBS or size >= LAND_BYTES):
-                return
             batch, self._verified = self._verified, []
-        self.store.blobs.land([writer for writer, _ in batch])
+        if batch:
+            self.store.blobs.land(batch)
 
     def _fetch_small(self, desc: Descriptor) -> BlobWriter:
         """The blob, verified, in a temp file not yet synced (see `land`)."""
@@ -186,9 +182,12 @@ class LargeBlob:
     """One large blob, fetched in parallel byte ranges into `.tmp-partial-sha256-<hex>`.
 
     `<partial>.json` records how many bytes of each part have landed, so a later pull asks only
-    for the rest (`Range: bytes=N-M`). The final hash over the whole file is what makes the blob
-    trusted: the record only saves work, and a resumed blob that fails verification is fetched
-    once more from scratch. An flock on the partial file keeps two pulls from filling it at once.
+    for the rest (`Range: bytes=N-M`). The sha256 follows the bytes as they land: whichever thread
+    extends the run of landed bytes from the start hashes it (read back from the page cache), so
+    when the last part ends only the tail is left to hash. The hash over the whole file is what
+    makes the blob trusted: the record only saves work, and a resumed blob that fails verification
+    is fetched once more from scratch. An flock on the partial file keeps two pulls from filling it
+    at once.
     """
 
     def __init__(self, download: Download, desc: Descriptor):
@@ -199,6 +198,10 @@ class LargeBlob:
         self.ranged = True  # False once the server ignored a Range and one part takes the whole body
         self.owner: int | None = None
         self.saved = 0
+        self.whole_pos = 0  # bytes landed from the start when one part takes the whole body
+        self.hasher = hashlib.sha256()
+        self.hashed = 0  # bytes from the start fed to `hasher`
+        self.hashing = False  # one thread at a time feeds the hasher
         self.fd = self._open()
         if self.fd is None:
             self.parts: list[list[int]] = []
@@ -312,16 +315,51 @@ class LargeBlob:
                 self.parts[part][2] = pos - self.parts[part][0]
                 completed = self.done()
             else:
-                completed = pos
+                completed = self.whole_pos = pos
             if completed - self.saved >= SAVE_EVERY and part is not None:
                 self.saved = completed
                 self._save()
         self.download.report.blob("pulling", self.desc.digest, completed, self.desc.size)
+        self.hash_landed()
+
+    def _landed(self) -> int:
+        """How many bytes from the start have landed without a gap (call under the lock)."""
+        for start, end, done in self.parts:
+            if done < end - start:
+                return max(start + done, self.whole_pos)
+        return self.desc.size
+
+    def hash_landed(self) -> None:
+        """Feeds the hasher the bytes that landed since; returns at once if another thread does it."""
+        with self.lock:
+            if self.hashing or self._landed() <= self.hashed:
+                return
+            self.hashing = True
+        try:
+            while True:
+                with self.lock:
+                    end = self._landed()
+                    if end <= self.hashed:
+                        self.hashing = False
+                        return
+                while self.hashed < end:
+                    data = os.pread(self.fd, min(end - self.hashed, 8 << 20), self.hashed)
+                    if not data:
+                        raise StoreError(f"{self.path} is shorter than the bytes recorded as landed")
+                    self.hasher.update(data)
+                    self.hashed += len(data)
+        except BaseException:
+            with self.lock:
+                self.hashing = False
+            raise
 
     def finish(self) -> None:
         blobs = self.download.store.blobs
         try:
-            blobs.adopt(self.path, self.desc.digest, self.desc.size)
+            self.hash_landed()
+            if self.hashed != self.desc.size:  # cannot happen: every part has ended, the hasher caught up
+                raise StoreError(f"{self.desc.digest}: hashed {self.hashed} of {self.desc.size} bytes")
+            blobs.adopt(self.path, self.desc.digest, self.desc.size, hashed=self.hasher)
         except DigestMismatch as e:
             if not self.resumed:
                 raise self.download.mismatch(self.desc, e) from None
@@ -331,6 +369,7 @@ class LargeBlob:
             if self.fd is not None:
                 self.resumed, self.ranged, self.owner = False, False, 0
                 self.parts = [[0, self.desc.size, 0]]
+                self.whole_pos, self.hashed, self.hasher = 0, 0, hashlib.sha256()
                 os.ftruncate(self.fd, self.desc.size)
                 retrying(partial(self._fetch_part, 0), f"registry {self.download.name.host}", self.download.stop)
                 self.finish()

@@ -8,7 +8,6 @@ manifest bytes go up exactly as stored, after every blob is there.
 
 from __future__ import annotations
 
-import logging
 import threading
 from functools import partial
 from typing import Iterator
@@ -23,7 +22,6 @@ from ollimg.registry.client import Registry, check, resolve, retrying
 from ollimg.registry.parallel import run_all
 from ollimg.registry.reporter import Reporter
 
-log = logging.getLogger(__name__)
 
 READ = 1 << 20  # upload bodies stream in pieces this big (one big bytes body is 3x slower in httpx)
 CHUNKED = 1 << 30  # blobs this big go up in PATCH chunks (some registries and proxies cap one request)

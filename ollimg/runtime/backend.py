@@ -27,8 +27,9 @@ slicing `x[a:b]`). Everything else a backend provides:
             x float32 [B, C, H/8, W/8]; t float32 [B] ((1000 - timestep) / 1000); caps B features;
             returns the raw DiT output as float32 [B, C, H/8, W/8] (the caller negates it).
         decode(latents: Array) -> np.ndarray
-            float32 [B, C, h, w] latents (already unscaled: z / scaling_factor + shift_factor)
-            -> uint8 [B, H, W, 3] pixels (round half to even of clamp(x/2+0.5, 0, 1) * 255).
+            the final float32 [B, C, h, w] latents as the denoise loop leaves them; the backend
+            casts them to its dtype, unscales (z / scaling_factor + shift_factor), decodes and
+            returns uint8 [B, H, W, 3] pixels (round half to even of clamp(x/2+0.5, 0, 1) * 255).
 
 A second backend adds a module next to `models/zimage/torch/` and a branch in `create()`; the
 shared code does not change. Imports no torch or mlx at import time.

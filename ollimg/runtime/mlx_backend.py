@@ -1,8 +1,9 @@
 """The MLX backend (Apple Silicon GPU, or CPU on Linux with `mlx[cpu]`): device and dtype choice,
-lazy memory-mapped weight loading, and the Backend protocol of `ollimg/runtime/backend.py`.
+lazy weight loading, and the Backend protocol of `ollimg/runtime/backend.py`.
 
-Weights come from `mx.load` on each blob (or shard): MLX reads a safetensors file lazily, so a
-tensor's bytes are read once, when the module first evaluates it, into the one copy MLX holds.
+Weights come from `mx.load` on each blob (or shard). MLX 0.32 does not memory-map the file: it
+reads a tensor lazily, once, when the module first evaluates it, straight into the one buffer MLX
+holds (unified memory on Apple Silicon), so there is no second full copy in host RAM.
 float8 E4M3 weights arrive as uint8 with their float32 `_scale` and are dequantized by the
 component builder (`models/zimage/mlx`).
 """
@@ -48,7 +49,7 @@ class MlxBackend:
         # matmuls dominate) and its first trace JIT-compiles C++ for seconds; on the GPU it fuses
         # the elementwise work (RoPE, norms, gates) into fewer kernels.
         self.compile = wanted == "gpu"
-        self._bytes = 0
+        self.weight_bytes = 0  # of the built modules' parameters, added by the component builder
 
     # --- the Backend protocol ---
     def from_numpy(self, array: np.ndarray) -> mx.array:
@@ -67,27 +68,27 @@ class MlxBackend:
         mx.synchronize()
 
     def memory(self) -> int:
-        return self._bytes
+        return self.weight_bytes
 
     def load_tensors(self, refs: dict[str, TensorRef], dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
-        """Lazily loaded tensors; floats in `dtype` (default: the compute dtype), fp8 (uint8) and scales kept."""
+        """Tensors read on first evaluation; floats in `dtype` (default: the compute dtype), fp8
+        (as uint8) and fp8 scales as stored."""
         dtype = dtype or self.mx_dtype
-        by_file: dict = defaultdict(dict)
+        # file -> byte offset -> names: equal tensors share one blob in the store (deduplicated)
+        by_file: dict = defaultdict(lambda: defaultdict(list))
         for name, ref in refs.items():
             if ref.dtype not in STORED:
                 raise InvalidModel(f"{ref.path}: tensor dtype {ref.dtype} is not supported")
-            by_file[ref.path][ref.offset] = name
+            by_file[ref.path][ref.offset].append(name)
         out = {}
-        for path, names in by_file.items():
+        for path, offsets in by_file.items():
             stored = mx.load(str(path), format="safetensors")
             for inner, ref in read_header(path)[0].items():
-                name = names.get(ref.offset)
-                if name is None:
-                    continue
-                tensor = stored[inner]
-                if ref.dtype != "F8_E4M3" and not name.endswith("_scale") and tensor.dtype != dtype:
-                    tensor = tensor.astype(dtype)
-                out[name] = tensor
+                for name in offsets.get(ref.offset, []):
+                    tensor = stored[inner]
+                    if ref.dtype != "F8_E4M3" and not name.endswith("_scale") and tensor.dtype != dtype:
+                        tensor = tensor.astype(dtype)
+                    out[name] = tensor
         return out
 
     def build(self, config, source):

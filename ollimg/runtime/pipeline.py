@@ -172,7 +172,8 @@ class Pipeline:
         return self.backend.concat(rows)
 
 
-# Approximate latent -> RGB for previews: a fixed linear map of the 16 FLUX latent channels.
+# Approximate latent -> RGB for previews: the linear map ComfyUI uses for FLUX-VAE latents in the
+# denoiser's (scaled) space (comfy/latent_formats.py, class Flux: latent_rgb_factors and _bias).
 _PREVIEW_RGB = np.array([
     [-0.0346, 0.0244, 0.0681], [0.0034, 0.0210, 0.0687], [0.0275, -0.0668, -0.0433], [-0.0174, 0.0160, 0.0617],
     [0.0859, 0.0721, 0.0329], [0.0004, 0.0383, 0.0115], [0.0405, 0.0861, 0.0915], [-0.0236, -0.0185, -0.0259],

@@ -81,3 +81,21 @@ def test_bad_weights_are_invalid_model_at_mlx_start(tiny_zimage_dir, tmp_path):
     with pytest.raises(InvalidModel, match="conv_out.weight has shape"):
         rt.start(timeout=120)
     assert not rt.alive
+
+
+def test_cli_serves_an_mlx_model_end_to_end(tiny_zimage_dir, tmp_path):
+    """`ollimg serve` with OLLIMG_BACKEND=mlx: create, run and ps through the real CLI."""
+    from tests.integration.test_server import Server
+
+    server = Server(tmp_path)
+    server.env["OLLIMG_BACKEND"] = "mlx"
+    server.start()
+    try:
+        assert server.cli("create", "tiny", "-f", str(tiny_zimage_dir)).returncode == 0
+        out = tmp_path / "fox.png"
+        r = server.cli("run", "tiny", "a red fox", "--size", "48x32", "--steps", "2", "--seed", "3", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        assert Image.open(out).size == (48, 32)
+        assert [m["processor"] for m in server.ps()] == ["MLX"]
+    finally:
+        server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import signal
@@ -119,14 +120,15 @@ def test_killed_pull_resumes_where_it_stopped(registry, proxy_for, tmp_path):
     push(src, name)
     big = next(d for d in model.manifest.layers if d.size > 64 * MiB)
 
-    proxy = proxy_for(registry, throttle=6 * MiB)
+    proxy = proxy_for(registry, throttle=4 * MiB)
     via = f"{proxy.host}/team/resume:v1"
     process = subprocess.Popen([*OLLIMG, "pull", "--json", "--concurrency", "8", via], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=cli_env(OLLIMG_MODELS=str(dst.root)))
     try:
         for line in process.stdout:
             event = json.loads(line)
-            if event.get("digest") == big.digest and event.get("completed", 0) >= 12 * MiB:
+            # Stop once part of the big blob is here and the small blobs have landed (every 0.5 s).
+            if event.get("digest") == big.digest and event.get("completed", 0) >= 12 * MiB and len(dst.blobs.digests()) >= 10:
                 break
         else:
             pytest.fail(f"the pull ended before the big blob was under way: {process.stderr.read()}")
@@ -244,9 +246,11 @@ def test_basic_auth_login_and_wrong_credentials(auth_registry, tmp_path):
     (stored,) = (tmp_path / "data").rglob("registry-credentials.json")
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
 
-    pushed = run_cli("push", name, models=src.root, XDG_DATA_HOME=data_home)
+    pushed = run_cli("--debug", "push", name, models=src.root, XDG_DATA_HOME=data_home)
     assert pushed.returncode == 0, pushed.stderr
-    assert USERS["alice"] not in pushed.stderr + pushed.stdout
+    basic = base64.b64encode(f"alice:{USERS['alice']}".encode()).decode()
+    for secret in (USERS["alice"], basic):
+        assert secret not in pushed.stderr + pushed.stdout  # not even in debug logs
     pulled = run_cli("pull", name, models=tmp_path / "dst", XDG_DATA_HOME=data_home)
     assert pulled.returncode == 0, pulled.stderr
     assert Store(tmp_path / "dst").get(Name.parse(name)).raw == model.raw
@@ -290,3 +294,71 @@ def test_bearer_token_flow(registry, proxy_for, tmp_path, monkeypatch):
     assert any("repository:team/tokens:pull" in r["scopes"] for r in proxy.token_requests)
 
     assert pull(dst, name).raw == model.raw
+
+    # `ollimg login` against the token registry: the token flow checks the credentials.
+    data_home = str(tmp_path / "data")
+    refused = run_cli("login", proxy.host, "-u", "bob", "--password-stdin", input="nope\n", models=dst.root,
+                      XDG_DATA_HOME=data_home, OLLIMG_REGISTRY_USER="", OLLIMG_REGISTRY_PASSWORD="")
+    assert refused.returncode == 4 and "refused the credentials" in refused.stderr
+    ok = run_cli("login", proxy.host, "-u", "bob", "--password-stdin", input="token-pass-42\n", models=dst.root,
+                 XDG_DATA_HOME=data_home, OLLIMG_REGISTRY_USER="", OLLIMG_REGISTRY_PASSWORD="")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_ctrl_c_stops_a_pull_cleanly(registry, proxy_for, tmp_path):
+    src, dst = Store(tmp_path / "src"), Store(tmp_path / "dst")
+    name = f"{registry.host}/team/interrupt:v1"
+    model = write_model(src, name, {"big": BIG, "small": ("F32", (64,))}, {}, seed=10)
+    push(src, name)
+    big = next(d for d in model.manifest.layers if d.size > 64 * MiB)
+    proxy = proxy_for(registry, throttle=4 * MiB)
+    via = f"{proxy.host}/team/interrupt:v1"
+    process = subprocess.Popen([*OLLIMG, "pull", "--json", via], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=cli_env(OLLIMG_MODELS=str(dst.root)))
+    for line in process.stdout:
+        if json.loads(line).get("completed", 0) >= 4 * MiB:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "Error: interrupted"
+    assert not dst.exists(Name.parse(via))
+    partial = dst.blobs.partial_path(big.digest)
+    record = json.loads(partial.with_name(partial.name + ".json").read_text())
+    assert sum(done for _, _, done in record["parts"]) >= 4 * MiB
+
+
+def test_chunked_upload_of_large_blobs(registry, tmp_path, monkeypatch):
+    push_module = importlib.import_module("ollimg.registry.push")
+    monkeypatch.setattr(push_module, "CHUNKED", 1 * MiB)
+    monkeypatch.setattr(push_module, "CHUNK", 300 << 10)  # not a divisor of the size: a short last chunk
+    src = Store(tmp_path / "src")
+    name = f"{registry.host}/team/chunked:v1"
+    model = write_model(src, name, {"w": ("F32", (400, 1024)), "b": ("F32", (8,))}, {}, seed=11)
+    seen = []
+    push(src, name, on_progress=seen.append)
+    big = model.manifest.layers[0]
+    done = [p.completed for p in seen if p.digest == big.digest]
+    assert done[-1] == big.size and done == sorted(done)
+    dst = Store(tmp_path / "dst")
+    assert pull(dst, name).raw == model.raw
+    assert dst.blobs.path(big.digest).read_bytes() == src.blobs.path(big.digest).read_bytes()
+
+
+def test_resumed_partial_with_bad_bytes_is_fetched_again(registry, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(pull_module, "LARGE", 1 * MiB)
+    monkeypatch.setattr(pull_module, "PART_MIN", 256 << 10)
+    src, dst = Store(tmp_path / "src"), Store(tmp_path / "dst")
+    name = f"{registry.host}/team/bad-partial:v1"
+    model = write_model(src, name, {"w": ("F32", (1024, 1024))}, {}, seed=12)
+    push(src, name)
+    big = model.manifest.layers[0]
+    partial = dst.blobs.partial_path(big.digest)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * big.size)  # "landed" bytes that are wrong, as after a crash that lost them
+    partial.with_name(partial.name + ".json").write_text(json.dumps({"size": big.size, "parts": [[0, big.size, big.size // 2]]}))
+    with caplog.at_level("INFO", logger="ollimg.registry.pull"):
+        assert pull(dst, name).raw == model.raw
+    assert "resuming" in caplog.text and "fetching it again from scratch" in caplog.text
+    assert dst.blobs.path(big.digest).read_bytes() == src.blobs.path(big.digest).read_bytes()
+    assert dst.blobs.temp_files() == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'mlx[cpu]' on Linux)")
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 pytestmark = pytest.mark.mlx
 
@@ -177,3 +177,21 @@ def test_mlx_allocation_failure_is_out_of_memory(monkeypatch):
     monkeypatch.setattr(zmlx.mx, "eval", lambda *a: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):
         zmlx.evaluate(mx.zeros(2))
+
+
+def test_backend_device_and_dtype_choices():
+    from ollimg.errors import InvalidInput
+    from ollimg.runtime.mlx_backend import MlxBackend
+
+    cpu = MlxBackend(device="cpu")
+    assert (cpu.name, cpu.processor, cpu.dtype, cpu.compile) == ("mlx", "MLX", "float32", False)
+    assert MlxBackend(device="cpu", dtype="bfloat16").mx_dtype == mx.bfloat16
+    with pytest.raises(InvalidInput, match="unknown mlx device 'cuda'"):
+        MlxBackend(device="cuda")
+    with pytest.raises(InvalidInput, match="unsupported dtype 'int8'"):
+        MlxBackend(device="cpu", dtype="int8")
+    if not mx.metal.is_available():
+        with pytest.raises(InvalidInput, match="no Metal GPU"):
+            MlxBackend(device="gpu")
+    x = cpu.from_numpy(np.array([[3.0, 4.0]], dtype=np.float32))
+    assert cpu.norm(x) == pytest.approx(5.0) and cpu.to_numpy(cpu.concat([x, x])).shape == (2, 2)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers", reason="diffusers is the parity reference (test dependency)")
+import diffusers  # noqa: E402  (the parity reference, a test dependency: missing is an error, not a skip)
+import torch  # noqa: E402
 
 from ollimg.errors import InvalidModel  # noqa: E402
 from ollimg.runtime import load  # noqa: E402
@@ -217,3 +217,26 @@ def test_compiled_denoising_step_matches(ours, reference):
     finally:
         dit.compiled = False
     assert np.abs(compiled.latents - eager.latents).max() <= 1e-6 * np.abs(eager.latents).max()
+
+
+def test_equal_tensors_sharing_one_blob_load_under_both_names(tiny_zimage_dir, tmp_path, store_dir):
+    """The store keeps equal tensors once; both names must still load (here: two equal norm weights)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ollimg.create import create
+    from ollimg.manifest import Store
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_zimage_dir, model)
+    path = model / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    tensors["decoder.conv_norm_out.bias"] = tensors["decoder.conv_norm_out.weight"].clone()
+    save_file(tensors, path)
+    stored = create(Store(store_dir), "twins", model)
+    refs = stored.tensors("vae/")
+    assert refs["vae/decoder.conv_norm_out.bias"].path == refs["vae/decoder.conv_norm_out.weight"].path
+    pipe = load("twins", backend="mlx", device="cpu", models_dir=store_dir)
+    norm = pipe.components.modules["vae"].decoder.conv_norm_out
+    assert np.array_equal(np.array(norm.bias), np.array(norm.weight))

@@ -272,3 +272,24 @@ def test_text_features_equal_transformers_hidden_state_before_last_layer(ours, r
         expected = hidden[i][mask[i]]
         assert f.shape == expected.shape
         torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def test_cpu_weights_in_the_stored_dtype_are_memory_mapped(tiny_zimage_dir, store_dir):
+    """fp32 on CPU from the store: parameters point into file mappings of the blobs (no copy in RAM)."""
+    from ollimg.create import create
+    from ollimg.manifest import Store
+
+    create(Store(store_dir), "tiny", tiny_zimage_dir)
+    pipe = load("tiny", backend="torch", device="cpu", dtype="float32", models_dir=store_dir)
+    maps = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            maps.append((lo, hi, parts[-1] if len(parts) > 5 else ""))
+    blobs = str(store_dir / "blobs")
+    for module in pipe.components.modules.values():
+        for name, param in module.named_parameters():
+            ptr = param.data_ptr()
+            where = next((path for lo, hi, path in maps if lo <= ptr < hi), "")
+            assert where.startswith(blobs), f"{name} is not memory-mapped from a blob ({where!r})"

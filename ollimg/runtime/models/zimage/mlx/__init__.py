@@ -20,6 +20,17 @@ from ollimg.runtime.models.zimage.config import ZImageConfig
 from ollimg.runtime.source import ModelSource, select
 
 
+def evaluate(*arrays) -> None:
+    """mx.eval, with MLX's allocation failures (a RuntimeError naming malloc) raised as OutOfMemory."""
+    try:
+        mx.eval(*arrays)
+    except RuntimeError as e:
+        if "malloc" in str(e) or "allocate" in str(e):
+            raise OutOfMemory(f"out of memory on MLX: {str(e).splitlines()[0]}; try a smaller size or fewer "
+                              "images") from None
+        raise
+
+
 def set_weights(module: nn.Module, tensors: dict[str, mx.array], component: str, dtype: mx.Dtype) -> None:
     """Load `tensors` into `module` cast to `dtype`; every parameter must be given exactly once."""
     expected = dict(tree_flatten(module.parameters()))
@@ -38,20 +49,9 @@ def set_weights(module: nn.Module, tensors: dict[str, mx.array], component: str,
     cast = []
     for name, value in tensors.items():
         value = value if value.dtype == dtype else value.astype(dtype)
-        mx.eval(value)  # one tensor at a time: the stored and the converted copy never all coexist
+        evaluate(value)  # one tensor at a time: the stored and the converted copy never all coexist
         cast.append((name, value))
     module.load_weights(cast, strict=True)
-
-
-def evaluate(*arrays) -> None:
-    """mx.eval, with MLX's allocation failures (a RuntimeError naming malloc) raised as OutOfMemory."""
-    try:
-        mx.eval(*arrays)
-    except RuntimeError as e:
-        if "malloc" in str(e) or "allocate" in str(e):
-            raise OutOfMemory(f"out of memory on MLX: {str(e).splitlines()[0]}; try a smaller size or fewer "
-                              "images") from None
-        raise
 
 
 def dequantize(tensors: dict[str, mx.array], dtype: mx.Dtype) -> dict[str, mx.array]:
@@ -72,7 +72,7 @@ def _load(backend, module: nn.Module, refs, component: str, layout=None) -> nn.M
     if layout is not None:
         tensors = {k: layout(k, v) for k, v in tensors.items()}
     set_weights(module, tensors, component, backend.mx_dtype)
-    backend._bytes += sum(v.nbytes for _, v in tree_flatten(module.parameters()))
+    backend.weight_bytes += sum(v.nbytes for _, v in tree_flatten(module.parameters()))
     return module
 
 

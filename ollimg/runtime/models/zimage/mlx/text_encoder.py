@@ -2,9 +2,9 @@
 
 Z-Image conditions on `hidden_states[-2]`: the output of the second-to-last decoder layer, before
 the final norm. So this module holds every layer but the last and no final norm (the key map in
-`weights.py` lists the stored weights it leaves out). Parameter names are Qwen3Model's. Qwen3 RoPE rotates halves
-(not pairs, unlike the DiT); GQA attention is causal, and with right padding the real tokens never
-see the pads, so pad rows need no mask of their own.
+`weights.py` lists the stored weights it leaves out). Parameter names are Qwen3Model's. Qwen3
+RoPE rotates halves (not pairs, unlike the DiT); GQA attention is causal, and with right padding
+the real tokens never see the pads, so pad rows need no mask of their own.
 """
 
 from __future__ import annotations
