@@ -36,6 +36,7 @@ SETTINGS = [
     Setting("OLLIMG_MAX_LOADED_MODELS", "3", "most models loaded at once"),
     Setting("OLLIMG_MAX_QUEUE", "64", "most requests waiting per server before 503"),
     Setting("OLLIMG_BACKEND", "auto", "runtime backend: auto, torch, mlx"),
+    Setting("OLLIMG_MLX_BLAS", "auto", "BLAS for MLX on a Linux CPU: auto (OpenBLAS when installed), bundled, or a library path"),
     Setting("OLLIMG_DEVICE", "auto", "torch device: auto, cpu, cuda, cuda:N"),
     Setting("OLLIMG_ORIGINS", "", "extra allowed CORS origins, comma separated"),
     Setting("OLLIMG_API_KEY", "", "if set, the bearer key every API request must carry"),
@@ -149,6 +150,10 @@ def backend() -> str:
     if value not in ("auto", "torch", "mlx"):
         raise InvalidInput(f"OLLIMG_BACKEND={value!r}: use auto, torch or mlx")
     return value
+
+
+def mlx_blas() -> str:
+    return _env("OLLIMG_MLX_BLAS", "auto") or "auto"
 
 
 def device() -> str:

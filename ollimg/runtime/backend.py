@@ -71,6 +71,9 @@ def create(name: str, device: str | None = None, dtype: str | None = None):
 
         return TorchBackend(device=device, dtype=dtype)
     if name == "mlx":
+        from ollimg.runtime import mlx_blas
+
+        mlx_blas.load()  # before the first import of mlx: its Linux wheel's own BLAS is slow
         try:
             import mlx.core  # noqa: F401
         except ImportError:
