@@ -1,6 +1,7 @@
 """One 128x128 image (PNG encoding excluded) of the shipped shapes model at its defaults (8 steps,
 guidance 0) on the CPU: ollimg's torch backend, ollimg's MLX backend (if mlx imports) and
-diffusers' ZImagePipeline, measured in the same run, interleaved. Median (and min) of --runs after one warm-up each.
+diffusers' ZImagePipeline, measured in the same run, interleaved; plus both backends in a runtime
+process, as the server runs them (PNG encoding and the pipe included there). Median (and min) of --runs after one warm-up each.
 
     python bench/shapes_cpu.py --runs 9 --json bench/results/shapes_cpu.json
 """
@@ -55,12 +56,30 @@ def main() -> None:
         paths["ollimg mlx"] = lambda: mlx.generate(PROMPT, seed=0)
     except Exception as exc:  # a bench edge: report why MLX was not measured
         figures["ollimg mlx"] = f"not measured: {exc}"
+    # What the server runs: one runtime process per model (PNG encoding and the pipe included).
+    # An MLX runtime process has no torch loaded, so it gets the system's OpenBLAS (mlx_blas.py).
+    from ollimg.runtime.process import RuntimeProcess
+    from ollimg.runtime.request import GenerateRequest
+
+    request = GenerateRequest(prompt=PROMPT, width=128, height=128, seed=0)
+    runtimes = []
+    for backend in ("torch", "mlx"):
+        try:
+            rt = RuntimeProcess(model, backend=backend, device="cpu")
+            rt.start(300)
+        except Exception as exc:  # a bench edge: report why it was not measured
+            figures[f"ollimg {backend} runtime process"] = f"not measured: {exc}"
+            continue
+        runtimes.append(rt)
+        paths[f"ollimg {backend} runtime process"] = lambda rt=rt: rt.generate(request)
     ref = ZImagePipeline.from_pretrained(model, dtype=torch.float32)
     ref.set_progress_bar_config(disable=True)
     paths["diffusers"] = lambda: ref(PROMPT, height=128, width=128, num_inference_steps=8, guidance_scale=0.0,
                                      generator=torch.Generator().manual_seed(0))
     figures.update(interleaved(paths, args.runs))
     figures["load_average_after"] = os.getloadavg()  # other processes on the machine skew CPU figures
+    for rt in runtimes:
+        rt.stop()
     print(json.dumps(figures, indent=2))
     if args.json:
         with open(args.json, "w") as f:
