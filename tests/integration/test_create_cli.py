@@ -237,7 +237,7 @@ def test_ctrl_c_mid_create_exits_130_and_removes_what_it_wrote(tmp_path, store_d
     blobs = store_dir / "blobs"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if len([p for p in blobs.iterdir() if p.stat().st_size > 4 << 20]) >= 3:
+        if len(_big_files(blobs)) >= 3:
             break
         time.sleep(0.002)
     proc.send_signal(signal.SIGINT)
