@@ -40,7 +40,7 @@ def run_reference(pipe, prompts, *, width, height, steps, guidance, latents, neg
     if negative is not None:
         kwargs["negative_prompt"] = list(negative)
     images = pipe(list(prompts), output_type="np", **kwargs).images
-    return final.float().numpy(), (images * 255).round().astype(np.uint8)
+    return final.float().cpu().numpy(), (images * 255).round().astype(np.uint8)
 
 
 def compare(ours, reference, prompts, *, width=64, height=64, steps=3, guidance=0.0, negative=None, n=1,
