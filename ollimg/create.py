@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ollimg.blobs import TensorRef, read_header, tensor_blob_header
+from ollimg.blobs import BlobWriter, TensorRef, read_header, tensor_blob_header
 from ollimg.errors import Busy, Cancelled, InvalidInput, InvalidModel, OllimgError
 from ollimg.manifest import Manifest, Model, Name, Store
 from ollimg.manifest.manifest import CONFIG_TYPE, Descriptor, file_layer, tensor_layer
@@ -76,12 +76,14 @@ def create(
     progress = on_progress or (lambda p: None)
     progress(Progress(f"reading {source}"))
     src = read_source(Path(source))
-    added: list[str] = []
+    pending: list[BlobWriter] = []  # every blob this call writes; they land together before the manifest
     try:
         with store.lock():
-            return _import(store, name, src, quantize, dtype, progress, added)
+            return _import(store, name, src, quantize, dtype, progress, pending)
     except BaseException:
-        _remove_added(store, added)
+        for writer in pending:
+            writer.abort()  # a blob that has not landed yet is only a temp file
+        _remove_added(store, [w.digest for w in pending if w.new])
         raise
 
 
@@ -240,17 +242,22 @@ class _Stored:
     title: str
     digest: str
     size: int
-    new: bool
+    writer: BlobWriter | None  # None: the blob was already stored
     dtype: str
     shape: tuple[int, ...]
     error: tuple[float, float] | None = None  # (error_sq, norm_sq) of a quantized weight
     scale_of: str | None = None  # for a scale tensor: the weight it belongs to
 
+    @property
+    def new(self) -> bool:
+        """Whether this create added the blob (known once it has landed)."""
+        return self.writer is not None and self.writer.new
+
 
 def _store_tensor(store: Store, title: str, ref: TensorRef, quantize: str | None, dtype: str | None,
-                  meter: _Meter, added: list[str]) -> list[_Stored]:
+                  meter: _Meter, pending: list[BlobWriter]) -> list[_Stored]:
     stored = _convert(store, title, ref, quantize, dtype, meter)
-    added.extend(s.digest for s in stored if s.new)  # list.extend is atomic: threads share `added`
+    pending.extend(s.writer for s in stored if s.writer)  # list.extend is atomic: threads share `pending`
     return stored
 
 
@@ -279,19 +286,18 @@ def _workers() -> int:
 
 
 def _import(store: Store, name: Name, src: Source, quantize: str | None, dtype: str | None,
-            progress: OnProgress, added: list[str]) -> Model:
-    files = _import_files(store, src, added)
-    stored = _import_tensors(store, src, quantize, dtype, progress, added)
+            progress: OnProgress, pending: list[BlobWriter]) -> Model:
+    files = _import_files(store, src, pending)
+    stored = _import_tensors(store, src, quantize, dtype, progress, pending)
     config = _config(src, stored, quantize, dtype)
     with store.blobs.writer() as w:
         w.write(json.dumps(config, indent=1, sort_keys=True).encode())
-        config_digest, config_size = w.commit(sync_dir=False), w.size
-    if w.new:
-        added.append(config_digest)
+        config_digest, config_size = w.commit(sync=False), w.size
+    pending.append(w)
     layers = [file_layer(s.title, s.digest, s.size) for s in files]
     layers += [tensor_layer(s.title, s.digest, s.size, s.dtype, s.shape) for s in stored]
     manifest = Manifest(config=Descriptor(mediaType=CONFIG_TYPE, digest=config_digest, size=config_size), layers=layers)
-    store.blobs.sync()  # every renamed blob is durable before a manifest names it
+    store.blobs.land(pending)  # durable (one syncfs), then visible, before a manifest names them
     progress(Progress("writing manifest"))
     model = store.put_manifest(name, manifest.dump())
     model.new_bytes = sum(s.size for s in files + stored if s.new)
@@ -300,19 +306,18 @@ def _import(store: Store, name: Name, src: Source, quantize: str | None, dtype: 
     return model
 
 
-def _import_files(store: Store, src: Source, added: list[str]) -> list[_Stored]:
+def _import_files(store: Store, src: Source, pending: list[BlobWriter]) -> list[_Stored]:
     files = []
     for title, path in sorted(src.files.items()):
         with store.blobs.writer() as w:
             w.write(path.read_bytes())
-            files.append(_Stored(title, w.commit(sync_dir=False), w.size, w.new, "", ()))
-        if w.new:
-            added.append(files[-1].digest)
+            files.append(_Stored(title, w.commit(sync=False), w.size, w, "", ()))
+        pending.append(w)
     return files
 
 
 def _import_tensors(store: Store, src: Source, quantize: str | None, dtype: str | None,
-                    progress: OnProgress, added: list[str]) -> list[_Stored]:
+                    progress: OnProgress, pending: list[BlobWriter]) -> list[_Stored]:
     """Every tensor in a pool of threads, biggest first (no long tail); sorted by title."""
     if quantize or dtype:
         import ollimg.quantize.cast  # noqa: F401  (import torch once, before the threads)
@@ -320,7 +325,7 @@ def _import_tensors(store: Store, src: Source, quantize: str | None, dtype: str 
     meter = _Meter(progress, f"importing {src.root.name}", sum(ref.nbytes for ref in src.tensors.values()))
     jobs = sorted(src.tensors.items(), key=lambda item: -item[1].nbytes)
     with ThreadPoolExecutor(_workers(), thread_name_prefix="ollimg-create") as pool:
-        futures = [pool.submit(_store_tensor, store, title, ref, quantize, dtype, meter, added) for title, ref in jobs]
+        futures = [pool.submit(_store_tensor, store, title, ref, quantize, dtype, meter, pending) for title, ref in jobs]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
             failed = next((f for f in futures if f.done() and f.exception() is not None), None)

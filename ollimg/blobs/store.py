@@ -139,15 +139,14 @@ class BlobWriter:
             return self.expected  # type: ignore[return-value]
         return "sha256:" + self.hash.hexdigest()
 
-    def commit(self, sync_dir: bool = True, sync: bool = True) -> str:
+    def commit(self, sync: bool = True) -> str:
         """Verify the blob and make it visible under its digest; returns the digest.
 
-        `sync_dir=False` leaves the directory fsync to the caller (`BlobStore.sync()`), which
-        must happen before anything (a manifest) names the blob; importers of many blobs use it.
-        `sync=False` verifies the blob but leaves it in its temp file, unsynced: `BlobStore.land()`
-        then makes a batch of such writers durable (one syncfs) and visible, which is much cheaper
-        than an fsync per small blob (pulls use it). A blob is renamed only after its bytes are
-        durable, so a crash never leaves a digest-named file with unflushed content.
+        `sync=False` verifies the blob but leaves it pending in its temp file, unsynced:
+        `BlobStore.land()` then makes a batch of pending writers durable (one syncfs) and visible,
+        which is much cheaper than an fsync per blob (create and pull write thousands). A blob is
+        renamed only after its bytes are durable, so a crash never leaves a digest-named file
+        with unflushed content, and nothing may name a pending blob before it has landed.
         """
         digest = self.digest
         if self.expected and digest != self.expected:
@@ -169,8 +168,7 @@ class BlobWriter:
             raise write_error(e, self.store.root) from None
         if sync:
             self._place()
-            if sync_dir:
-                fsync_dir(self.store.root)
+            fsync_dir(self.store.root)
         return digest
 
     def _place(self) -> None:
@@ -342,12 +340,13 @@ class BlobStore:
     def put_range(
         self, path: Path, offset: int, nbytes: int, header: bytes = b"",
         on_bytes: Callable[[int], None] | None = None,
-    ) -> tuple[str, int, bool]:
-        """Store `header` + a byte range of `path` as one blob: (digest, size, new).
+    ) -> tuple[str, int, BlobWriter | None]:
+        """Store `header` + a byte range of `path` as one blob: (digest, size, pending writer).
 
+        The writer is pending (`commit(sync=False)`): `land()` it before naming the blob in a
+        manifest. None when the blob was already stored (hashed, not copied).
         `on_bytes` gets progress in bytes of the range, which add up to `nbytes`: the first half
         while hashing, the second half while copying (at once when the blob is already stored).
-        Does not fsync the directory: call `sync()` before naming the blob in a manifest.
         """
         hashed = nbytes // 2
         report = _Scaled(on_bytes, nbytes, hashed)
@@ -357,20 +356,16 @@ class BlobStore:
             size = len(header) + nbytes
             if self.has(digest, size):
                 report.finish()
-                return digest, size, False
+                return digest, size, None
             with self.writer(digest, size) as w:
                 w.write(header)
                 w.copy_range(f.fileno(), offset, nbytes, report.second)
                 after = os.fstat(f.fileno())
                 if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                     raise StoreError(f"{path} changed while it was being imported; retry when it is stable")
-                w.commit(sync_dir=False)
+                w.commit(sync=False)
                 report.finish()
-                return digest, size, w.new
-
-    def sync(self) -> None:
-        """Make renamed blobs durable (fsync of the blob directory)."""
-        fsync_dir(self.root)
+                return digest, size, w
 
     def read_bytes(self, digest: str) -> bytes:
         try:

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from ollimg.blobs import BlobStore, TensorRef, tensor_blob_header
+from ollimg.blobs import BlobStore, BlobWriter, TensorRef, tensor_blob_header
 from ollimg.blobs.tensorfile import FLOAT_DTYPES
 from ollimg.quantize.source import TORCH_DTYPES, row_chunks
 
@@ -23,8 +23,8 @@ def converts(ref: TensorRef, dtype: str) -> bool:
 
 def cast_tensor(
     blobs: BlobStore, ref: TensorRef, dtype: str, on_bytes: Callable[[int], None] | None = None
-) -> tuple[str, int, bool]:
-    """Write `ref` converted to `dtype` as a tensor blob: (digest, size, new)."""
+) -> tuple[str, int, BlobWriter]:
+    """Write `ref` converted to `dtype` as a tensor blob: (digest, size, pending writer; land() it)."""
     target = TORCH_DTYPES[dtype]
     with blobs.writer() as w:
         w.write(tensor_blob_header(dtype, ref.shape))
@@ -32,5 +32,4 @@ def cast_tensor(
             w.write(chunk.to(target).contiguous().view(torch.uint8).reshape(-1).numpy().data)
             if on_bytes:
                 on_bytes(chunk.numel() * chunk.element_size())
-        digest = w.commit(sync_dir=False)
-        return digest, w.size, w.new
+        return w.commit(sync=False), w.size, w

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from ollimg.blobs import BlobStore, TensorRef, tensor_blob_header
+from ollimg.blobs import BlobStore, BlobWriter, TensorRef, tensor_blob_header
 from ollimg.errors import InvalidModel
 from ollimg.quantize.source import row_chunks
 
@@ -61,8 +61,8 @@ def quantizes(title: str, ref: TensorRef) -> bool:
 
 @dataclass(frozen=True)
 class Quantized:
-    weight: tuple[str, int, bool]  # (digest, size, new) of the F8_E4M3 blob
-    scale: tuple[str, int, bool]  # (digest, size, new) of the F32 [out] scale blob
+    weight: tuple[str, int, BlobWriter]  # (digest, size, pending writer) of the F8_E4M3 blob; land() it
+    scale: tuple[str, int, BlobWriter]  # (digest, size, pending writer) of the F32 [out] scale blob
     error_sq: float  # sum of squared (dequantized - original)
     norm_sq: float  # sum of squared original
 
@@ -93,9 +93,9 @@ def quantize_tensor(blobs: BlobStore, ref: TensorRef, on_bytes: Callable[[int], 
             row += len(scale)
             if on_bytes:
                 on_bytes(chunk.numel() * chunk.element_size())
-        weight = (w.commit(sync_dir=False), w.size, w.new)
+        weight = (w.commit(sync=False), w.size, w)
     with blobs.writer() as w:
         w.write(tensor_blob_header(SCALE_DTYPE, (out,)))
         w.write(scales.numpy().tobytes())
-        scale_blob = (w.commit(sync_dir=False), w.size, w.new)
+        scale_blob = (w.commit(sync=False), w.size, w)
     return Quantized(weight, scale_blob, error_sq, norm_sq)

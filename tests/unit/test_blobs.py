@@ -81,15 +81,20 @@ def test_put_range_stores_header_plus_range_and_dedupes(tmp_path):
     src.write_bytes(b"x" * 100 + payload + b"y" * 7)
     blobs = BlobStore(tmp_path / "blobs")
     seen = []
-    digest, size, new = blobs.put_range(src, 100, len(payload), b"HEAD", seen.append)
-    assert new and size == 4 + len(payload)
-    assert digest == sha(b"HEAD" + payload) == blobs.hash_file(digest)
+    digest, size, writer = blobs.put_range(src, 100, len(payload), b"HEAD", seen.append)
+    assert size == 4 + len(payload) and digest == sha(b"HEAD" + payload)
+    assert not blobs.has(digest)  # pending: verified, but invisible until it lands
+    blobs.land([writer])
+    assert writer.new and blobs.hash_file(digest) == digest
     assert blobs.path(digest).read_bytes() == b"HEAD" + payload
     assert sum(seen) == len(payload)
+    assert blobs.temp_files() == []
     seen.clear()
-    assert blobs.put_range(src, 100, len(payload), b"HEAD", seen.append) == (digest, size, False)
+    assert blobs.put_range(src, 100, len(payload), b"HEAD", seen.append) == (digest, size, None)  # hashed, not copied
     assert sum(seen) == len(payload)
-    assert blobs.put_range(src, 0, 0, b"") == (sha(b""), 0, True)
+    empty, _, writer = blobs.put_range(src, 0, 0, b"")
+    blobs.land([writer])
+    assert empty == sha(b"") and writer.new and blobs.has(empty, 0)
 
 
 def test_put_range_refuses_a_source_that_changes_during_the_import(tmp_path):
