@@ -11,7 +11,7 @@ import torch
 from ollimg.runtime import load
 from tests.parity.test_torch_parity import compare
 
-diffusers = pytest.importorskip("diffusers", reason="diffusers is the parity reference (test dependency)")
+import diffusers  # noqa: E402  (the parity reference, a test dependency)
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 

@@ -3,13 +3,9 @@
 import copy
 import random
 
-import pytest
-
-pytest.importorskip("torch")
-
-from training.shapes.check import score, summarize  # noqa: E402
-from training.shapes.data import render, specs_for, to_uint8  # noqa: E402
-from training.shapes.world import COLORS, HELDOUT, POSITION_NAMES, heldout_specs, sample_spec  # noqa: E402
+from training.shapes.check import score, summarize
+from training.shapes.data import render, specs_for, to_uint8
+from training.shapes.world import COLORS, HELDOUT, POSITION_NAMES, heldout_specs, sample_spec
 
 
 def test_training_never_shows_a_heldout_triple():

@@ -48,7 +48,7 @@ def test_scheduler_matches_the_reference_grid():
 
 
 def test_scheduler_equals_diffusers():
-    torch = pytest.importorskip("torch")
+    import torch
     diffusers = pytest.importorskip("diffusers")
     from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
 

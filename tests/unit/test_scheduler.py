@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from ollimg.errors import Busy, Cancelled, RuntimeFailed
+from ollimg.errors import Busy, RuntimeFailed
 from ollimg.manifest import Store
 from ollimg.runtime.request import GenerateRequest
 from ollimg.server.scheduler import Scheduler, key

@@ -17,7 +17,6 @@ Caption features are the text encoder's hidden_states[-2] with padding rows drop
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import random
