@@ -14,7 +14,7 @@ from PIL import Image
 
 pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
 
-from ollimg.errors import Cancelled, InvalidModel  # noqa: E402
+from ollimg.errors import Cancelled  # noqa: E402
 from ollimg.runtime.process import RuntimeProcess  # noqa: E402
 from ollimg.runtime.request import GenerateRequest  # noqa: E402
 
@@ -63,24 +63,6 @@ def test_cancel_stops_a_running_mlx_generation(runtime):
         runtime.generate(GenerateRequest("a cat", width=64, height=64, steps=200, seed=1), on_step=on_step)
     assert len(seen) < 50
     assert runtime.generate(GenerateRequest("a cat", width=16, height=16, steps=1)).seeds
-
-
-def test_bad_weights_are_invalid_model_at_mlx_start(tiny_zimage_dir, tmp_path):
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    model = tmp_path / "bad"
-    shutil.copytree(tiny_zimage_dir, model)
-    path = model / "vae" / "diffusion_pytorch_model.safetensors"
-    tensors = load_file(path)
-    tensors["decoder.conv_out.weight"] = torch.zeros(3, 3, 3, 3)
-    save_file(tensors, path)
-    rt = RuntimeProcess(str(model), backend="mlx", device="cpu")
-    with pytest.raises(InvalidModel, match="conv_out.weight has shape"):
-        rt.start(timeout=120)
-    assert not rt.alive
 
 
 def test_cli_serves_an_mlx_model_end_to_end(tiny_zimage_dir, tmp_path):

@@ -90,7 +90,8 @@ def test_killed_worker_is_runtime_failed_with_stderr_tail(tiny_zimage_dir):
         rt.generate(GenerateRequest("a cat", width=16, height=16, steps=1))
 
 
-def test_bad_weights_are_invalid_model_at_start(tiny_zimage_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["torch", pytest.param("mlx", marks=pytest.mark.mlx)])
+def test_bad_weights_are_invalid_model_at_start(tiny_zimage_dir, tmp_path, backend):
     import shutil
 
     import torch
@@ -102,7 +103,9 @@ def test_bad_weights_are_invalid_model_at_start(tiny_zimage_dir, tmp_path):
     tensors = load_file(path)
     tensors["decoder.conv_out.weight"] = torch.zeros(3, 3, 3, 3)
     save_file(tensors, path)
-    rt = RuntimeProcess(str(model), backend="torch", device="cpu")
+    if backend == "mlx":
+        pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
+    rt = RuntimeProcess(str(model), backend=backend, device="cpu")
     with pytest.raises(InvalidModel, match="conv_out.weight has shape"):
         rt.start(timeout=120)
     assert not rt.alive

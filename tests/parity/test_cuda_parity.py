@@ -9,16 +9,13 @@ import pytest
 import torch
 
 from ollimg.runtime import load
-from tests.parity.test_torch_parity import compare
+from tests.parity.reference import compare, reference_pipe
 
-import diffusers  # noqa: E402  (the parity reference, a test dependency)
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def reference(tiny_zimage_dir, dtype):
-    pipe = diffusers.ZImagePipeline.from_pretrained(tiny_zimage_dir, dtype=dtype).to("cuda")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return reference_pipe(tiny_zimage_dir, dtype, device="cuda")
 
 
 def test_float32_on_cuda(tiny_zimage_dir):

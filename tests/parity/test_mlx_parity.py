@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
-import diffusers  # noqa: E402  (the parity reference, a test dependency: missing is an error, not a skip)
 import torch  # noqa: E402
 
 from ollimg.errors import InvalidModel  # noqa: E402
 from ollimg.runtime import load  # noqa: E402
 from ollimg.runtime.models.zimage import layout  # noqa: E402
+from tests.parity.reference import compare, reference_pipe  # noqa: E402
 
 pytestmark = pytest.mark.mlx
 
@@ -26,41 +26,9 @@ def ours(tiny_zimage_dir):
     return load(tiny_zimage_dir, backend="mlx", device="cpu", dtype="float32")
 
 
-def reference_pipe(path, dtype):
-    pipe = diffusers.ZImagePipeline.from_pretrained(path, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_zimage_dir):
     return reference_pipe(tiny_zimage_dir, torch.float32)
-
-
-def run_reference(pipe, prompts, *, negative, latents, **kwargs):
-    """(final latents float32, pixels uint8 [B, H, W, 3]); fresh lists each call (diffusers rewrites them)."""
-    out = {}
-    for kind in ("latent", "np"):
-        extra = {"negative_prompt": list(negative)} if negative is not None else {}
-        out[kind] = pipe(list(prompts), output_type=kind, latents=torch.from_numpy(latents), **extra, **kwargs).images
-    return out["latent"].float().numpy(), (out["np"] * 255).round().astype(np.uint8)
-
-
-def compare(ours, reference, prompts, *, width=64, height=64, steps=3, guidance=0.0, negative=None, n=1,
-            seed=7, latent_rtol=1e-4, levels=1, **extra):
-    """Run both with the noise of `seed`; assert the gates; return our Result."""
-    latents = layout.noise(seed, len(prompts) * n, (16, height // 8, width // 8))
-    ref_latents, ref_pixels = run_reference(
-        reference, prompts, negative=negative, latents=latents, height=height, width=width,
-        num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=n, **extra)
-    result = ours.generate(list(prompts), negative_prompt=list(negative) if negative else None, width=width,
-                           height=height, steps=steps, guidance=guidance, seed=seed, n=n, **extra)
-    pixels = np.stack([np.asarray(im) for im in result.images])
-    assert pixels.shape == ref_pixels.shape
-    latent_err = np.abs(result.latents - ref_latents).max()
-    assert latent_err <= latent_rtol * np.abs(ref_latents).max(), f"latents off by {latent_err:.3g}"
-    assert np.abs(pixels.astype(int) - ref_pixels).max() <= levels
-    return result
 
 
 def test_square(ours, reference):

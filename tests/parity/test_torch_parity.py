@@ -13,8 +13,8 @@ import torch
 from ollimg.errors import InvalidInput, InvalidModel
 from ollimg.runtime import load
 from ollimg.runtime.models.zimage import layout
+from tests.parity.reference import compare, reference_pipe
 
-import diffusers  # noqa: E402  (the parity reference, a test dependency)
 
 
 @pytest.fixture(scope="module")
@@ -24,40 +24,7 @@ def ours(tiny_zimage_dir):
 
 @pytest.fixture(scope="module")
 def reference(tiny_zimage_dir):
-    pipe = diffusers.ZImagePipeline.from_pretrained(tiny_zimage_dir, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def run_reference(pipe, prompts, *, width, height, steps, guidance, latents, negative=None, n=1, **extra):
-    """(final latents float32, pixels uint8 [B, H, W, 3]) from diffusers with our initial latents."""
-    kwargs = dict(height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-                  num_images_per_prompt=n, latents=torch.from_numpy(latents), **extra)
-    if negative is not None:
-        kwargs["negative_prompt"] = list(negative)
-    final = pipe(list(prompts), output_type="latent", **kwargs).images
-    kwargs["latents"] = torch.from_numpy(latents)  # fresh lists: the pipeline rewrites a prompt list in place
-    if negative is not None:
-        kwargs["negative_prompt"] = list(negative)
-    images = pipe(list(prompts), output_type="np", **kwargs).images
-    return final.float().cpu().numpy(), (images * 255).round().astype(np.uint8)
-
-
-def compare(ours, reference, prompts, *, width=64, height=64, steps=3, guidance=0.0, negative=None, n=1,
-            seed=7, latent_rtol=1e-4, levels=1, **extra):
-    total = len(prompts) * n
-    latents = layout.noise(seed, total, (16, height // 8, width // 8))
-    ref_latents, ref_pixels = run_reference(reference, prompts, width=width, height=height, steps=steps,
-                                            guidance=guidance, latents=latents, negative=negative, n=n, **extra)
-    ours_extra = {k: v for k, v in extra.items() if k in ("cfg_truncation", "cfg_normalization", "max_sequence_length")}
-    result = ours.generate(list(prompts), negative_prompt=list(negative) if negative else None, width=width,
-                           height=height, steps=steps, guidance=guidance, seed=seed, n=n, **ours_extra)
-    pixels = np.stack([np.asarray(im) for im in result.images])
-    assert pixels.shape == ref_pixels.shape
-    scale = np.abs(ref_latents).max()
-    assert np.abs(result.latents - ref_latents).max() <= latent_rtol * scale
-    assert np.abs(pixels.astype(int) - ref_pixels).max() <= levels
-    return result
+    return reference_pipe(tiny_zimage_dir, torch.float32)
 
 
 def test_square(ours, reference):
@@ -107,8 +74,7 @@ def test_a_skipped_tensor_breaks_parity(ours, reference):
 
 def test_bfloat16(tiny_zimage_dir, reference):
     ours = load(tiny_zimage_dir, backend="torch", device="cpu", dtype="bfloat16")
-    ref = diffusers.ZImagePipeline.from_pretrained(tiny_zimage_dir, dtype=torch.bfloat16)
-    ref.set_progress_bar_config(disable=True)
+    ref = reference_pipe(tiny_zimage_dir, torch.bfloat16)
     compare(ours, ref, ["a portrait of an old fisherman"], guidance=3.0, negative=["blurry"], latent_rtol=3e-2,
             levels=8, width=48, height=48)
     # and within the same bound of the fp32 reference
@@ -123,8 +89,7 @@ def test_fp8_model_against_its_dequantized_weights(tiny_zimage_dir, tmp_path, st
     fp8_refs = {t: r for t, r in model.tensors().items() if r.dtype == "F8_E4M3"}
     assert len(fp8_refs) > 10
     ours = load("tiny:fp8", backend="torch", device="cpu", dtype="float32", models_dir=store_dir)
-    ref = diffusers.ZImagePipeline.from_pretrained(tiny_zimage_dir, dtype=torch.float32)
-    ref.set_progress_bar_config(disable=True)
+    ref = reference_pipe(tiny_zimage_dir, torch.float32)
     from ollimg.runtime.torch_backend import mapped
 
     refs = model.tensors()

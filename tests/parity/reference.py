@@ -1,0 +1,51 @@
+"""The parity reference: diffusers' ZImagePipeline run with our initial latents, and the gates.
+
+Shared by the torch, CUDA and MLX parity tests (any backend's Pipeline works with `compare`).
+diffusers is a test-only dependency.
+"""
+
+from __future__ import annotations
+
+import diffusers
+import numpy as np
+import torch
+
+from ollimg.runtime.models.zimage import layout
+
+
+def reference_pipe(path, dtype, device="cpu"):
+    """diffusers' pipeline for the model at `path`, in `dtype`, progress bar off."""
+    pipe = diffusers.ZImagePipeline.from_pretrained(path, dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_reference(pipe, prompts, *, width, height, steps, guidance, latents, negative=None, n=1, **extra):
+    """(final latents float32, pixels uint8 [B, H, W, 3]) from diffusers with our initial latents."""
+    kwargs = dict(height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+                  num_images_per_prompt=n, latents=torch.from_numpy(latents), **extra)
+    if negative is not None:
+        kwargs["negative_prompt"] = list(negative)
+    final = pipe(list(prompts), output_type="latent", **kwargs).images
+    kwargs["latents"] = torch.from_numpy(latents)  # fresh lists: the pipeline rewrites a prompt list in place
+    if negative is not None:
+        kwargs["negative_prompt"] = list(negative)
+    images = pipe(list(prompts), output_type="np", **kwargs).images
+    return final.float().cpu().numpy(), (images * 255).round().astype(np.uint8)
+
+
+def compare(ours, reference, prompts, *, width=64, height=64, steps=3, guidance=0.0, negative=None, n=1,
+            seed=7, latent_rtol=1e-4, levels=1, **extra):
+    total = len(prompts) * n
+    latents = layout.noise(seed, total, (16, height // 8, width // 8))
+    ref_latents, ref_pixels = run_reference(reference, prompts, width=width, height=height, steps=steps,
+                                            guidance=guidance, latents=latents, negative=negative, n=n, **extra)
+    ours_extra = {k: v for k, v in extra.items() if k in ("cfg_truncation", "cfg_normalization", "max_sequence_length")}
+    result = ours.generate(list(prompts), negative_prompt=list(negative) if negative else None, width=width,
+                           height=height, steps=steps, guidance=guidance, seed=seed, n=n, **ours_extra)
+    pixels = np.stack([np.asarray(im) for im in result.images])
+    assert pixels.shape == ref_pixels.shape
+    scale = np.abs(ref_latents).max()
+    assert np.abs(result.latents - ref_latents).max() <= latent_rtol * scale
+    assert np.abs(pixels.astype(int) - ref_pixels).max() <= levels
+    return result
