@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ollimg.cli.transfer import TransferDisplay
+from ollimg.cli.transfer import transfer
 
 
 def register(app: typer.Typer) -> None:
@@ -19,15 +19,4 @@ def register(app: typer.Typer) -> None:
         json_output: bool = typer.Option(False, "--json", help="Progress as NDJSON lines on stdout."),
     ) -> None:
         """Pull a model from a registry; an interrupted pull resumes where it stopped."""
-        from ollimg.manifest import Store
-        from ollimg.registry import pull
-
-        from ollimg.cli.connect import running_client
-
-        client = running_client()
-        with TransferDisplay("pulling", json_output) as display:
-            if client is not None:  # the server pulls into its store (with its own concurrency setting)
-                with client:
-                    client.pull(name, insecure=insecure or None, on_progress=display)
-            else:
-                pull(Store(), name, insecure=insecure or None, concurrency=concurrency, on_progress=display)
+        transfer("pull", name, insecure, concurrency, json_output)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ollimg.cli.transfer import TransferDisplay
+from ollimg.cli.transfer import transfer
 
 
 def register(app: typer.Typer) -> None:
@@ -19,15 +19,4 @@ def register(app: typer.Typer) -> None:
         json_output: bool = typer.Option(False, "--json", help="Progress as NDJSON lines on stdout."),
     ) -> None:
         """Push a model to a registry; blobs the registry already has are skipped."""
-        from ollimg.manifest import Store
-        from ollimg.registry import push
-
-        from ollimg.cli.connect import running_client
-
-        client = running_client()
-        with TransferDisplay("pushing", json_output) as display:
-            if client is not None:  # the server pushes from its store (with its own concurrency setting)
-                with client:
-                    client.push(name, insecure=insecure or None, on_progress=display)
-            else:
-                push(Store(), name, insecure=insecure or None, concurrency=concurrency, on_progress=display)
+        transfer("push", name, insecure, concurrency, json_output)

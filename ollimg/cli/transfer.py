@@ -1,4 +1,5 @@
-"""Drawing pull and push progress: one rich bar (bytes, rate, ETA) on a terminal's stderr, plain
+"""`pull` and `push` for the CLI: the transfer itself (`transfer()`, through a running server or on
+the local store) and its progress: one rich bar (bytes, rate, ETA) on a terminal's stderr, plain
 lines on any other stderr, and with `--json` every Progress as one NDJSON line on stdout (the same
 lines the server's /api/pull and /api/push stream).
 
@@ -114,3 +115,19 @@ class TransferDisplay:
             self._line(force=True)
         sys.stderr.write(status + "\n")
         sys.stderr.flush()
+
+
+def transfer(verb: str, name: str, insecure: bool, concurrency: int | None, json_output: bool) -> None:
+    """`pull` or `push` NAME: through a running server (its store), else on the local store."""
+    from ollimg import registry
+    from ollimg.cli.connect import running_client
+    from ollimg.manifest import Store
+
+    client = running_client()
+    with TransferDisplay(f"{verb}ing", json_output) as display:
+        if client is not None:  # the server transfers with its own store and concurrency setting
+            with client:
+                getattr(client, verb)(name, insecure=insecure or None, on_progress=display)
+        else:
+            getattr(registry, verb)(Store(), name, insecure=insecure or None, concurrency=concurrency,
+                                    on_progress=display)
