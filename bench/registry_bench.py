@@ -1,5 +1,7 @@
 """Benchmark: push and pull a pipeline-shaped model (~1,000 tensors, >= 500 MB) through a local
-docker-registry, next to curl downloading the same bytes as one blob from the same registry.
+docker-registry, next to curl downloading the same bytes as one blob from the same registry, and
+curl downloading the model's own blobs (as many at once as the pull, on keep-alive connections:
+what the fastest per-tensor client would take on this registry).
 
     .venv/bin/python bench/registry_bench.py [--tensors 1000] [--mb 512] [--runs 3] [--concurrency 8]
 
@@ -94,7 +96,13 @@ def main() -> None:
         one = upload_one_blob(registry, "bench/oneblob", joined)
         joined.unlink()
 
-        pulls, curls, cpu = [], [], {"pull_client": [], "pull_registry": [], "curl_client": [], "curl_registry": []}
+        every_blob = root / "curl-blobs.cfg"
+        every_blob.write_text("".join(
+            f'url = "{registry.url}/v2/bench/model/blobs/{d.digest}"\noutput = "{root}/curl-blobs/{d.digest[7:]}"\n'
+            for d in blobs))
+
+        pulls, curls, curl_blobs = [], [], []
+        cpu = {k: [] for k in ("pull_client", "pull_registry", "curl_client", "curl_registry", "curl_blobs_client", "curl_blobs_registry")}
         server = registry.process.pid
         for run in range(args.runs):
             target = root / f"pull-{run}"
@@ -116,6 +124,16 @@ def main() -> None:
             assert out.stat().st_size == total
             out.unlink()
 
+            client_cpu, registry_cpu = own_cpu(resource.RUSAGE_CHILDREN), process_cpu(server)
+            started = time.perf_counter()
+            subprocess.run(["curl", "-sSf", "--create-dirs", "--parallel", "--parallel-max", str(args.concurrency), "-K", str(every_blob)],
+                           check=True, stderr=subprocess.DEVNULL)
+            curl_blobs.append(time.perf_counter() - started)
+            cpu["curl_blobs_client"].append(own_cpu(resource.RUSAGE_CHILDREN) - client_cpu)
+            cpu["curl_blobs_registry"].append(process_cpu(server) - registry_cpu)
+            assert sum(f.stat().st_size for f in (root / "curl-blobs").iterdir()) == total
+            shutil.rmtree(root / "curl-blobs")
+
         pull_s, curl_s = statistics.median(pulls), statistics.median(curls)
         print(json.dumps({
             "machine": f"{platform.machine()}, {platform.processor() or '?'}, Python {platform.python_version()}",
@@ -125,6 +143,10 @@ def main() -> None:
             "pull_s": [round(t, 2) for t in pulls], "curl_one_blob_s": [round(t, 2) for t in curls],
             "pull_median_s": round(pull_s, 2), "curl_median_s": round(curl_s, 2),
             "pull_over_curl": round(pull_s / curl_s, 2),
+            "curl_every_blob_s": [round(t, 2) for t in curl_blobs],
+            "curl_every_blob_median_s": round(statistics.median(curl_blobs), 2),
+            "curl_every_blob_over_curl": round(statistics.median(curl_blobs) / curl_s, 2),
+            "pull_over_curl_every_blob": round(pull_s / statistics.median(curl_blobs), 2),
             "pull_MB_s": round(total / pull_s / 1e6), "curl_MB_s": round(total / curl_s / 1e6),
             "cpu_s_median": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
             "load_average_1m": os.getloadavg()[0], "cpus": os.cpu_count(),

@@ -1,7 +1,7 @@
 """HTTP to one OCI registry host: base URL, Accept headers, auth on 401, retries and errors.
 
-`Registry` owns the one httpx.Client of a pull or push (shared by its worker threads). HTTPS by
-default; plain HTTP with `insecure=True` and automatically for loopback hosts. Knows the
+`Registry` owns the one httpx.Client of a pull or push (shared by its worker threads), and the
+direct connections that carry plain blob bodies (`get_blob`, see direct.py). HTTPS by default; plain HTTP with `insecure=True` and automatically for loopback hosts. Knows the
 distribution API's URLs and error bodies, not the store. Must not import rich, fastapi, torch or mlx.
 """
 
@@ -18,6 +18,7 @@ import httpx
 from ollimg import __version__
 from ollimg.errors import AuthError, OllimgError, RegistryError
 from ollimg.registry.auth import Auth, Credentials, credentials_for
+from ollimg.registry.direct import Body, DirectPool, proxied
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,22 @@ class Registry:
         plain = insecure if insecure is not None else is_loopback(host)
         self.base = f"{'http' if plain else 'https'}://{host}"
         self.auth = Auth(host, credentials if credentials is not None else credentials_for(host))
+        user_agent = f"ollimg/{__version__}"
         self.http = httpx.Client(
             timeout=httpx.Timeout(30.0, read=60.0),
             limits=httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4),
             follow_redirects=True,  # httpx drops Authorization when a redirect leaves the origin (CDNs)
-            headers={"User-Agent": f"ollimg/{__version__}"},
+            headers={"User-Agent": user_agent},
         )
+        self.direct = None if proxied(self.base) else DirectPool(self.base, user_agent, timeout=60.0)
 
     def __enter__(self) -> "Registry":
         return self
 
     def __exit__(self, *exc) -> None:
         self.http.close()
+        if self.direct is not None:
+            self.direct.close()
 
     def url(self, repository: str, *parts: str) -> str:
         return f"{self.base}/v2/{repository}/" + "/".join(parts)
@@ -99,10 +104,44 @@ class Registry:
             header = self.auth.answer(response, header, self.http)
         raise self.auth.denied()
 
+    def get_blob(self, url: str, what: str, headers: dict | None = None) -> "Body | HttpxBody":
+        """A successful GET of a blob (200, or 206 for a Range), to be closed by the caller.
+
+        Straight off the socket when the registry answers the plain request with the body;
+        otherwise (401, redirect, error) the request goes again through `send`.
+        """
+        if self.direct is not None:
+            header = self.auth.header
+            body = self.direct.get(url, {**(headers or {}), **({"Authorization": header} if header else {})})
+            if body is not None:
+                return body
+        return HttpxBody(check(self.send("GET", url, headers=headers, stream=True), what))
+
     def ping(self) -> None:
         """GET /v2/: checks that the host speaks the registry API and that the credentials work."""
         response = retrying(lambda: check(self.send("GET", f"{self.base}/v2/"), f"registry {self.host}"), self.host)
         response.close()
+
+
+class HttpxBody:
+    """A streamed httpx response with the same face as direct.Body: status, headers, chunks, close."""
+
+    def __init__(self, response: httpx.Response):
+        self.response = response
+        self.status_code = response.status_code
+        self.headers = response.headers
+
+    def chunks(self) -> Iterable[bytes]:
+        return self.response.iter_bytes()
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> "HttpxBody":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def resolve(response: httpx.Response) -> httpx.URL:

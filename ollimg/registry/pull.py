@@ -25,7 +25,8 @@ from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound
 from ollimg.manifest import Descriptor, Manifest, Model, Name, Store
 from ollimg.manifest.manifest import MAX_MANIFEST_BYTES
 from ollimg.progress import OnProgress
-from ollimg.registry.client import MANIFEST_ACCEPT, Registry, check, retrying
+from ollimg.registry.client import MANIFEST_ACCEPT, HttpxBody, Registry, check, retrying
+from ollimg.registry.direct import Body
 from ollimg.registry.parallel import run_all
 from ollimg.registry.reporter import Reporter
 
@@ -160,17 +161,14 @@ class Download:
         """The blob, verified, in a temp file not yet synced (see `land`)."""
         self.check_stop()
         with self.store.blobs.writer(desc.digest, desc.size) as writer:
-            response = check(self.registry.send("GET", self.url(desc.digest), stream=True), f"pull blob {desc.digest}")
-            try:
-                for chunk in response.iter_bytes():
+            with self.registry.get_blob(self.url(desc.digest), f"pull blob {desc.digest}") as body:
+                for chunk in body.chunks():
                     if writer.size + len(chunk) > desc.size:
                         raise self.mismatch(desc, DigestMismatch(f"more than the {desc.size} bytes the manifest gives"))
                     writer.write(chunk)
                     if writer.size < desc.size:
                         self.report.blob("pulling", desc.digest, writer.size, desc.size)
                     self.check_stop()
-            finally:
-                response.close()
             try:
                 writer.commit(sync=False)
             except DigestMismatch as e:
@@ -275,27 +273,23 @@ class LargeBlob:
         if (whole and self.owner != i) or (not whole and done >= end - start):
             return
         headers = {} if whole else {"Range": f"bytes={start + done}-{end - 1}"}
-        response = check(self.download.registry.send("GET", self.download.url(self.desc.digest), headers=headers, stream=True),
-                         f"pull blob {self.desc.digest}")
-        try:
-            if response.status_code == 200:
+        with self.download.registry.get_blob(self.download.url(self.desc.digest), f"pull blob {self.desc.digest}", headers) as body:
+            if body.status_code == 200:
                 with self.lock:
                     if self.owner not in (None, i):
                         return  # another part already takes the whole body
                     self.ranged, self.owner = False, i
-                self._write(response, 0, self.desc.size, None)
+                self._write(body, 0, self.desc.size, None)
                 for part in self.parts:
                     part[2] = part[1] - part[0]
-            elif response.status_code == 206 and _range_start(response) == start + done:
-                self._write(response, start + done, end, i)
+            elif body.status_code == 206 and _range_start(body.headers) == start + done:
+                self._write(body, start + done, end, i)
             else:
                 raise RegistryError(f"registry {self.download.name.host} answered a range request for {self.desc.digest} with a wrong range")
-        finally:
-            response.close()
 
-    def _write(self, response: httpx.Response, pos: int, end: int, part: int | None) -> None:
+    def _write(self, body: Body | HttpxBody, pos: int, end: int, part: int | None) -> None:
         """Writes the body from `pos` up to `end`; `part` None means the whole blob, ranges ignored."""
-        for chunk in response.iter_bytes():
+        for chunk in body.chunks():
             if part is not None and not self.ranged:
                 return  # the whole body is coming through another part
             view = memoryview(chunk)[: end - pos]
@@ -390,9 +384,9 @@ class LargeBlob:
         self.fd = None
 
 
-def _range_start(response: httpx.Response) -> int | None:
+def _range_start(headers: httpx.Headers) -> int | None:
     """The first byte of a 206 answer: `Content-Range: bytes 100-199/1000` -> 100."""
-    value = response.headers.get("content-range", "")
+    value = headers.get("content-range", "")
     try:
         return int(value.split()[1].split("-")[0])
     except (IndexError, ValueError):
