@@ -3,7 +3,7 @@ docker-registry, next to curl downloading the same bytes as one blob from the sa
 curl downloading the model's own blobs (as many at once as the pull, on keep-alive connections:
 what the fastest per-tensor client would take on this registry).
 
-    .venv/bin/python bench/registry_bench.py [--tensors 1000] [--mb 512] [--runs 3] [--concurrency 8]
+    .venv/bin/python bench/registry_bench.py [--tensors 1000] [--mb 512] [--runs 3] [--concurrency 8] [--registry-env GOGC=400]
 
 Prints one JSON object with the timings (medians over --runs). Goal: pull <= 1.4x curl.
 Not a test: nothing here asserts.
@@ -68,10 +68,13 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=512, help="total tensor bytes, MiB")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--registry-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment for the registry process, e.g. GOGC=400 (repeatable)")
     args = parser.parse_args()
+    registry_env = dict(item.split("=", 1) for item in args.registry_env)
 
     root = Path(tempfile.mkdtemp(prefix="ollimg-bench-"))
-    registry = RegistryServer(root / "registry").start()
+    registry = RegistryServer(root / "registry", env=registry_env).start()
     try:
         source = Store(root / "source")
         name = f"{registry.host}/bench/model:v1"
@@ -137,7 +140,7 @@ def main() -> None:
         pull_s, curl_s = statistics.median(pulls), statistics.median(curls)
         print(json.dumps({
             "machine": f"{platform.machine()}, {platform.processor() or '?'}, Python {platform.python_version()}",
-            "tensors": len(model.manifest.tensor_layers()), "blobs": len(blobs), "bytes": total,
+            "registry_env": registry_env, "tensors": len(model.manifest.tensor_layers()), "blobs": len(blobs), "bytes": total,
             "manifest_bytes": len(model.raw), "concurrency": args.concurrency, "build_s": round(build_s, 2),
             "push_s": round(push_s, 2), "repush_all_present_s": round(repush_s, 2),
             "pull_s": [round(t, 2) for t in pulls], "curl_one_blob_s": [round(t, 2) for t in curls],

@@ -5,6 +5,7 @@ PID; never the packaged service or config.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
@@ -24,9 +25,10 @@ def free_port() -> int:
 
 
 class RegistryServer:
-    def __init__(self, root: Path, users: dict[str, str] | None = None):
+    def __init__(self, root: Path, users: dict[str, str] | None = None, env: dict[str, str] | None = None):
         self.root = Path(root)
         self.users = users or {}
+        self.env = env or {}  # extra environment for the registry process (e.g. GOGC, for the bench)
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -63,7 +65,8 @@ class RegistryServer:
                 f"http: {{addr: '{self.host}', secret: {secrets.token_hex(16)}}}\n" + auth
             )
             log = open(self.root / "log", "ab")
-            self.process = subprocess.Popen([BINARY, "serve", str(self.root / "config.yml")], stdout=log, stderr=log)
+            self.process = subprocess.Popen([BINARY, "serve", str(self.root / "config.yml")], stdout=log, stderr=log,
+                                            env={**os.environ, **self.env})
             log.close()
             if self._wait_ready():
                 return self

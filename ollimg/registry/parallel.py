@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ollimg.errors import Cancelled
@@ -18,15 +18,24 @@ def run_all(jobs: list[Callable[[], None]], workers: int, stop: threading.Event,
     every TICK seconds in the waiting thread while jobs run."""
     if not jobs:
         return
+    settled = threading.Event()  # every job has ended, or one has failed
+    lock = threading.Lock()
+    remaining = len(jobs)
+
+    def ended(future) -> None:
+        nonlocal remaining
+        with lock:
+            remaining -= 1
+            if remaining == 0 or (not future.cancelled() and future.exception() is not None):
+                settled.set()
+
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="ollimg-transfer") as pool:
         futures = [pool.submit(job) for job in jobs]
+        for future in futures:
+            future.add_done_callback(ended)
         try:
-            while True:
-                done, pending = wait(futures, timeout=TICK if tick else None, return_when=FIRST_EXCEPTION)
-                if not pending or any(f.exception() for f in done):
-                    break
-                if tick is not None:
-                    tick()
+            while not settled.wait(TICK if tick else None):
+                tick()
         finally:  # also on KeyboardInterrupt in the waiting thread
             if stop.is_set() or any(f.done() and f.exception() for f in futures) or not all(f.done() for f in futures):
                 stop.set()
