@@ -2,7 +2,7 @@
 
 Errors come back as the OllimgError subclass named by the wire `code`; a server that does not
 answer is ServerUnreachable. Streams (generate, create, pull, push) call back per line.
-Imports api, config, errors and progress; never fastapi.
+Imports api, config, errors, hosts and progress; never fastapi.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import httpx
 
 from ollimg import api, config
 from ollimg.errors import OllimgError, ServerUnreachable, by_code
+from ollimg.hosts import no_proxy_mounts
 from ollimg.progress import OnProgress, OnStep, Progress, Step
 
 
@@ -24,6 +25,7 @@ class Client:
         self._http = httpx.Client(
             base_url=self.base_url, transport=transport, headers=headers,
             timeout=httpx.Timeout(timeout, read=None),  # generations and loads take as long as they take
+            mounts=None if transport else no_proxy_mounts(httpx.URL(self.base_url).netloc.decode()),
         )
 
     def close(self) -> None:

@@ -6,7 +6,6 @@ Commands that also work without a server (list, show, rm, cp, create, pull, push
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from ollimg import config
 from ollimg.client import Client
 from ollimg.errors import ServerUnreachable
+from ollimg.hosts import is_loopback
 
 START_TIMEOUT = 60.0
 
@@ -62,9 +62,5 @@ def log_path() -> Path:
 
 
 def is_local(host: str) -> bool:
-    if host in ("localhost", "0.0.0.0", "::"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """This machine: a loopback host, or a bind-all address a server here listens on."""
+    return host in ("0.0.0.0", "::", "[::]") or is_loopback(host)

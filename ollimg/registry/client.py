@@ -7,7 +7,6 @@ distribution API's URLs and error bodies, not the store. Must not import rich, f
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import threading
@@ -17,6 +16,7 @@ import httpx
 
 from ollimg import __version__
 from ollimg.errors import AuthError, OllimgError, RegistryError
+from ollimg.hosts import is_loopback, no_proxy_mounts
 from ollimg.registry.auth import Auth, Credentials, credentials_for
 from ollimg.registry.direct import Body, DirectPool, proxied
 
@@ -40,17 +40,6 @@ class Transient(RegistryError):
         self.retry_after = retry_after
 
 
-def is_loopback(host: str) -> bool:
-    """localhost, *.localhost, 127.0.0.0/8 or [::1], with or without a port."""
-    name = host.split("]")[0].strip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 class Registry:
     """One registry host. Use as a context manager; `send` is safe from several threads."""
 
@@ -66,6 +55,7 @@ class Registry:
             limits=httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections + 4),
             follow_redirects=True,  # httpx drops Authorization when a redirect leaves the origin (CDNs)
             headers={"User-Agent": user_agent},
+            mounts=no_proxy_mounts(host),
         )
         self.direct = None if proxied(self.base) else DirectPool(self.base, user_agent, timeout=60.0)
 

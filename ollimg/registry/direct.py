@@ -20,14 +20,19 @@ from typing import Iterator
 
 import httpx
 
+from ollimg.hosts import is_loopback
+
 BUFFER = 1 << 20
 SMALL_ERROR_BODY = 64 << 10
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def proxied(url: str) -> bool:
-    """Whether the environment routes `url` through a proxy (httpx honours these variables too)."""
+    """Whether the environment routes `url` through a proxy, as the registry's httpx client does:
+    HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, never for loopback hosts."""
     parts = urllib.parse.urlsplit(url)
+    if is_loopback(parts.netloc):
+        return False
     proxies = urllib.request.getproxies_environment()
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False

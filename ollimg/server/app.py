@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import ollimg
 from ollimg import api, config
 from ollimg.errors import AuthError, Busy, InvalidInput, OllimgError
+from ollimg.hosts import is_loopback
 from ollimg.manifest import Store
 from ollimg.server.routes.common import openai_error, wire_message
 from ollimg.server.scheduler import Scheduler, process_factory
@@ -97,7 +98,7 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
         allow_headers=CORS_HEADERS,
         expose_headers=["Retry-After", "x-should-retry"],
     )
-    if _is_loopback(bind_host):
+    if is_loopback(bind_host):
         app.add_middleware(_HostAllowlist)
     return app
 
@@ -221,12 +222,3 @@ def _origin_regex(patterns: list[str]) -> str:
     if "*" in patterns:
         return ".*"
     return "|".join(re.escape(p).replace(r"\*", ".*") for p in patterns)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

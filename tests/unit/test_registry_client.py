@@ -12,7 +12,8 @@ from ollimg import config
 from ollimg.errors import AuthError, RegistryError
 from ollimg.registry import auth as auth_module
 from ollimg.registry.auth import Credentials, credentials_for, parse_challenge, remove_credentials, save_credentials
-from ollimg.registry.client import Registry, check, is_loopback, resolve, retrying
+from ollimg.hosts import is_loopback
+from ollimg.registry.client import Registry, check, resolve, retrying
 
 SECRET = "pa55-word-xyz"
 
