@@ -1,7 +1,8 @@
 """`ollimg run MODEL PROMPT`: generate images through the server and write them to files.
 
 Progress on stderr (a spinner while the model loads, then a step bar), results on stdout (the
-path and seed of each image, or JSON with --json). Starts a local server when none runs.
+path and seed of each image, or JSON with --json). Starts a local server when none runs, and
+pulls a model the store lacks from its registry first.
 Ctrl-C closes the connection, which cancels the generation on the server.
 """
 
@@ -22,7 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextCo
 
 from ollimg import api
 from ollimg.cli.connect import ensure_server
-from ollimg.errors import InvalidInput
+from ollimg.cli.transfer import TransferDisplay
+from ollimg.errors import Cancelled, InvalidInput, ModelNotFound, OllimgError
 from ollimg.progress import Step
 
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -55,8 +57,7 @@ def run_command(
     console = Console(stderr=True)
     client = ensure_server(lambda text: console.print(text, style="dim", highlight=False, soft_wrap=True))
     with client:
-        with _spinner(console, f"loading {model}"):
-            client.load(model, keep_alive=keep_alive)
+        _load(client, model, keep_alive, console)
         with _StepBar(console) as bar:
             result = client.generate(
                 model, prompt, on_step=bar, width=width, height=height, steps=steps, seed=seed, guidance=guidance,
@@ -74,6 +75,25 @@ def run_command(
         if sys.stdout.isatty():
             _show_inline(base64.b64decode(data), fmt)
         typer.echo(f"{path}  seed {image_seed}")
+
+
+def _load(client, model: str, keep_alive: str | None, console: Console) -> None:
+    """Loads the model; one the store lacks is pulled from its registry first, as `ollama run` does."""
+    try:
+        with _spinner(console, f"loading {model}"):
+            client.load(model, keep_alive=keep_alive)
+        return
+    except ModelNotFound:
+        pass
+    try:
+        with TransferDisplay("pulling") as display:
+            client.pull(model, on_progress=display)
+    except (ModelNotFound, Cancelled):
+        raise
+    except OllimgError as e:
+        raise ModelNotFound(f'model "{model}" not found in the store, and pulling it failed: {e}') from None
+    with _spinner(console, f"loading {model}"):
+        client.load(model, keep_alive=keep_alive)
 
 
 def _format(fmt: str | None, output: Path | None) -> str:

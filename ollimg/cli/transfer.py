@@ -62,7 +62,7 @@ class TransferDisplay:
             sys.stdout.write(json.dumps(progress.to_json()) + "\n")
             sys.stdout.flush()
             return
-        if progress.digest is None:
+        if progress.digest is None or progress.status == "success":  # the server's success names the model's digest
             self._status(progress.status)
             return
         if self.started is None:

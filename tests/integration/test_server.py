@@ -429,3 +429,27 @@ def test_store_commands_go_through_the_server(server, tmp_path, tiny_zimage_dir)
     assert cli("rm", "tiny-two").returncode == 0
     assert cli("rm", "nothing-here").returncode == 3
     assert not (tmp_path / "other-store").exists()
+
+
+def test_cli_run_pulls_a_model_the_store_lacks(server, registry, tmp_path, runtime):
+    """`run HOST/ns/model` on an empty store pulls it from its registry (shown on stderr), then generates."""
+    name = f"{registry.host}/team/tiny-run:v1"
+    assert server.cli("cp", MODEL, name).returncode == 0
+    pushed = server.cli("push", name)
+    assert pushed.returncode == 0, pushed.stderr
+    assert server.cli("rm", name).returncode == 0
+
+    (tmp_path / "fresh").mkdir()
+    fresh = Server(tmp_path / "fresh").start()
+    try:
+        out = tmp_path / "pulled.png"
+        r = fresh.cli("run", name, "a cat", "--size", "16x16", "--steps", "1", "--seed", "5", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        assert "pulling manifest" in r.stderr and "\nsuccess\n" in r.stderr
+        assert r.stdout.strip() == f"{out}  seed 5" and Image.open(out).size == (16, 16)
+        assert name.split("/", 1)[1] in fresh.cli("list").stdout
+
+        missing = fresh.cli("run", f"{registry.host}/team/absent:v1", "x", cwd=tmp_path)
+        assert missing.returncode == 3 and "not found in registry" in missing.stderr, missing.stderr
+    finally:
+        fresh.stop()
