@@ -5,7 +5,7 @@ sharded safetensors + index), imports it with `ollimg.create.create` (what `olli
 then times per stage at 1024x1024, 8 steps, bf16: text encode, denoise, VAE decode, PNG; and the
 peak GPU memory of each. diffusers is only the reference here (test/bench dependency).
 
-    python bench/gpu_baseline.py --work /tmp/zbench [--runs 3] [--size 1024] [--steps 8]
+    python bench/gpu_baseline.py --work /tmp/zbench [--runs 3] [--size 1024] [--steps 8] [--fp8]
     python bench/gpu_baseline.py --work /tmp/zbench-tiny --tiny      # the same flow on CPU, tiny model
 
 The tokenizer is the fixture's small BPE (the real one cannot be downloaded here), so a prompt
@@ -255,6 +255,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-diffusers", action="store_true")
+    parser.add_argument("--fp8", action="store_true",
+                        help="also import with --quantize fp8 and time it, dequantized per call and multiplied in fp8")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -276,6 +278,19 @@ def main() -> None:
           f"({model.size / 1e9:.2f} GB)", flush=True)
     results["ollimg"] = time_ollimg("zimage-random:bf16", store_dir, args, args.dtype)
     print(table(results), flush=True)
+    if args.fp8:
+        import os
+
+        from ollimg.runtime.torch_backend import fp8_matmul
+
+        start = time.perf_counter()
+        create(Store(store_dir), "zimage-random:fp8", model_dir, quantize="fp8")
+        results["create_fp8_s"] = time.perf_counter() - start
+        for label, setting in (("ollimg fp8, dequantized per call", "off"), ("ollimg fp8, fp8 matmul", "auto")):
+            os.environ["OLLIMG_FP8_MATMUL"] = setting
+            fp8_matmul.cache_clear()
+            results[label] = time_ollimg("zimage-random:fp8", store_dir, args, args.dtype)
+            print(table(results), flush=True)
     if not args.skip_diffusers:
         results["diffusers"] = time_diffusers(model_dir, args, args.dtype)
     print(json.dumps(results, indent=1))

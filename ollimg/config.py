@@ -38,6 +38,8 @@ SETTINGS = [
     Setting("OLLIMG_BACKEND", "auto", "runtime backend: auto, torch, mlx"),
     Setting("OLLIMG_MLX_BLAS", "auto", "BLAS for MLX on a Linux CPU: auto (OpenBLAS when installed), bundled, or a library path"),
     Setting("OLLIMG_DEVICE", "auto", "torch device: auto, cpu, cuda, cuda:N"),
+    Setting("OLLIMG_FP8_MATMUL", "auto", "fp8 models on a GPU with fp8 tensor cores (compute capability 8.9+): "
+            "auto multiplies in fp8 (activations scaled per token), off dequantizes the weights per call"),
     Setting("OLLIMG_ORIGINS", "", "extra allowed CORS origins, comma separated"),
     Setting("OLLIMG_API_KEY", "", "if set, the bearer key every API request must carry"),
     Setting("OLLIMG_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
@@ -158,6 +160,13 @@ def mlx_blas() -> str:
 
 def device() -> str:
     return _env("OLLIMG_DEVICE", "auto").lower() or "auto"
+
+
+def fp8_matmul() -> bool:
+    value = _env("OLLIMG_FP8_MATMUL", "auto").lower() or "auto"
+    if value not in ("auto", "off"):
+        raise InvalidInput(f"OLLIMG_FP8_MATMUL={value!r}: use auto or off")
+    return value == "auto"
 
 
 def origins() -> list[str]:

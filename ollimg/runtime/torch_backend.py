@@ -10,6 +10,7 @@ and no second copy happen.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -28,11 +29,38 @@ STORED = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F
 FP8 = torch.float8_e4m3fn
 
 
+FP8_MAX = 448.0  # largest finite float8 E4M3 value
+
+
+@functools.cache
+def fp8_matmul(device: torch.device) -> bool:
+    """Whether fp8 weights on `device` are multiplied in fp8: CUDA with compute capability 8.9+
+    (Ada, Hopper and later), torch with `_scaled_mm`, and OLLIMG_FP8_MATMUL not off."""
+    if device.type != "cuda" or not hasattr(torch, "_scaled_mm") or not config.fp8_matmul():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ (weight * weight_scale).T + bias as one fp8 matmul: x (..., K) bf16, weight (N, K) fp8.
+
+    Each row (token) of x is scaled into the fp8 range by its own absolute maximum; both scales
+    (per token, per output channel) are applied in the kernel, which accumulates in fp32.
+    """
+    rows = x.reshape(-1, x.shape[-1])  # (M, K)
+    x_scale = rows.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12) / FP8_MAX  # (M, 1)
+    x8 = (rows.float() / x_scale).to(FP8)
+    out = torch._scaled_mm(x8, weight.t(), scale_a=x_scale, scale_b=weight_scale.float()[None, :],
+                           bias=bias, out_dtype=torch.bfloat16)  # (M, N)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
 class Linear(nn.Module):
     """nn.Linear that also takes a float8 E4M3 weight with a per-output-channel float32 `weight_scale`.
 
-    A float8 weight stays float8 in memory and is dequantized (w.float() * scale[:, None]) per call;
-    a real fp8 matmul (torch._scaled_mm) can replace that branch without changing the layer.
+    A float8 weight stays float8 in memory. On a GPU with fp8 tensor cores the matmul runs in fp8
+    (`scaled_linear`); elsewhere the weight is dequantized (w.float() * scale[:, None]) per call.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
@@ -44,6 +72,8 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if weight.dtype == FP8:
+            if x.dtype == torch.bfloat16 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0 and fp8_matmul(x.device):
+                return scaled_linear(x, weight, self.weight_scale, self.bias)
             weight = (weight.float() * self.weight_scale[:, None]).to(x.dtype)
         return F.linear(x, weight, self.bias)
 

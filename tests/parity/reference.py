@@ -45,7 +45,9 @@ def compare(ours, reference, prompts, *, width=64, height=64, steps=3, guidance=
                            height=height, steps=steps, guidance=guidance, seed=seed, n=n, **ours_extra)
     pixels = np.stack([np.asarray(im) for im in result.images])
     assert pixels.shape == ref_pixels.shape
-    scale = np.abs(ref_latents).max()
-    assert np.abs(result.latents - ref_latents).max() <= latent_rtol * scale
-    assert np.abs(pixels.astype(int) - ref_pixels).max() <= levels
+    latent_error = np.abs(result.latents - ref_latents).max() / np.abs(ref_latents).max()
+    pixel_error = np.abs(pixels.astype(int) - ref_pixels).max()
+    print(f"parity: latents within {latent_error:.2e} of their largest value, pixels within {pixel_error} levels")
+    assert latent_error <= latent_rtol, f"latents differ by {latent_error:.2e} of their largest value (bound {latent_rtol})"
+    assert pixel_error <= levels, f"pixels differ by up to {pixel_error} levels (bound {levels})"
     return result
