@@ -49,9 +49,12 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
     (per token, per output channel) are applied in the kernel, which accumulates in fp32.
     """
     rows = x.reshape(-1, x.shape[-1])  # (M, K)
-    x_scale = rows.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12) / FP8_MAX  # (M, 1)
-    x8 = (rows.float() / x_scale).to(FP8)
-    out = torch._scaled_mm(x8, weight.t(), scale_a=x_scale, scale_b=weight_scale.float()[None, :],
+    amax = torch.linalg.vector_norm(rows, float("inf"), dim=1, keepdim=True, dtype=torch.float32)  # (M, 1)
+    # The multiplier is rounded to x's dtype (one multiply, no float32 copy of x); the headroom
+    # keeps that rounding from pushing a value out of e4m3's range (past it the cast gives NaN).
+    inverse = (FP8_MAX * (1 - 2 ** -7) / amax.clamp_(min=1e-12)).to(x.dtype)
+    x8 = (rows * inverse).to(FP8)
+    out = torch._scaled_mm(x8, weight.t(), scale_a=inverse.float().reciprocal(), scale_b=weight_scale[None, :],
                            bias=bias, out_dtype=torch.bfloat16)  # (M, N)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
