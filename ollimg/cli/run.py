@@ -1,4 +1,7 @@
-"""`ollimg run MODEL PROMPT`: generate images through the server and write them to files.
+"""`ollimg run MODEL [PROMPT]`: generate images through the server and write them to files.
+
+Without PROMPT: at a terminal, a REPL takes one prompt per line with ollama's `/set` commands;
+otherwise all of stdin is the prompt (`echo "a cat" | ollimg run z-image`).
 
 Progress on stderr (a spinner while the model loads, then a step bar), results on stdout (the
 path and seed of each image, or JSON with --json). Starts a local server when none runs, and
@@ -14,6 +17,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextCo
 from ollimg import api
 from ollimg.cli.connect import ensure_server
 from ollimg.cli.transfer import TransferDisplay
-from ollimg.errors import Cancelled, InvalidInput, ModelNotFound, OllimgError
+from ollimg.errors import Cancelled, InvalidInput, ModelNotFound, OllimgError, ServerUnreachable
 from ollimg.progress import Step
 
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -37,7 +41,8 @@ def register(app: typer.Typer) -> None:
 
 def run_command(
     model: str = typer.Argument(..., help="Model name, e.g. z-image."),
-    prompt: str = typer.Argument(..., help="What to draw."),
+    prompt: str = typer.Argument(None, help="What to draw. Without it: one prompt per line at a terminal "
+                                            "(/? lists the commands), or all of a piped stdin as one prompt."),
     size: str = typer.Option(None, "--size", help="WxH, multiples of 16 (default: the model's)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Denoising steps (default: the model's)."),
     seed: int = typer.Option(None, "--seed", min=0, help="Seed (default: random); image i uses seed + i."),
@@ -49,32 +54,156 @@ def run_command(
     keep_alive: str = typer.Option(None, "--keep-alive", help="How long the model stays loaded, e.g. 10m."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Generate images from a prompt."""
-    if not prompt.strip():
+    """Generate images from a prompt, or from prompts typed one per line."""
+    interactive = prompt is None and sys.stdin.isatty()
+    if prompt is None and not interactive:
+        prompt = sys.stdin.read()
+    if not interactive and not prompt.strip():
         raise InvalidInput("the prompt is empty")
+    if interactive and output is not None:
+        raise InvalidInput("-o needs a prompt; typed prompts are saved as <prompt>-<time>.<ext> here")
     width, height = api.parse_size(size)
-    fmt = _format(fmt, output)
+    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output))
     console = Console(stderr=True)
     client = ensure_server(lambda text: console.print(text, style="dim", highlight=False, soft_wrap=True))
     with client:
         _load(client, model, keep_alive, console)
-        with _StepBar(console) as bar:
-            result = client.generate(
-                model, prompt, on_step=bar, width=width, height=height, steps=steps, seed=seed, guidance=guidance,
-                negative_prompt=negative, n=n, format=fmt, keep_alive=keep_alive,
-            )
-    paths = _write(result, prompt, output, fmt)
+        if interactive:
+            Repl(client, model, settings, keep_alive, console).loop()
+        else:
+            _generate(client, model, prompt.strip(), settings, keep_alive, console, output, as_json)
+
+
+@dataclass
+class Settings:
+    """What each generation of a `run` asks for; the REPL's /set changes it."""
+
+    width: int | None
+    height: int | None
+    steps: int | None
+    seed: int | None
+    guidance: float | None
+    negative: str | None
+    n: int
+    format: str
+
+
+def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: str | None, console: Console,
+              output: Path | None = None, as_json: bool = False) -> None:
+    with _StepBar(console) as bar:
+        result = client.generate(
+            model, prompt, on_step=bar, width=settings.width, height=settings.height, steps=settings.steps,
+            seed=settings.seed, guidance=settings.guidance, negative_prompt=settings.negative, n=settings.n,
+            format=settings.format, keep_alive=keep_alive,
+        )
+    paths = _write(result, prompt, output, settings.format)
     if as_json:
         typer.echo(json.dumps({
             "model": result.model, "images": [{"path": str(p), "seed": s} for p, s in zip(paths, result.seeds)],
             "width": result.width, "height": result.height, "steps": result.steps, "guidance": result.guidance,
-            "format": fmt, "timings": result.timings,
+            "format": settings.format, "timings": result.timings,
         }))
         return
     for path, image_seed, data in zip(paths, result.seeds, result.images):
         if sys.stdout.isatty():
-            _show_inline(base64.b64decode(data), fmt)
+            _show_inline(base64.b64decode(data), settings.format)
         typer.echo(f"{path}  seed {image_seed}")
+
+
+REPL_HELP = """Type a prompt to draw it. Commands:
+  /set size WxH | width N | height N | steps N | seed N | seed random
+  /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
+  /show        the settings in use
+  /bye         exit (or Ctrl-D); Ctrl-C stops a generation"""
+
+
+class Repl:
+    """`ollimg run MODEL` at a terminal: one prompt per line, `/set` to change settings (as ollama)."""
+
+    def __init__(self, client, model: str, settings: Settings, keep_alive: str | None, console: Console):
+        self.client, self.model, self.settings, self.keep_alive, self.console = client, model, settings, keep_alive, console
+
+    def loop(self) -> None:
+        try:
+            import readline  # noqa: F401  (line editing and history for input(), where available)
+        except ImportError:
+            pass
+        self.console.print("Type a prompt, /? for help, /bye to exit.", style="dim", highlight=False)
+        while True:
+            try:
+                line = input(">>> ").strip()
+            except EOFError:
+                typer.echo()
+                return
+            except KeyboardInterrupt:
+                typer.echo("\nUse Ctrl + d or /bye to exit.")
+                continue
+            if not line:
+                continue
+            if line in ("/bye", "/exit"):
+                return
+            try:
+                if line.startswith("/"):
+                    self.command(line)
+                else:
+                    _generate(self.client, self.model, line, self.settings, self.keep_alive, self.console)
+            except KeyboardInterrupt:
+                self.console.print("stopped", highlight=False)
+            except (ServerUnreachable, ModelNotFound):
+                raise  # nothing the next line could do better
+            except OllimgError as e:  # bad input, a crashed runtime, a full queue: say it, go on
+                self.console.print(f"Error: {e}", highlight=False)
+
+    def command(self, line: str) -> None:
+        words = line.split(maxsplit=2)
+        if words[0] in ("/?", "/help"):
+            typer.echo(REPL_HELP)
+        elif words[0] == "/show":
+            shown = {**vars(self.settings), "seed": "random" if self.settings.seed is None else self.settings.seed}
+            typer.echo("\n".join(f"  {k:<9}{'(model default)' if v is None else v}" for k, v in shown.items()))
+        elif words[0] == "/set" and len(words) >= 2:
+            self.set(words[1].lower(), words[2].strip() if len(words) > 2 else "")
+        else:
+            raise InvalidInput(f"unknown command {line!r}; /? lists the commands")
+
+    def set(self, key: str, value: str) -> None:
+        s = self.settings
+        try:
+            if key == "size":
+                s.width, s.height = api.parse_size(value)
+            elif key in ("width", "height"):
+                number = int(value)
+                if number <= 0 or number % 16:
+                    raise InvalidInput(f"{key} {value}: use a positive multiple of 16")
+                setattr(s, key, number)
+            elif key == "steps":
+                s.steps = _positive(value, key)
+            elif key == "seed":
+                s.seed = None if value.lower() in ("random", "") else _positive(value, key, allow_zero=True)
+            elif key == "guidance":
+                s.guidance = float(value)
+                if s.guidance < 0:
+                    raise InvalidInput("guidance must be 0 or more")
+            elif key == "negative":
+                s.negative = value or None
+            elif key == "n":
+                s.n = _positive(value, key)
+                if s.n > 10:
+                    raise InvalidInput("n is at most 10")
+            elif key == "format":
+                s.format = _format(value, None)
+            else:
+                raise InvalidInput(f"unknown setting {key!r}; /? lists them")
+        except ValueError:
+            raise InvalidInput(f"{key} {value!r} is not a number") from None
+        typer.echo(f"Set {key} to {value or 'default'}.")
+
+
+def _positive(value: str, key: str, allow_zero: bool = False) -> int:
+    number = int(value)
+    if number < 0 or (number == 0 and not allow_zero):
+        raise InvalidInput(f"{key} {value}: use a whole number {'0 or more' if allow_zero else 'above 0'}")
+    return number
 
 
 def _load(client, model: str, keep_alive: str | None, console: Console) -> None:

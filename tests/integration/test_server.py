@@ -453,3 +453,52 @@ def test_cli_run_pulls_a_model_the_store_lacks(server, registry, tmp_path, runti
         assert missing.returncode == 3 and "not found in registry" in missing.stderr, missing.stderr
     finally:
         fresh.stop()
+
+
+def test_cli_run_reads_a_piped_prompt(server, tmp_path, runtime):
+    r = subprocess.run([*OLLIMG, "run", MODEL, "--size", "16x16", "--steps", "1", "--seed", "2"], env=server.env, cwd=tmp_path,
+                       input="A Dog\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    path = Path(r.stdout.split()[0])
+    assert path.name.startswith("a-dog-") and path.parent == tmp_path and r.stdout.strip().endswith("seed 2")
+    empty = subprocess.run([*OLLIMG, "run", MODEL], env=server.env, cwd=tmp_path, input="  \n", capture_output=True,
+                           text=True, timeout=120)
+    assert empty.returncode == 2 and "the prompt is empty" in empty.stderr
+
+
+def test_cli_run_repl_at_a_terminal(server, tmp_path, runtime):
+    """`run MODEL` with a terminal on stdin: prompts one per line, /set, /show, a bad line, /bye."""
+    import pty
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen([*OLLIMG, "run", MODEL], env=dict(server.env, TERM="dumb"), cwd=tmp_path,
+                            stdin=child, stdout=child, stderr=child, close_fds=True)
+    os.close(child)
+    lines = ["/set size 16x16", "/set steps 1", "/set seed 9", "/set steps none", "/show", "a red cat", "/set n 2",
+             "two dogs", "/bye"]
+    output = b""
+    try:
+        for line in lines:  # one at a time, each after the prompt that asks for it
+            deadline = time.monotonic() + 120
+            while output.count(b">>> ") <= lines.index(line) and time.monotonic() < deadline:
+                output += os.read(main, 65536)
+            os.write(main, line.encode() + b"\r")
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                output += os.read(main, 65536)
+            except OSError:
+                break
+        assert proc.wait(30) == 0, output.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    text = output.decode(errors="replace")
+    assert "Set seed to 9." in text and "is not a number" in text
+    assert "steps    1" in text and "seed     9" in text
+    cats = sorted(tmp_path.glob("a-red-cat-*.png"))
+    dogs = sorted(tmp_path.glob("two-dogs-*.png"))
+    assert len(cats) == 1 and len(dogs) == 2, text
+    assert Image.open(cats[0]).size == (16, 16)
+    assert "seed 9" in text and "seed 10" in text  # the second image of n=2 gets seed + 1
