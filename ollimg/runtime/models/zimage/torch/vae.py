@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ollimg.runtime.models.zimage.config import VaeConfig
+from ollimg.runtime.models.zimage.layout import tile_ramp, tile_starts
 
 
 class GroupNorm(nn.GroupNorm):
@@ -156,36 +157,15 @@ class VaeDecoder(nn.Module):
         s = self.config.scale
         stride = self.tile - self.overlap
         out = weight = None
-        for top in _starts(h, self.tile, stride):
-            for left in _starts(w, self.tile, stride):
+        for top in tile_starts(h, self.tile, stride):
+            for left in tile_starts(w, self.tile, stride):
                 tile = self(z[:, :, top: top + self.tile, left: left + self.tile]).float()
                 if out is None:
                     out = torch.zeros(B, tile.shape[1], h * s, w * s, device=z.device)
                     weight = torch.zeros(1, 1, h * s, w * s, device=z.device)
-                ramp = _ramp(tile.shape[-2], tile.shape[-1], self.overlap * s, top > 0, left > 0,
-                             top + self.tile < h, left + self.tile < w, z.device)
+                ramp = torch.from_numpy(tile_ramp(tile.shape[-2], tile.shape[-1], self.overlap * s, top > 0, left > 0,
+                                                  top + self.tile < h, left + self.tile < w)).to(z.device)[None, None]
                 ys, xs = slice(top * s, top * s + tile.shape[-2]), slice(left * s, left * s + tile.shape[-1])
                 out[:, :, ys, xs] += tile * ramp
                 weight[:, :, ys, xs] += ramp
         return out / weight
-
-
-def _starts(size: int, tile: int, stride: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def _ramp(h: int, w: int, overlap: int, top: bool, left: bool, bottom: bool, right: bool, device) -> torch.Tensor:
-    """Blend weights (1, 1, h, w): rising over the overlap on sides that have a neighbour."""
-    def axis(n: int, start: bool, end: bool) -> torch.Tensor:
-        r = torch.ones(n, device=device)
-        ramp = (torch.arange(overlap, device=device, dtype=torch.float32) + 0.5) / overlap
-        if start:
-            r[:overlap] = ramp
-        if end:
-            r[n - overlap:] = torch.minimum(r[n - overlap:], ramp.flip(0))
-        return r
-
-    return (axis(h, top, bottom)[:, None] * axis(w, left, right)[None, :])[None, None]
