@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -25,10 +26,12 @@ def free_port() -> int:
 
 
 class RegistryServer:
-    def __init__(self, root: Path, users: dict[str, str] | None = None, env: dict[str, str] | None = None):
+    def __init__(self, root: Path, users: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                 tls: bool = False):
         self.root = Path(root)
         self.users = users or {}
         self.env = env or {}  # extra environment for the registry process (e.g. GOGC, for the bench)
+        self.tls = tls  # HTTPS with a self-signed certificate for 127.0.0.1 (`certificate`)
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -38,7 +41,18 @@ class RegistryServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    @property
+    def certificate(self) -> Path:
+        return self.root / "cert.pem"
+
+    def _make_certificate(self) -> str:
+        """A self-signed certificate for 127.0.0.1 (openssl); the config lines that serve it."""
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(self.root / "key.pem"),
+                        "-out", str(self.certificate)], check=True, capture_output=True)
+        return f"  tls: {{certificate: {self.certificate}, key: {self.root / 'key.pem'}}}\n"
 
     def blob_data(self, digest: str) -> Path:
         """The registry's own file holding a blob's bytes."""
@@ -55,6 +69,7 @@ class RegistryServer:
                 lines.append(out.stdout.strip())
             (self.root / "htpasswd").write_text("\n".join(lines) + "\n")
             auth = f"auth: {{htpasswd: {{realm: ollimg-registry, path: {self.root / 'htpasswd'}}}}}\n"
+        tls = self._make_certificate() if self.tls else ""
         for _ in range(3):
             self.port = free_port()
             (self.root / "config.yml").write_text(
@@ -62,7 +77,7 @@ class RegistryServer:
                 "log: {level: warn, accesslog: {disabled: true}}\n"
                 f"storage: {{filesystem: {{rootdirectory: {self.root / 'data'}}}, delete: {{enabled: true}}, "
                 "cache: {blobdescriptor: inmemory}}\n"
-                f"http: {{addr: '{self.host}', secret: {secrets.token_hex(16)}}}\n" + auth
+                f"http:\n  addr: '{self.host}'\n  secret: {secrets.token_hex(16)}\n" + tls + auth
             )
             log = open(self.root / "log", "ab")
             self.process = subprocess.Popen([BINARY, "serve", str(self.root / "config.yml")], stdout=log, stderr=log,
@@ -79,7 +94,8 @@ class RegistryServer:
             if self.process.poll() is not None:
                 return False
             try:
-                response = httpx.get(f"{self.url}/v2/", timeout=1.0)
+                verify = ssl.create_default_context(cafile=self.certificate) if self.tls else True
+                response = httpx.get(f"{self.url}/v2/", timeout=1.0, verify=verify)
                 if response.status_code in (200, 401):
                     return True
             except httpx.TransportError:

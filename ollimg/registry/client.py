@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 from typing import Callable, Iterable, TypeVar
 
@@ -169,12 +170,30 @@ def check(response: httpx.Response, what: str) -> httpx.Response:
     raise RegistryError(f"{what}: {detail}")
 
 
+def untrusted_certificate(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate failure behind a connection error, if that is what it is."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def retrying(fn: Callable[[], T], what: str, stop: threading.Event | None = None) -> T:
-    """Calls `fn` until it succeeds; retries connection errors, 5xx and 429 with backoff, never 4xx."""
+    """Calls `fn` until it succeeds; retries connection errors, 5xx and 429 with backoff, never 4xx
+    and never a certificate that is not trusted."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return fn()
         except (httpx.TransportError, Transient) as e:
+            certificate = untrusted_certificate(e)
+            if certificate is not None:
+                raise RegistryError(
+                    f"{what}: its TLS certificate is not trusted ({certificate.verify_message}); point SSL_CERT_FILE "
+                    "at the certificate or its CA, or use --insecure for a registry that speaks plain HTTP"
+                ) from None
             reason = str(e) if isinstance(e, OllimgError) else f"cannot reach {what}: {type(e).__name__}: {e}"
             if attempt == ATTEMPTS or (stop is not None and stop.is_set()):
                 raise RegistryError(f"{reason} (gave up after {attempt} tries)") from None

@@ -117,7 +117,7 @@ class DirectPool:
                 response = self._request(conn, target, headers)
         except (OSError, http.client.HTTPException) as e:
             self.release(conn, reuse=False)
-            raise httpx.ConnectError(f"{type(e).__name__}: {e}") from None
+            raise httpx.ConnectError(f"{type(e).__name__}: {e}") from e
         if response.status in (200, 206):
             return Body(self, conn, response)
         self._discard(conn, response)

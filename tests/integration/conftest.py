@@ -32,6 +32,15 @@ def auth_registry(tmp_path_factory):
 
 
 @pytest.fixture
+def tls_registry(tmp_path):
+    """A docker-registry serving HTTPS with a self-signed certificate for 127.0.0.1 (its `certificate`)."""
+    _need_registry()
+    server = RegistryServer(tmp_path / "tls-registry", tls=True).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
 def proxy_for():
     """proxy_for(registry, **options) -> a started Proxy in front of it, stopped after the test."""
     started = []

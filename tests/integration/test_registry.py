@@ -366,3 +366,29 @@ def test_resumed_partial_with_bad_bytes_is_fetched_again(registry, tmp_path, mon
     assert "resuming" in caplog.text and "fetching it again from scratch" in caplog.text
     assert dst.blobs.path(big.digest).read_bytes() == src.blobs.path(big.digest).read_bytes()
     assert dst.blobs.temp_files() == []
+
+
+def test_push_and_pull_over_https(tls_registry, tmp_path, monkeypatch):
+    """HTTPS end to end, blob bodies included (they come over direct.py's own TLS connections): an
+    untrusted certificate is one clear error at once, trusted through SSL_CERT_FILE all works."""
+    from ollimg.errors import RegistryError
+    from ollimg.registry.direct import DirectPool
+
+    for var in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    src, dst = Store(tmp_path / "src"), Store(tmp_path / "dst")
+    name = f"{tls_registry.host}/team/tls:v1"
+    model = small_model(src, name, seed=11)
+
+    with pytest.raises(RegistryError, match="TLS certificate is not trusted.*SSL_CERT_FILE") as failed:
+        push(src, name, insecure=False)
+    assert "gave up" not in str(failed.value)  # not retried
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.certificate))
+    push(src, name, insecure=False)
+    direct = []
+    real_get = DirectPool.get
+    monkeypatch.setattr(DirectPool, "get", lambda pool, *a: direct.append(pool.scheme) or real_get(pool, *a))
+    pull(dst, name, insecure=False)
+    assert_same_model(src, dst, name)
+    assert direct and set(direct) == {"https"} and len(direct) >= len(model.manifest.blobs())
