@@ -5,7 +5,7 @@ sharded safetensors + index), imports it with `ollimg.create.create` (what `olli
 then times per stage at 1024x1024, 8 steps, bf16: text encode, denoise, VAE decode, PNG; and the
 peak GPU memory of each. diffusers is only the reference here (test/bench dependency).
 
-    python bench/gpu_baseline.py --work /tmp/zbench [--runs 3] [--size 1024] [--steps 8] [--fp8]
+    python bench/gpu_baseline.py --work /tmp/zbench [--runs 3] [--size 1024] [--steps 8] [--fp8] [--offload]
     python bench/gpu_baseline.py --work /tmp/zbench-tiny --tiny      # the same flow on CPU, tiny model
 
 The tokenizer is the fixture's small BPE (the real one cannot be downloaded here), so a prompt
@@ -255,6 +255,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-diffusers", action="store_true")
+    parser.add_argument("--offload", action="store_true",
+                        help="also time the bf16 model with OLLIMG_OFFLOAD=always (text encoder uploaded per prompt)")
     parser.add_argument("--fp8", action="store_true",
                         help="also import with --quantize fp8 and time it, dequantized per call and multiplied in fp8")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -278,6 +280,13 @@ def main() -> None:
           f"({model.size / 1e9:.2f} GB)", flush=True)
     results["ollimg"] = time_ollimg("zimage-random:bf16", store_dir, args, args.dtype)
     print(table(results), flush=True)
+    if args.offload:
+        import os
+
+        os.environ["OLLIMG_OFFLOAD"] = "always"
+        results["ollimg, text encoder offloaded"] = time_ollimg("zimage-random:bf16", store_dir, args, args.dtype)
+        os.environ["OLLIMG_OFFLOAD"] = "auto"
+        print(table(results), flush=True)
     if args.fp8:
         import os
 

@@ -38,6 +38,8 @@ SETTINGS = [
     Setting("OLLIMG_BACKEND", "auto", "runtime backend: auto, torch, mlx"),
     Setting("OLLIMG_MLX_BLAS", "auto", "BLAS for MLX on a Linux CPU: auto (OpenBLAS when installed), bundled, or a library path"),
     Setting("OLLIMG_DEVICE", "auto", "torch device: auto, cpu, cuda, cuda:N"),
+    Setting("OLLIMG_OFFLOAD", "auto", "text encoder weights on a CUDA GPU: auto uploads them for each prompt and frees "
+            "them after when the whole model would not fit the free GPU memory, off keeps them, always uploads per prompt"),
     Setting("OLLIMG_FP8_MATMUL", "auto", "fp8 models on a GPU with fp8 tensor cores (compute capability 8.9+): "
             "auto multiplies in fp8 (activations scaled per token), off dequantizes the weights per call"),
     Setting("OLLIMG_ORIGINS", "", "extra allowed CORS origins, comma separated"),
@@ -160,6 +162,13 @@ def mlx_blas() -> str:
 
 def device() -> str:
     return _env("OLLIMG_DEVICE", "auto").lower() or "auto"
+
+
+def offload() -> str:
+    value = _env("OLLIMG_OFFLOAD", "auto").lower() or "auto"
+    if value not in ("auto", "off", "always"):
+        raise InvalidInput(f"OLLIMG_OFFLOAD={value!r}: use auto, off or always")
+    return value
 
 
 def fp8_matmul() -> bool:

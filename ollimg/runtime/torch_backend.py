@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ FP8 = torch.float8_e4m3fn
 
 
 FP8_MAX = 448.0  # largest finite float8 E4M3 value
+ACTIVATION_ROOM = 3 << 30  # above the weights: a 1024x1024 image peaked 2.4 GiB over them on an H100 (bench/README.md)
 
 
 @functools.cache
@@ -135,8 +137,12 @@ class TorchBackend:
     def memory(self) -> int:
         return self._bytes
 
-    def load_tensors(self, refs: dict[str, TensorRef], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """Memory-mapped tensors on the device; floats in `dtype` (default: the compute dtype), fp8 kept."""
+    def load_tensors(self, refs: dict[str, TensorRef], dtype: torch.dtype | None = None,
+                     resident: bool = True) -> dict[str, torch.Tensor]:
+        """Memory-mapped tensors on the device; floats in `dtype` (default: the compute dtype), fp8 kept.
+
+        `resident=False`: tensors loaded for one call and freed after, not counted in `memory()`.
+        """
         dtype = dtype or self.torch_dtype
         out = {}
         for name, ref in refs.items():
@@ -145,9 +151,27 @@ class TorchBackend:
                 tensor = tensor.to(self.device)
             else:
                 tensor = tensor.to(self.device, dtype)
-            self._bytes += tensor.numel() * tensor.element_size()
+            if resident:
+                self._bytes += tensor.numel() * tensor.element_size()
             out[name] = tensor
         return out
+
+    def device_bytes(self, refs: dict[str, TensorRef]) -> int:
+        """What `load_tensors(refs)` will take on the device."""
+        size = self.torch_dtype.itemsize
+        return sum(ref.nbytes if ref.dtype == "F8_E4M3" or name.endswith("_scale") else math.prod(ref.shape) * size
+                   for name, ref in refs.items())
+
+    def offload(self, offloadable: int, resident: int) -> bool:
+        """Whether `offloadable` bytes of weights (the text encoder) are uploaded per call instead of
+        kept on the device, next to `resident` bytes that stay (OLLIMG_OFFLOAD)."""
+        setting = config.offload()
+        if setting != "auto":
+            return setting == "always"
+        if self.device.type != "cuda":
+            return False  # CPU weights are memory-mapped already: nothing to free
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return offloadable + resident + ACTIVATION_ROOM > free
 
     def build(self, config, source):
         from ollimg.runtime.models.zimage.torch import build

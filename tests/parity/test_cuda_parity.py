@@ -84,3 +84,20 @@ def test_fp8_matmul_on_cuda(tiny_zimage_dir, store_dir, monkeypatch):
     torch_backend.fp8_matmul.cache_clear()
     fp8_against_dequantized(tiny_zimage_dir, store_dir, "bfloat16", 8e-2, 16)
     assert calls  # the fp8 kernel ran (62 calls for the tiny model's run)
+
+
+def test_offloaded_text_encoder_on_cuda(tiny_zimage_dir, monkeypatch):
+    """OLLIMG_OFFLOAD: `always` uploads the text encoder per prompt (same latents, fewer resident
+    bytes); `auto` does so only when the whole model would not fit the free GPU memory."""
+    kept = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="bfloat16")
+    monkeypatch.setenv("OLLIMG_OFFLOAD", "always")
+    offloaded = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="bfloat16")
+    assert offloaded.components.modules["text_encoder"] is None
+    assert offloaded.backend.memory() < kept.backend.memory()
+    a = kept.generate(["a cat"], width=32, height=32, steps=2, seed=1)
+    b = offloaded.generate(["a cat"], width=32, height=32, steps=2, seed=1)
+    assert (a.latents == b.latents).all()
+    monkeypatch.setenv("OLLIMG_OFFLOAD", "auto")
+    assert load(tiny_zimage_dir, backend="torch", device="cuda").components.modules["text_encoder"] is not None
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 30, 80 << 30))  # 1 GiB free
+    assert load(tiny_zimage_dir, backend="torch", device="cuda").components.modules["text_encoder"] is None

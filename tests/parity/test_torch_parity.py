@@ -258,3 +258,19 @@ def test_cpu_weights_in_the_stored_dtype_are_memory_mapped(tiny_zimage_dir, stor
             ptr = param.data_ptr()
             where = next((path for lo, hi, path in maps if lo <= ptr < hi), "")
             assert where.startswith(blobs), f"{name} is not memory-mapped from a blob ({where!r})"
+
+
+def test_offloaded_text_encoder_gives_the_same_image(ours, tiny_zimage_dir, monkeypatch):
+    """OLLIMG_OFFLOAD=always: the text encoder is built from the mapped weights for each prompt and
+    freed after; nothing changes in the result, and its weights do not count as resident."""
+    monkeypatch.setenv("OLLIMG_OFFLOAD", "always")
+    offloaded = load(tiny_zimage_dir, backend="torch", device="cpu", dtype="float32")
+    assert offloaded.components.modules["text_encoder"] is None
+    assert offloaded.backend.memory() < ours.backend.memory()
+    kept = ours.generate(["a cat", "a dog"], width=32, height=32, steps=2, seed=4)
+    again = offloaded.generate(["a cat", "a dog"], width=32, height=32, steps=2, seed=4)
+    np.testing.assert_array_equal(again.latents, kept.latents)
+    assert offloaded.backend.memory() < ours.backend.memory()  # still: the per-prompt copy is gone
+    monkeypatch.setenv("OLLIMG_OFFLOAD", "sometimes")
+    with pytest.raises(InvalidInput, match="OLLIMG_OFFLOAD"):
+        load(tiny_zimage_dir, backend="torch", device="cpu", dtype="float32")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -14,11 +16,13 @@ from ollimg.runtime.models.zimage.torch.vae import VaeDecoder
 from ollimg.runtime.source import ModelSource, select
 from ollimg.runtime.torch_backend import TorchBackend, assign
 
+log = logging.getLogger(__name__)
 
-def _load(backend: TorchBackend, module_cls, args, refs, where: str):
+
+def _load(backend: TorchBackend, module_cls, args, refs, where: str, resident: bool = True):
     with torch.device("meta"):
         module = module_cls(*args)
-    return assign(module, backend.load_tensors(refs), where).eval()
+    return assign(module, backend.load_tensors(refs, resident=resident), where).eval()
 
 
 def build(backend: TorchBackend, config: ZImageConfig, source: ModelSource) -> Components:
@@ -29,14 +33,24 @@ def build(backend: TorchBackend, config: ZImageConfig, source: ModelSource) -> C
                       weights.TRANSFORMER_IGNORED, weights.FP8, f"model {source.name}: transformer")
     vae_refs = select(source.tensors("vae"), weights.vae_decoder_shapes(config.vae), weights.VAE_IGNORED,
                       weights.FP8, f"model {source.name}: vae")
-    text_encoder = _load(backend, TextEncoder, (config.text_encoder,), te_refs, "text_encoder")
+    offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
+    text_encoder = None if offload else _load(backend, TextEncoder, (config.text_encoder,), te_refs, "text_encoder")
     transformer = _load(backend, ZImageTransformer, (config.transformer,), dit_refs, "transformer")
     vae = _load(backend, VaeDecoder, (config.vae,), vae_refs, "vae")
     vae_config = config.vae
+    if offload:
+        log.info("the text encoder is uploaded for each prompt and freed after (OLLIMG_OFFLOAD)")
 
     @torch.inference_mode()
     def encode(ids: list[np.ndarray]) -> list[torch.Tensor]:
-        return text_encoder(ids)
+        if text_encoder is not None:
+            return text_encoder(ids)
+        encoder = _load(backend, TextEncoder, (config.text_encoder,), te_refs, "text_encoder", resident=False)
+        try:
+            return encoder(ids)
+        finally:
+            del encoder
+            backend.empty_cache()
 
     @torch.inference_mode()
     def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor]) -> torch.Tensor:
