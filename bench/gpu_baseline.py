@@ -300,6 +300,11 @@ def main() -> None:
             fp8_matmul.cache_clear()
             results[label] = time_ollimg("zimage-random:fp8", store_dir, args, args.dtype)
             print(table(results), flush=True)
+        if args.offload:
+            os.environ["OLLIMG_OFFLOAD"] = "always"
+            results["ollimg fp8, fp8 matmul, text encoder offloaded"] = time_ollimg("zimage-random:fp8", store_dir, args, args.dtype)
+            os.environ["OLLIMG_OFFLOAD"] = "auto"
+            print(table(results), flush=True)
     if not args.skip_diffusers:
         results["diffusers"] = time_diffusers(model_dir, args, args.dtype)
     print(json.dumps(results, indent=1))
