@@ -138,19 +138,23 @@ class TorchBackend:
         return self._bytes
 
     def load_tensors(self, refs: dict[str, TensorRef], dtype: torch.dtype | None = None,
-                     resident: bool = True) -> dict[str, torch.Tensor]:
+                     resident: bool = True, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
         """Memory-mapped tensors on the device; floats in `dtype` (default: the compute dtype), fp8 kept.
 
         `resident=False`: tensors loaded for one call and freed after, not counted in `memory()`.
+        `device="cpu"`: left mapped in the stored dtype (no copy), whatever the backend's device.
         """
         dtype = dtype or self.torch_dtype
+        device = torch.device(device) if device is not None else self.device
         out = {}
         for name, ref in refs.items():
             tensor = mapped(ref)
-            if tensor.dtype == FP8 or name.endswith("_scale"):
-                tensor = tensor.to(self.device)
+            if device.type == "cpu" and self.device.type != "cpu":
+                pass  # a CPU-side table for a GPU run (the offloaded text encoder's embedding)
+            elif tensor.dtype == FP8 or name.endswith("_scale"):
+                tensor = tensor.to(device)
             else:
-                tensor = tensor.to(self.device, dtype)
+                tensor = tensor.to(device, dtype)
             if resident:
                 self._bytes += tensor.numel() * tensor.element_size()
             out[name] = tensor

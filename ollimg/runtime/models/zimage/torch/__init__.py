@@ -25,6 +25,28 @@ def _load(backend: TorchBackend, module_cls, args, refs, where: str, resident: b
     return assign(module, backend.load_tensors(refs, resident=resident), where).eval()
 
 
+def _streamed_text_encoder(backend: TorchBackend, config: ZImageConfig, te_refs: dict):
+    """The text encoder for when the device is short of memory: the embedding table stays mapped
+    in CPU memory (a lookup there), and each layer's weights are uploaded when its turn comes and
+    freed after it ran, so the device holds one layer at a time beside the rest of the model."""
+    with torch.device("meta"):
+        encoder = TextEncoder(config.text_encoder)
+    table = backend.load_tensors({"embed_tokens.weight": te_refs["embed_tokens.weight"]}, resident=False, device="cpu")
+    assign(encoder.embed_tokens, {"weight": table["embed_tokens.weight"]}, "text_encoder")
+    per_layer = [{name.split(".", 2)[2]: ref for name, ref in te_refs.items() if name.startswith(f"layers.{i}.")}
+                 for i in range(len(encoder.layers))]
+
+    @torch.inference_mode()
+    def encode(ids: list[np.ndarray]) -> list[torch.Tensor]:
+        x, cos, sin = encoder.embed(ids, backend.device, backend.torch_dtype)
+        for layer, refs in zip(encoder.layers, per_layer):
+            x = assign(layer, backend.load_tensors(refs, resident=False), "text_encoder")(x, cos, sin)
+            layer.to("meta")  # frees this layer's device copy
+        return [x[i, : len(item)] for i, item in enumerate(ids)]
+
+    return encode
+
+
 def build(backend: TorchBackend, config: ZImageConfig, source: ModelSource) -> Components:
     te_refs = select(source.tensors("text_encoder"), weights.text_encoder_shapes(config.text_encoder),
                      weights.text_encoder_ignored(config.text_encoder), weights.FP8, f"model {source.name}: text_encoder",
@@ -34,23 +56,15 @@ def build(backend: TorchBackend, config: ZImageConfig, source: ModelSource) -> C
     vae_refs = select(source.tensors("vae"), weights.vae_decoder_shapes(config.vae), weights.VAE_IGNORED,
                       weights.FP8, f"model {source.name}: vae")
     offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
-    text_encoder = None if offload else _load(backend, TextEncoder, (config.text_encoder,), te_refs, "text_encoder")
+    if offload:
+        log.info("the text encoder streams its layers to the device for each prompt (OLLIMG_OFFLOAD)")
+        text_encoder, encode = None, _streamed_text_encoder(backend, config, te_refs)
+    else:
+        text_encoder = _load(backend, TextEncoder, (config.text_encoder,), te_refs, "text_encoder")
+        encode = torch.inference_mode()(text_encoder)
     transformer = _load(backend, ZImageTransformer, (config.transformer,), dit_refs, "transformer")
     vae = _load(backend, VaeDecoder, (config.vae,), vae_refs, "vae")
     vae_config = config.vae
-    if offload:
-        log.info("the text encoder is uploaded for each prompt and freed after (OLLIMG_OFFLOAD)")
-
-    @torch.inference_mode()
-    def encode(ids: list[np.ndarray]) -> list[torch.Tensor]:
-        if text_encoder is not None:
-            return text_encoder(ids)
-        encoder = _load(backend, TextEncoder, (config.text_encoder,), te_refs, "text_encoder", resident=False)
-        try:
-            return encoder(ids)
-        finally:
-            del encoder
-            backend.empty_cache()
 
     @torch.inference_mode()
     def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor]) -> torch.Tensor:

@@ -102,13 +102,20 @@ class TextEncoder(nn.Module):
 
     def forward(self, ids: list[np.ndarray]) -> list[torch.Tensor]:
         """Token ids of each prompt -> features (L_i, hidden) in the weights' dtype."""
-        device = self.embed_tokens.weight.device
+        x, cos, sin = self.embed(ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return [x[i, : len(item)] for i, item in enumerate(ids)]
+
+    def embed(self, ids: list[np.ndarray], device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The right-padded batch's embeddings (B, L, hidden) and RoPE tables, on `device` in `dtype`
+        (default: the embedding table's; the table may stay on the CPU while the layers run on a GPU)."""
+        table = self.embed_tokens.weight
         longest = max(len(i) for i in ids)
         batch = np.zeros((len(ids), longest), dtype=np.int64)  # any pad id: causal attention never sees it
         for row, item in zip(batch, ids):
             row[: len(item)] = item
-        x = self.embed_tokens(torch.from_numpy(batch).to(device))  # (B, L, hidden)
-        cos, sin = self._rope(longest, device, x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        return [x[i, : len(item)] for i, item in enumerate(ids)]
+        x = self.embed_tokens(torch.from_numpy(batch).to(table.device))  # (B, L, hidden)
+        x = x.to(device or table.device, dtype or table.dtype)
+        cos, sin = self._rope(longest, x.device, x.dtype)
+        return x, cos, sin
