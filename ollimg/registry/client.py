@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import threading
 from typing import Callable, Iterable, TypeVar
@@ -31,6 +32,7 @@ MANIFEST_ACCEPT = ", ".join([
 ])
 ATTEMPTS = 6
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 
 class Transient(RegistryError):
@@ -170,11 +172,11 @@ def check(response: httpx.Response, what: str) -> httpx.Response:
     raise RegistryError(f"{what}: {detail}")
 
 
-def untrusted_certificate(error: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate failure behind a connection error, if that is what it is."""
+def behind(error: BaseException, kind: type[E]) -> E | None:
+    """The `kind` exception behind `error` (its chain of causes), if there is one."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, ssl.SSLCertVerificationError):
+        if isinstance(error, kind):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -182,13 +184,16 @@ def untrusted_certificate(error: BaseException) -> ssl.SSLCertVerificationError 
 
 
 def retrying(fn: Callable[[], T], what: str, stop: threading.Event | None = None) -> T:
-    """Calls `fn` until it succeeds; retries connection errors, 5xx and 429 with backoff, never 4xx
-    and never a certificate that is not trusted."""
+    """Calls `fn` until it succeeds; retries connection errors, 5xx and 429 with backoff, never 4xx,
+    a host name that does not resolve, or a certificate that is not trusted."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return fn()
         except (httpx.TransportError, Transient) as e:
-            certificate = untrusted_certificate(e)
+            unknown = behind(e, socket.gaierror)
+            if unknown is not None and unknown.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
+                raise RegistryError(f"{what}: the host name does not resolve ({unknown.strerror})") from None
+            certificate = behind(e, ssl.SSLCertVerificationError)
             if certificate is not None:
                 raise RegistryError(
                     f"{what}: its TLS certificate is not trusted ({certificate.verify_message}); point SSL_CERT_FILE "

@@ -195,3 +195,34 @@ def test_credentials_file_is_private_and_env_wins(monkeypatch):
     monkeypatch.delenv("OLLIMG_REGISTRY_USER")
     assert remove_credentials("reg.example:5000") and not remove_credentials("reg.example:5000")
     assert credentials_for("reg.example:5000") is None
+
+
+def test_a_host_that_does_not_resolve_fails_at_once(monkeypatch):
+    """No retries for a name the resolver says does not exist (a typo); a resolver that is only
+    unreachable for now (EAI_AGAIN) is retried like any connection error."""
+    import socket
+    import time
+
+    calls = []
+
+    def no_such_name(*args, **kwargs):
+        calls.append(args[0])
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match="does not resolve") as failed:
+        Registry("registry.typo.example").ping()
+    assert "gave up" not in str(failed.value) and time.monotonic() - started < 1.0
+    assert calls == ["registry.typo.example"]
+    calls.clear()
+
+    def resolver_down(*args, **kwargs):
+        calls.append(args[0])
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_down)
+    monkeypatch.setattr("ollimg.registry.client.ATTEMPTS", 2)
+    with pytest.raises(RegistryError, match="gave up after 2 tries"):
+        Registry("registry.typo.example").ping()
+    assert len(calls) == 2
