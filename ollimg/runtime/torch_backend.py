@@ -146,11 +146,19 @@ class TorchBackend:
         """
         dtype = dtype or self.torch_dtype
         device = torch.device(device) if device is not None else self.device
+        staged = not resident and device.type == "cuda"
         out = {}
         for name, ref in refs.items():
             tensor = mapped(ref)
             if device.type == "cpu" and self.device.type != "cpu":
                 pass  # a CPU-side table for a GPU run (the offloaded text encoder's embedding)
+            elif staged:
+                # Through pinned memory (torch caches those blocks, so a layer reuses the last
+                # one's): the upload then runs at the bus's speed, not at pageable memory's.
+                pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
+                tensor = pinned.to(device, non_blocking=True)
+                if tensor.dtype != FP8 and not name.endswith("_scale"):
+                    tensor = tensor.to(dtype)
             elif tensor.dtype == FP8 or name.endswith("_scale"):
                 tensor = tensor.to(device)
             else:
