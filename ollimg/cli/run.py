@@ -1,7 +1,7 @@
 """`ollimg run MODEL [PROMPT]`: generate images through the server and write them to files.
 
-Without PROMPT: at a terminal, a REPL takes one prompt per line with ollama's `/set` commands;
-otherwise all of stdin is the prompt (`echo "a cat" | ollimg run z-image`).
+Without PROMPT: at a terminal, a REPL takes one prompt per line with ollama's `/set` commands
+(repl.py); otherwise all of stdin is the prompt (`echo "a cat" | ollimg run z-image`).
 
 Progress on stderr (a spinner while the model loads, then a step bar), results on stdout (the
 path and seed of each image, or JSON with --json). Starts a local server when none runs, and
@@ -17,7 +17,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -27,8 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextCo
 
 from ollimg import api
 from ollimg.cli.connect import ensure_server
+from ollimg.cli.repl import Repl, Settings
 from ollimg.cli.transfer import TransferDisplay
-from ollimg.errors import Cancelled, InvalidInput, ModelNotFound, OllimgError, ServerUnreachable
+from ollimg.errors import Cancelled, InvalidInput, ModelNotFound, OllimgError
 from ollimg.progress import Step
 
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -69,23 +69,10 @@ def run_command(
     with client:
         _load(client, model, keep_alive, console)
         if interactive:
-            Repl(client, model, settings, keep_alive, console).loop()
+            Repl(settings, lambda line: _generate(client, model, line, settings, keep_alive, console),
+                 lambda value: _format(value, None), console).loop()
         else:
             _generate(client, model, prompt.strip(), settings, keep_alive, console, output, as_json)
-
-
-@dataclass
-class Settings:
-    """What each generation of a `run` asks for; the REPL's /set changes it."""
-
-    width: int | None
-    height: int | None
-    steps: int | None
-    seed: int | None
-    guidance: float | None
-    negative: str | None
-    n: int
-    format: str
 
 
 def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: str | None, console: Console,
@@ -108,102 +95,6 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
         if sys.stdout.isatty():
             _show_inline(base64.b64decode(data), settings.format)
         typer.echo(f"{path}  seed {image_seed}")
-
-
-REPL_HELP = """Type a prompt to draw it. Commands:
-  /set size WxH | width N | height N | steps N | seed N | seed random
-  /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
-  /show        the settings in use
-  /bye         exit (or Ctrl-D); Ctrl-C stops a generation"""
-
-
-class Repl:
-    """`ollimg run MODEL` at a terminal: one prompt per line, `/set` to change settings (as ollama)."""
-
-    def __init__(self, client, model: str, settings: Settings, keep_alive: str | None, console: Console):
-        self.client, self.model, self.settings, self.keep_alive, self.console = client, model, settings, keep_alive, console
-
-    def loop(self) -> None:
-        try:
-            import readline  # noqa: F401  (line editing and history for input(), where available)
-        except ImportError:
-            pass
-        self.console.print("Type a prompt, /? for help, /bye to exit.", style="dim", highlight=False)
-        while True:
-            try:
-                line = input(">>> ").strip()
-            except EOFError:
-                typer.echo()
-                return
-            except KeyboardInterrupt:
-                typer.echo("\nUse Ctrl + d or /bye to exit.")
-                continue
-            if not line:
-                continue
-            if line in ("/bye", "/exit"):
-                return
-            try:
-                if line.startswith("/"):
-                    self.command(line)
-                else:
-                    _generate(self.client, self.model, line, self.settings, self.keep_alive, self.console)
-            except KeyboardInterrupt:
-                self.console.print("stopped", highlight=False)
-            except (ServerUnreachable, ModelNotFound):
-                raise  # nothing the next line could do better
-            except OllimgError as e:  # bad input, a crashed runtime, a full queue: say it, go on
-                self.console.print(f"Error: {e}", highlight=False)
-
-    def command(self, line: str) -> None:
-        words = line.split(maxsplit=2)
-        if words[0] in ("/?", "/help"):
-            typer.echo(REPL_HELP)
-        elif words[0] == "/show":
-            shown = {**vars(self.settings), "seed": "random" if self.settings.seed is None else self.settings.seed}
-            typer.echo("\n".join(f"  {k:<9}{'(model default)' if v is None else v}" for k, v in shown.items()))
-        elif words[0] == "/set" and len(words) >= 2:
-            self.set(words[1].lower(), words[2].strip() if len(words) > 2 else "")
-        else:
-            raise InvalidInput(f"unknown command {line!r}; /? lists the commands")
-
-    def set(self, key: str, value: str) -> None:
-        s = self.settings
-        try:
-            if key == "size":
-                s.width, s.height = api.parse_size(value)
-            elif key in ("width", "height"):
-                number = int(value)
-                if number <= 0 or number % 16:
-                    raise InvalidInput(f"{key} {value}: use a positive multiple of 16")
-                setattr(s, key, number)
-            elif key == "steps":
-                s.steps = _positive(value, key)
-            elif key == "seed":
-                s.seed = None if value.lower() in ("random", "") else _positive(value, key, allow_zero=True)
-            elif key == "guidance":
-                s.guidance = float(value)
-                if s.guidance < 0:
-                    raise InvalidInput("guidance must be 0 or more")
-            elif key == "negative":
-                s.negative = value or None
-            elif key == "n":
-                s.n = _positive(value, key)
-                if s.n > 10:
-                    raise InvalidInput("n is at most 10")
-            elif key == "format":
-                s.format = _format(value, None)
-            else:
-                raise InvalidInput(f"unknown setting {key!r}; /? lists them")
-        except ValueError:
-            raise InvalidInput(f"{key} {value!r} is not a number") from None
-        typer.echo(f"Set {key} to {value or 'default'}.")
-
-
-def _positive(value: str, key: str, allow_zero: bool = False) -> int:
-    number = int(value)
-    if number < 0 or (number == 0 and not allow_zero):
-        raise InvalidInput(f"{key} {value}: use a whole number {'0 or more' if allow_zero else 'above 0'}")
-    return number
 
 
 def _load(client, model: str, keep_alive: str | None, console: Console) -> None:

@@ -1,0 +1,126 @@
+"""The prompt loop of `ollimg run MODEL` at a terminal, as in ollama: one prompt per line, `/set`
+to change what the next generations ask for, `/show`, `/?`, `/bye` or Ctrl-D. Errors a line
+caused are printed and the loop goes on; a lost server ends it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import typer
+from rich.console import Console
+
+from ollimg import api
+from ollimg.errors import InvalidInput, ModelNotFound, OllimgError, ServerUnreachable
+
+
+@dataclass
+class Settings:
+    """What each generation of a `run` asks for; the REPL's /set changes it."""
+
+    width: int | None
+    height: int | None
+    steps: int | None
+    seed: int | None
+    guidance: float | None
+    negative: str | None
+    n: int
+    format: str
+
+
+REPL_HELP = """Type a prompt to draw it. Commands:
+  /set size WxH | width N | height N | steps N | seed N | seed random
+  /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
+  /show        the settings in use
+  /bye         exit (or Ctrl-D); Ctrl-C stops a generation"""
+
+
+class Repl:
+    """One prompt per line; `/set` changes the settings `generate` uses; `parse_format` checks /set format."""
+
+    def __init__(self, settings: Settings, generate: Callable[[str], None], parse_format: Callable[[str], str],
+                 console: Console):
+        self.settings, self.generate, self.parse_format, self.console = settings, generate, parse_format, console
+
+    def loop(self) -> None:
+        try:
+            import readline  # noqa: F401  (line editing and history for input(), where available)
+        except ImportError:
+            pass
+        self.console.print("Type a prompt, /? for help, /bye to exit.", style="dim", highlight=False)
+        while True:
+            try:
+                line = input(">>> ").strip()
+            except EOFError:
+                typer.echo()
+                return
+            except KeyboardInterrupt:
+                typer.echo("\nUse Ctrl + d or /bye to exit.")
+                continue
+            if not line:
+                continue
+            if line in ("/bye", "/exit"):
+                return
+            try:
+                if line.startswith("/"):
+                    self.command(line)
+                else:
+                    self.generate(line)
+            except KeyboardInterrupt:
+                self.console.print("stopped", highlight=False)
+            except (ServerUnreachable, ModelNotFound):
+                raise  # nothing the next line could do better
+            except OllimgError as e:  # bad input, a crashed runtime, a full queue: say it, go on
+                self.console.print(f"Error: {e}", highlight=False)
+
+    def command(self, line: str) -> None:
+        words = line.split(maxsplit=2)
+        if words[0] in ("/?", "/help"):
+            typer.echo(REPL_HELP)
+        elif words[0] == "/show":
+            shown = {**vars(self.settings), "seed": "random" if self.settings.seed is None else self.settings.seed}
+            typer.echo("\n".join(f"  {k:<9}{'(model default)' if v is None else v}" for k, v in shown.items()))
+        elif words[0] == "/set" and len(words) >= 2:
+            self.set(words[1].lower(), words[2].strip() if len(words) > 2 else "")
+        else:
+            raise InvalidInput(f"unknown command {line!r}; /? lists the commands")
+
+    def set(self, key: str, value: str) -> None:
+        s = self.settings
+        try:
+            if key == "size":
+                s.width, s.height = api.parse_size(value)
+            elif key in ("width", "height"):
+                number = int(value)
+                if number <= 0 or number % 16:
+                    raise InvalidInput(f"{key} {value}: use a positive multiple of 16")
+                setattr(s, key, number)
+            elif key == "steps":
+                s.steps = _positive(value, key)
+            elif key == "seed":
+                s.seed = None if value.lower() in ("random", "") else _positive(value, key, allow_zero=True)
+            elif key == "guidance":
+                s.guidance = float(value)
+                if s.guidance < 0:
+                    raise InvalidInput("guidance must be 0 or more")
+            elif key == "negative":
+                s.negative = value or None
+            elif key == "n":
+                s.n = _positive(value, key)
+                if s.n > 10:
+                    raise InvalidInput("n is at most 10")
+            elif key == "format":
+                s.format = self.parse_format(value)
+            else:
+                raise InvalidInput(f"unknown setting {key!r}; /? lists them")
+        except ValueError:
+            raise InvalidInput(f"{key} {value!r} is not a number") from None
+        typer.echo(f"Set {key} to {value or 'default'}.")
+
+
+def _positive(value: str, key: str, allow_zero: bool = False) -> int:
+    number = int(value)
+    if number < 0 or (number == 0 and not allow_zero):
+        raise InvalidInput(f"{key} {value}: use a whole number {'0 or more' if allow_zero else 'above 0'}")
+    return number
