@@ -101,15 +101,15 @@ class Repl:
             elif key == "seed":
                 s.seed = None if value.lower() in ("random", "") else _positive(value, key, allow_zero=True)
             elif key == "guidance":
-                s.guidance = float(value)
-                if s.guidance < 0:
+                if float(value) < 0:
                     raise InvalidInput("guidance must be 0 or more")
+                s.guidance = float(value)
             elif key == "negative":
                 s.negative = value or None
             elif key == "n":
-                s.n = _positive(value, key)
-                if s.n > 10:
+                if _positive(value, key) > 10:
                     raise InvalidInput("n is at most 10")
+                s.n = _positive(value, key)
             elif key == "format":
                 s.format = self.parse_format(value)
             else:

@@ -57,3 +57,27 @@ def test_format_from_option_or_file():
                                           ("192.168.1.2", False), ("example.com", False)])
 def test_is_local(host, local):
     assert is_local(host) == local
+
+
+def test_repl_set_and_errors(capsys):
+    from rich.console import Console
+
+    from ollimg.cli.repl import Repl, Settings
+    from ollimg.cli.run import _format
+
+    settings = Settings(None, None, None, None, None, None, 1, "png")
+    drawn = []
+    repl = Repl(settings, drawn.append, lambda v: _format(v, None), Console(stderr=True))
+    for line in ("/set size 768x512", "/set steps 4", "/set seed 42", "/set negative blurry, dark", "/set n 2",
+                 "/set format jpg", "/set guidance 1.5"):
+        repl.command(line)
+    assert settings == Settings(768, 512, 4, 42, 1.5, "blurry, dark", 2, "jpeg")
+    repl.command("/set seed random")
+    repl.command("/set negative")
+    assert settings.seed is None and settings.negative is None
+    for bad, message in (("/set width 100", "multiple of 16"), ("/set steps 0", "above 0"), ("/set steps x", "not a number"),
+                         ("/set n 11", "at most 10"), ("/set format gif", "unknown --format"), ("/set color red", "unknown setting"),
+                         ("/frobnicate", "unknown command"), ("/set guidance -1", "0 or more")):
+        with pytest.raises(InvalidInput, match=message):
+            repl.command(bad)
+    assert settings == Settings(768, 512, 4, None, 1.5, None, 2, "jpeg") and drawn == []  # bad lines changed nothing
