@@ -104,11 +104,12 @@ def main() -> None:
             f'url = "{registry.url}/v2/bench/model/blobs/{d.digest}"\noutput = "{root}/curl-blobs/{d.digest[7:]}"\n'
             for d in blobs))
 
-        pulls, curls, curl_blobs = [], [], []
+        pulls, curls, curls_synced, curl_blobs = [], [], [], []
         cpu = {k: [] for k in ("pull_client", "pull_registry", "curl_client", "curl_registry", "curl_blobs_client", "curl_blobs_registry")}
         server = registry.process.pid
         for run in range(args.runs):
             target = root / f"pull-{run}"
+            os.sync()  # each measurement starts with nothing left to write back
             client_cpu, registry_cpu, started = own_cpu(), process_cpu(server), time.perf_counter()
             pulled = pull(Store(target), name, concurrency=args.concurrency)
             pulls.append(time.perf_counter() - started)
@@ -118,6 +119,7 @@ def main() -> None:
             shutil.rmtree(target)
 
             out = root / f"curl-{run}"
+            os.sync()
             client_cpu, registry_cpu = own_cpu(resource.RUSAGE_CHILDREN), process_cpu(server)
             started = time.perf_counter()
             subprocess.run(["curl", "-sSf", "-o", str(out), f"{registry.url}/v2/bench/oneblob/blobs/{one}"], check=True)
@@ -125,8 +127,11 @@ def main() -> None:
             cpu["curl_client"].append(own_cpu(resource.RUSAGE_CHILDREN) - client_cpu)
             cpu["curl_registry"].append(process_cpu(server) - registry_cpu)
             assert out.stat().st_size == total
+            subprocess.run(["sync", str(out)], check=True)  # the pull's blobs are durable when it returns
+            curls_synced.append(time.perf_counter() - started)
             out.unlink()
 
+            os.sync()
             client_cpu, registry_cpu = own_cpu(resource.RUSAGE_CHILDREN), process_cpu(server)
             started = time.perf_counter()
             subprocess.run(["curl", "-sSf", "--create-dirs", "--parallel", "--parallel-max", str(args.concurrency), "-K", str(every_blob)],
@@ -146,6 +151,8 @@ def main() -> None:
             "pull_s": [round(t, 2) for t in pulls], "curl_one_blob_s": [round(t, 2) for t in curls],
             "pull_median_s": round(pull_s, 2), "curl_median_s": round(curl_s, 2),
             "pull_over_curl": round(pull_s / curl_s, 2),
+            "curl_one_blob_then_sync_s": [round(t, 2) for t in curls_synced],
+            "pull_over_curl_then_sync": round(pull_s / statistics.median(curls_synced), 2),
             "curl_every_blob_s": [round(t, 2) for t in curl_blobs],
             "curl_every_blob_median_s": round(statistics.median(curl_blobs), 2),
             "curl_every_blob_over_curl": round(statistics.median(curl_blobs) / curl_s, 2),
