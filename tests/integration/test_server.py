@@ -469,6 +469,7 @@ def test_cli_run_reads_a_piped_prompt(server, tmp_path, runtime):
 def test_cli_run_repl_at_a_terminal(server, tmp_path, runtime):
     """`run MODEL` with a terminal on stdin: prompts one per line, /set, /show, a bad line, /bye."""
     import pty
+    import select
 
     main, child = pty.openpty()
     proc = subprocess.Popen([*OLLIMG, "run", MODEL], env=dict(server.env, TERM="dumb"), cwd=tmp_path,
@@ -477,18 +478,25 @@ def test_cli_run_repl_at_a_terminal(server, tmp_path, runtime):
     lines = ["/set size 16x16", "/set steps 1", "/set seed 9", "/set steps none", "/show", "a red cat", "/set n 2",
              "two dogs", "/bye"]
     output = b""
+
+    def read(deadline: float) -> bytes:
+        """What the terminal shows next; b"" once the deadline passes or the process closed it."""
+        ready, _, _ = select.select([main], [], [], max(deadline - time.monotonic(), 0))
+        try:
+            return os.read(main, 65536) if ready else b""
+        except OSError:  # EIO: the child side is closed
+            return b""
+
     try:
-        for line in lines:  # one at a time, each after the prompt that asks for it
+        for i, line in enumerate(lines):  # one at a time, each after the prompt that asks for it
             deadline = time.monotonic() + 120
-            while output.count(b">>> ") <= lines.index(line) and time.monotonic() < deadline:
-                output += os.read(main, 65536)
+            while output.count(b">>> ") <= i and time.monotonic() < deadline:
+                output += read(deadline)
+            assert output.count(b">>> ") > i, output.decode(errors="replace")
             os.write(main, line.encode() + b"\r")
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                output += os.read(main, 65536)
-            except OSError:
-                break
+            output += read(deadline)
         assert proc.wait(30) == 0, output.decode(errors="replace")
     finally:
         if proc.poll() is None:
