@@ -497,6 +497,8 @@ def test_cli_run_repl_at_a_terminal(server, tmp_path, runtime):
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             output += read(deadline)
+        while chunk := read(time.monotonic() + 0.5):  # what it wrote just before it exited
+            output += chunk
         assert proc.wait(30) == 0, output.decode(errors="replace")
     finally:
         if proc.poll() is None:
