@@ -2,8 +2,8 @@
 one reused buffer.
 
 httpx spends about 0.5 ms of CPU per request and passes every 64 KiB of a body through h11 and
-several copies. For the ~1,000 blobs of a pipeline that was most of a pull's CPU: the same pull
-took 0.7-1.0 CPU-s this way against 1.7-2.0 through httpx (bench/README.md). Only the plain case
+several copies. For the ~1,000 blobs of a pipeline that was most of a pull's CPU: the client's
+share of the bench pull fell from 1.9-2.3 CPU-s to 1.2-1.6 (bench/README.md). Only the plain case
 comes here: a GET to the registry's own origin, no proxy configured for it, answered 200 or 206.
 Anything else (a 401 to answer, a redirect to a CDN, an error) returns None, and the caller sends
 the request again through httpx, where auth, redirects and error bodies are handled.
