@@ -47,3 +47,18 @@ def test_only_the_default_registry_name_is_builtin(server):
     result = server.cli("run", "other.example/library/shapes", "x", timeout=60)
     assert result.returncode == 3
     assert "not found" in result.stderr
+
+
+def test_the_readme_script_writes_to_the_current_directory(server, tmp_path):
+    """`./scripts/run "PROMPT"`, the README's main command, run from another directory."""
+    import subprocess
+    from pathlib import Path
+
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    script = Path(__file__).resolve().parents[2] / "scripts" / "run"
+    result = subprocess.run([str(script), PROMPT, "--seed", "3"], cwd=here, env=server.env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    [image] = here.glob("a-large-red-circle-*.png")
+    assert result.stdout.strip() == f"{image}  seed 3"
