@@ -52,6 +52,14 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/v2/r/blobs/short":
             self.send_body(200, DATA[:1000], length=len(DATA))
             self.close_connection = True
+        elif self.path == "/v2/r/blobs/chunked":  # no Content-Length: the body in chunks
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(DATA), 700_000):
+                piece = DATA[start:start + 700_000]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
         elif self.path == "/v2/r/blobs/bye":  # answers, then closes the connection without saying so
             self.send_body(200, b"bye")
             self.close_connection = True
@@ -148,3 +156,10 @@ def test_proxy_settings_turn_the_direct_path_off(monkeypatch):
     monkeypatch.setenv("ALL_PROXY", "http://proxy.example:3128")
     assert proxied("http://other.example/v2/")
     assert Registry("other.example", insecure=True).direct is None
+
+
+def test_a_chunked_body_comes_whole_and_keeps_the_connection(server):
+    pool = DirectPool(server, "ollimg/test", timeout=5)
+    assert read(pool.get(f"{server}/v2/r/blobs/chunked", {})) == DATA
+    assert read(pool.get(f"{server}/v2/r/blobs/ok", {})) == DATA
+    assert len(Handler.connections) == 1
