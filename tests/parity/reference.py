@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import diffusers
 import numpy as np
+import pytest
 import torch
 
 from ollimg.runtime.models.zimage import layout
@@ -50,4 +51,31 @@ def compare(ours, reference, prompts, *, width=64, height=64, steps=3, guidance=
     print(f"parity: latents within {latent_error:.2e} of their largest value, pixels within {pixel_error} levels")
     assert latent_error <= latent_rtol, f"latents differ by {latent_error:.2e} of their largest value (bound {latent_rtol})"
     assert pixel_error <= levels, f"pixels differ by up to {pixel_error} levels (bound {levels})"
+    return result
+
+
+# The pipeline cases every backend must match diffusers on (prompts, options for `compare`).
+CASES = [
+    pytest.param(["a photo of a cat sitting on a red chair"], {}, id="square"),
+    pytest.param(["a lighthouse at dusk"], dict(width=96, height=48, steps=2), id="non_square"),
+    pytest.param(["a bowl of ramen"], dict(guidance=4.0, negative=["blurry, low quality"], width=48, height=48),
+                 id="cfg_with_negative_prompt"),
+    # Truncation 0.5 switches CFG off for the later steps (the batch shrinks); normalization 1.05
+    # clips the guided norm.
+    pytest.param(["an astronaut riding a horse"], dict(guidance=5.0, negative=["watermark"], steps=4, width=48, height=32,
+                                                        cfg_truncation=0.5, cfg_normalization=1.05),
+                 id="cfg_truncation_and_normalization"),
+    pytest.param(["cat", "a watercolor painting of a lighthouse at dusk with seagulls, film grain, highly detailed"],
+                 dict(n=2, guidance=2.0, negative=["", "blurry"], width=32, height=48),
+                 id="batch_of_prompts_with_different_lengths"),
+    pytest.param(["the quick brown fox jumps over the lazy dog " * 6], dict(max_sequence_length=9, width=32, height=32),
+                 id="prompt_truncation"),
+    pytest.param(["東京の夜景、ネオンの光 — Café crème, naïve façade 🐼"], dict(width=32, height=32), id="unicode_prompt"),
+]
+
+
+def compare_case(ours, reference, prompts, options):
+    """One of CASES; image i of the batch gets seed 7 + i."""
+    result = compare(ours, reference, prompts, **options)
+    assert result.seeds == list(range(7, 7 + len(prompts) * options.get("n", 1)))
     return result

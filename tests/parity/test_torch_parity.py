@@ -13,7 +13,7 @@ import torch
 from ollimg.errors import InvalidInput, InvalidModel
 from ollimg.runtime import load
 from ollimg.runtime.models.zimage import layout
-from tests.parity.reference import compare, reference_pipe
+from tests.parity.reference import CASES, compare, compare_case, reference_pipe
 
 
 
@@ -27,37 +27,9 @@ def reference(tiny_zimage_dir):
     return reference_pipe(tiny_zimage_dir, torch.float32)
 
 
-def test_square(ours, reference):
-    compare(ours, reference, ["a photo of a cat sitting on a red chair"], width=64, height=64)
-
-
-def test_non_square(ours, reference):
-    compare(ours, reference, ["a lighthouse at dusk"], width=96, height=48, steps=2)
-
-
-def test_cfg_with_negative_prompt(ours, reference):
-    compare(ours, reference, ["a bowl of ramen"], guidance=4.0, negative=["blurry, low quality"], width=48, height=48)
-
-
-def test_cfg_truncation_and_normalization(ours, reference):
-    # Truncation 0.5 switches CFG off for the later steps; normalization 1.05 clips the guided norm.
-    compare(ours, reference, ["an astronaut riding a horse"], guidance=5.0, negative=["watermark"], steps=4,
-            width=48, height=32, cfg_truncation=0.5, cfg_normalization=1.05)
-
-
-def test_batch_of_prompts_with_different_lengths(ours, reference):
-    prompts = ["cat", "a watercolor painting of a lighthouse at dusk with seagulls, film grain, highly detailed"]
-    result = compare(ours, reference, prompts, n=2, guidance=2.0, negative=["", "blurry"], width=32, height=48)
-    assert result.seeds == [7, 8, 9, 10]
-
-
-def test_prompt_truncation(ours, reference):
-    long = "the quick brown fox jumps over the lazy dog " * 6
-    compare(ours, reference, [long], max_sequence_length=9, width=32, height=32)
-
-
-def test_unicode_prompt(ours, reference):
-    compare(ours, reference, ["東京の夜景、ネオンの光 — Café crème, naïve façade 🐼"], width=32, height=32)
+@pytest.mark.parametrize("prompts, options", CASES)
+def test_matches_diffusers(ours, reference, prompts, options):
+    compare_case(ours, reference, prompts, options)
 
 
 def test_a_skipped_tensor_breaks_parity(ours, reference):
