@@ -6,7 +6,6 @@ Skipped only when mlx cannot be imported (install `mlx[cpu]` on Linux, `mlx` on 
 from __future__ import annotations
 
 import io
-import threading
 
 import numpy as np
 import pytest
@@ -14,9 +13,9 @@ from PIL import Image
 
 pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
 
-from ollimg.errors import Cancelled  # noqa: E402
 from ollimg.runtime.process import RuntimeProcess  # noqa: E402
 from ollimg.runtime.request import GenerateRequest  # noqa: E402
+from tests.integration.test_runtime_process import cancel_stops_a_running_generation  # noqa: E402
 
 pytestmark = pytest.mark.mlx
 
@@ -52,17 +51,7 @@ def test_mlx_runtime_generates_like_the_torch_runtime(runtime, tiny_zimage_dir):
 
 
 def test_cancel_stops_a_running_mlx_generation(runtime):
-    seen = []
-
-    def on_step(step):
-        seen.append(step.step)
-        if step.step == 2:
-            threading.Thread(target=runtime.cancel).start()
-
-    with pytest.raises(Cancelled):
-        runtime.generate(GenerateRequest("a cat", width=64, height=64, steps=200, seed=1), on_step=on_step)
-    assert len(seen) < 50
-    assert runtime.generate(GenerateRequest("a cat", width=16, height=16, steps=1)).seeds
+    cancel_stops_a_running_generation(runtime)
 
 
 def test_cli_serves_an_mlx_model_end_to_end(tiny_zimage_dir, tmp_path):
