@@ -44,6 +44,20 @@ class Job:
             if kind in kinds or kind in FINAL:
                 return kind, value
 
+    async def begin(self, kind: str, stream: bool) -> tuple[tuple[str, Any], Any]:
+        """The first `kind` event (so errors up to there leave with a real HTTP status) and, unless
+        `stream`, the result too. The job is closed on failure, and once the result is in."""
+        try:
+            first = await self.until(kind)
+            done = first if first[0] == "done" or stream else await self.until("done")
+        except BaseException:
+            self.close()
+            raise
+        if stream:
+            return first, None
+        self.close()
+        return first, done[1]
+
     async def events(self, keepalive: float | None = None) -> AsyncIterator[tuple[str, Any]]:
         """Every event up to and including the final one; ("keepalive", None) after `keepalive` idle seconds."""
         while True:

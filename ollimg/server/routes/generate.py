@@ -58,16 +58,8 @@ async def generate(body: api.GenerateRequest, request: Request):
         )
 
     job = Job(request, work)
-    try:
-        _, load_seconds = await job.until("load")  # errors so far leave with a real status
-    except BaseException:
-        job.close()
-        raise
+    (_, load_seconds), result = await job.begin("load", body.stream)
     if not body.stream:
-        try:
-            _, result = await job.until("done")
-        finally:
-            job.close()
         return JSONResponse(_final(name, body.format, result, load_seconds, started).model_dump())
     return StreamingResponse(_stream(job, name, body.format, load_seconds, started), media_type=NDJSON)
 

@@ -113,16 +113,8 @@ async def _progress(request: Request, call: Callable[..., Any], stream: bool):
         return await asyncio.to_thread(call, on_progress=on_progress)
 
     job = Job(request, work)
-    try:
-        first = await job.until("progress")  # errors so far leave with a real status
-        result = first[1] if first[0] == "done" else None
-        if not stream and first[0] != "done":
-            _, result = await job.until("done")
-    except BaseException:
-        job.close()
-        raise
+    first, result = await job.begin("progress", stream)
     if not stream:
-        job.close()
         return JSONResponse(_success(result).model_dump(exclude_none=True))
     return StreamingResponse(_progress_lines(job, first), media_type=NDJSON)
 

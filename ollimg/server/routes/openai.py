@@ -73,15 +73,8 @@ async def generations(body: api.ImageGenerationRequest, request: Request):
         )
 
     job = Job(request, work)
-    try:
-        await job.until("load")  # errors so far leave with a real status
-        if not stream:
-            _, result = await job.until("done")
-    except BaseException:
-        job.close()
-        raise
+    _, result = await job.begin("load", stream)
     if not stream:
-        job.close()
         return JSONResponse(_response(result, fmt, body.quality).model_dump(exclude_none=True))
     return StreamingResponse(_events(job, fmt, body.quality), media_type=SSE, headers={"Cache-Control": "no-cache"})
 
