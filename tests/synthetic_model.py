@@ -16,19 +16,11 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from fixtures.zimage_index import MODEL_INDEX
 from ollimg.blobs import tensor_blob_header
 from ollimg.manifest import Descriptor, Manifest, Model, Name, Store
 from ollimg.manifest.manifest import CONFIG_TYPE, file_layer, tensor_layer
 
-INDEX = {
-    "_class_name": "ZImagePipeline",
-    "_diffusers_version": "0.42.1",
-    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-    "text_encoder": ["transformers", "Qwen3Model"],
-    "tokenizer": ["transformers", "Qwen2Tokenizer"],
-    "transformer": ["diffusers", "ZImageTransformer2DModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
 
 
 def _rand(rng, *shape, dtype=np.float32):
@@ -39,7 +31,7 @@ def make_model(root: Path, seed: int = 0, dim: int = 32, layers: int = 2, extra:
     """Write a model dir at `root`; returns it. Tensor values depend on `seed`, names on `dim`/`layers`."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "model_index.json").write_text(json.dumps(INDEX, indent=2))
+    (root / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     (root / "ollimg.json").write_text(json.dumps(extra or {"defaults": {"steps": 8, "guidance": 0.0}, "description": "test"}))
     (root / "README.md").write_text("---\nlicense: apache-2.0\ntags:\n- text-to-image\n---\n# test model\n")
 

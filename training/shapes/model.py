@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from fixtures.zimage_index import MODEL_INDEX
 from training.shapes import tokenizer as tokenizer_mod
 
 TEXT = dict(
@@ -35,15 +36,6 @@ VAE = dict(
     mid_block_add_attention=True, force_upcast=True, scaling_factor=1.0, shift_factor=0.0,
 )
 SCHEDULER = dict(num_train_timesteps=1000, use_dynamic_shifting=False, shift=3.0)
-MODEL_INDEX = {
-    "_class_name": "ZImagePipeline",
-    "_diffusers_version": "0.42.1",
-    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-    "text_encoder": ["transformers", "Qwen3Model"],
-    "tokenizer": ["transformers", "Qwen2Tokenizer"],
-    "transformer": ["diffusers", "ZImageTransformer2DModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
 
 
 def build_vae() -> AutoencoderKL:
