@@ -150,3 +150,18 @@ def vae_decoder_shapes(c: VaeConfig) -> Shapes:
         "decoder.conv_out.weight": (c.out_channels, bottom, 3, 3), "decoder.conv_out.bias": (c.out_channels,),
     })
     return shapes
+
+
+def component_tensors(source, config) -> tuple[dict, dict, dict]:
+    """The text encoder's, transformer's and VAE decoder's tensors in `source` (a ModelSource),
+    each checked against the shapes `config` (a ZImageConfig) implies; names without prefixes."""
+    from ollimg.runtime.source import select  # source.py imports this module
+
+    where = f"model {source.name}"
+    text_encoder = select(source.tensors("text_encoder"), text_encoder_shapes(config.text_encoder),
+                          text_encoder_ignored(config.text_encoder), FP8, f"{where}: text_encoder",
+                          strip=TEXT_ENCODER_PREFIX)
+    transformer = select(source.tensors("transformer"), transformer_shapes(config.transformer), TRANSFORMER_IGNORED,
+                         FP8, f"{where}: transformer")
+    vae = select(source.tensors("vae"), vae_decoder_shapes(config.vae), VAE_IGNORED, FP8, f"{where}: vae")
+    return text_encoder, transformer, vae

@@ -17,7 +17,7 @@ from ollimg.errors import InvalidModel, OutOfMemory
 from ollimg.runtime.backend import Components
 from ollimg.runtime.models.zimage import weights
 from ollimg.runtime.models.zimage.config import ZImageConfig
-from ollimg.runtime.source import ModelSource, select
+from ollimg.runtime.source import ModelSource
 
 
 def evaluate(*arrays) -> None:
@@ -82,13 +82,7 @@ def build(backend, config: ZImageConfig, source: ModelSource) -> Components:
     from ollimg.runtime.models.zimage.mlx.vae import VAE, mlx_layout
 
     where = f"model {source.name}"
-    te_refs = select(source.tensors("text_encoder"), weights.text_encoder_shapes(config.text_encoder),
-                     weights.text_encoder_ignored(config.text_encoder), weights.FP8, f"{where}: text_encoder",
-                     strip=weights.TEXT_ENCODER_PREFIX)
-    dit_refs = select(source.tensors("transformer"), weights.transformer_shapes(config.transformer),
-                      weights.TRANSFORMER_IGNORED, weights.FP8, f"{where}: transformer")
-    vae_refs = select(source.tensors("vae"), weights.vae_decoder_shapes(config.vae), weights.VAE_IGNORED,
-                      weights.FP8, f"{where}: vae")
+    te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
     text_encoder = _load(backend, TextEncoder(config.text_encoder), te_refs, f"{where}: text_encoder")
     transformer = _load(backend, ZImageTransformer(config.transformer), dit_refs, f"{where}: transformer")
     vae = _load(backend, VAE(config.vae), vae_refs, f"{where}: vae", layout=mlx_layout)

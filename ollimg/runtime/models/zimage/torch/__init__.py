@@ -13,7 +13,7 @@ from ollimg.runtime.models.zimage.config import ZImageConfig
 from ollimg.runtime.models.zimage.torch.text_encoder import TextEncoder
 from ollimg.runtime.models.zimage.torch.transformer import ZImageTransformer
 from ollimg.runtime.models.zimage.torch.vae import VaeDecoder
-from ollimg.runtime.source import ModelSource, select
+from ollimg.runtime.source import ModelSource
 from ollimg.runtime.torch_backend import TorchBackend, assign
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,7 @@ def _streamed_text_encoder(backend: TorchBackend, config: ZImageConfig, te_refs:
 
 
 def build(backend: TorchBackend, config: ZImageConfig, source: ModelSource) -> Components:
-    te_refs = select(source.tensors("text_encoder"), weights.text_encoder_shapes(config.text_encoder),
-                     weights.text_encoder_ignored(config.text_encoder), weights.FP8, f"model {source.name}: text_encoder",
-                     strip=weights.TEXT_ENCODER_PREFIX)
-    dit_refs = select(source.tensors("transformer"), weights.transformer_shapes(config.transformer),
-                      weights.TRANSFORMER_IGNORED, weights.FP8, f"model {source.name}: transformer")
-    vae_refs = select(source.tensors("vae"), weights.vae_decoder_shapes(config.vae), weights.VAE_IGNORED,
-                      weights.FP8, f"model {source.name}: vae")
+    te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
     offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
     if offload:
         log.info("the text encoder streams its layers to the device for each prompt (OLLIMG_OFFLOAD)")
