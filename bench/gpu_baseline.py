@@ -20,6 +20,7 @@ import gc
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -164,7 +165,25 @@ def png_seconds(image) -> float:
     return time.perf_counter() - start
 
 
-def time_ollimg(name: str, models_dir: Path, args, dtype: str) -> dict:
+def time_ollimg(name: str, models_dir: Path, args, dtype: str, env: dict[str, str]) -> dict:
+    """Load and time `name` with the OLLIMG_* settings in `env` (restored after)."""
+    from ollimg.runtime.torch_backend import fp8_matmul
+
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    fp8_matmul.cache_clear()
+    try:
+        return _time_ollimg(name, models_dir, args, dtype)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        fp8_matmul.cache_clear()
+
+
+def _time_ollimg(name: str, models_dir: Path, args, dtype: str) -> dict:
     from ollimg.runtime import load
     from ollimg.runtime.images import Parameters, encode
 
@@ -278,33 +297,20 @@ def main() -> None:
     results["model_bytes"] = model.size
     print(f"model written in {results['write_s']:.1f}s, imported in {results['create_s']:.1f}s "
           f"({model.size / 1e9:.2f} GB)", flush=True)
-    results["ollimg"] = time_ollimg("zimage-random:bf16", store_dir, args, args.dtype)
-    print(table(results), flush=True)
+    variants = [("ollimg", "zimage-random:bf16", {})]
     if args.offload:
-        import os
-
-        os.environ["OLLIMG_OFFLOAD"] = "always"
-        results["ollimg, text encoder offloaded"] = time_ollimg("zimage-random:bf16", store_dir, args, args.dtype)
-        os.environ["OLLIMG_OFFLOAD"] = "auto"
-        print(table(results), flush=True)
+        variants.append(("ollimg, text encoder offloaded", "zimage-random:bf16", {"OLLIMG_OFFLOAD": "always"}))
     if args.fp8:
-        import os
-
-        from ollimg.runtime.torch_backend import fp8_matmul
-
         start = time.perf_counter()
         create(Store(store_dir), "zimage-random:fp8", model_dir, quantize="fp8")
         results["create_fp8_s"] = time.perf_counter() - start
-        for label, setting in (("ollimg fp8, dequantized per call", "off"), ("ollimg fp8, fp8 matmul", "auto")):
-            os.environ["OLLIMG_FP8_MATMUL"] = setting
-            fp8_matmul.cache_clear()
-            results[label] = time_ollimg("zimage-random:fp8", store_dir, args, args.dtype)
-            print(table(results), flush=True)
+        variants += [("ollimg fp8, dequantized per call", "zimage-random:fp8", {"OLLIMG_FP8_MATMUL": "off"}),
+                     ("ollimg fp8, fp8 matmul", "zimage-random:fp8", {})]
         if args.offload:
-            os.environ["OLLIMG_OFFLOAD"] = "always"
-            results["ollimg fp8, fp8 matmul, text encoder offloaded"] = time_ollimg("zimage-random:fp8", store_dir, args, args.dtype)
-            os.environ["OLLIMG_OFFLOAD"] = "auto"
-            print(table(results), flush=True)
+            variants.append(("ollimg fp8, fp8 matmul, text encoder offloaded", "zimage-random:fp8", {"OLLIMG_OFFLOAD": "always"}))
+    for label, name, env in variants:
+        results[label] = time_ollimg(name, store_dir, args, args.dtype, env)
+        print(table(results), flush=True)
     if not args.skip_diffusers:
         results["diffusers"] = time_diffusers(model_dir, args, args.dtype)
     print(json.dumps(results, indent=1))
