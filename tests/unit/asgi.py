@@ -51,3 +51,17 @@ def fake_app(tmp_path, models=("tiny",), bind_host="127.0.0.1", **sched_options)
     scheduler = Scheduler(factory, free_memory=lambda: None, **sched_options)
     app = create_app(scheduler, store, bind_host=bind_host)
     return app, store, scheduler, factory
+
+
+def call(tmp_path, fn, **options):
+    """Runs `await fn(client, factory)` against a fresh app (fake_app's options); returns its result."""
+    app, _, scheduler, factory = fake_app(tmp_path, **options)
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=BASE) as client:
+            try:
+                return await fn(client, factory)
+            finally:
+                await scheduler.close()
+
+    return asyncio.run(main())

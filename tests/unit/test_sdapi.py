@@ -6,22 +6,7 @@ import asyncio
 import base64
 import json
 
-import httpx
-
-from tests.unit.asgi import BASE, fake_app
-
-
-def call(tmp_path, fn, models=("tiny",), **options):
-    app, _, scheduler, factory = fake_app(tmp_path, models=models, **options)
-
-    async def main():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=BASE) as client:
-            try:
-                return await fn(client, factory)
-            finally:
-                await scheduler.close()
-
-    return asyncio.run(main())
+from tests.unit.asgi import call
 
 
 def test_txt2img(tmp_path):

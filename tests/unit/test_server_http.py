@@ -5,24 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
 
-from tests.unit.asgi import BASE, fake_app
-
-
-def call(tmp_path, fn, **options):
-    """Runs `await fn(client, factory)` against a fresh app; returns its result."""
-    app, _, scheduler, factory = fake_app(tmp_path, **options)
-
-    async def main():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=BASE) as client:
-            try:
-                return await fn(client, factory)
-            finally:
-                await scheduler.close()
-
-    return asyncio.run(main())
+from tests.unit.asgi import call
 
 
 def sse_events(text: str) -> list[tuple[str, dict]]:
