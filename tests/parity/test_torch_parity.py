@@ -16,7 +16,6 @@ from ollimg.runtime.models.zimage import layout
 from tests.parity.reference import CASES, compare, compare_case, reference_pipe
 
 
-
 @pytest.fixture(scope="module")
 def ours(tiny_zimage_dir):
     return load(tiny_zimage_dir, backend="torch", device="cpu", dtype="float32")
