@@ -4,7 +4,8 @@ each threshold, and compare: the fraction of skipped steps, the mean and 99th-pe
 pixel difference from the uncached image (0-255, over every channel of every image) and the
 shapes checker's scores (training/shapes/check.py).
 
-    PYTHONPATH=. python bench/teacache_quality.py --prompts 48 --json bench/results/teacache_quality_shapes.json
+    PYTHONPATH=. python bench/teacache_quality.py --prompts 120 --json bench/results/teacache_quality_shapes.json
+    PYTHONPATH=. python bench/teacache_quality.py --prompts 48 --steps 30 --json bench/results/teacache_quality_shapes_30.json
 
 Random-weight models say nothing about quality; these figures come from the trained shapes model only.
 """
@@ -32,24 +33,24 @@ def calibration_prompts(n: int) -> list[str]:
     return [sample_spec(rng, "train").caption for _ in range(n)]
 
 
-def generate(pipe, specs, threshold: float | None) -> tuple[list[np.ndarray], float]:
+def generate(pipe, specs, threshold: float | None, steps: int | None) -> tuple[list[np.ndarray], float]:
     """The images of `specs` (prompt i with seed i) and the fraction of steps that reused the cache."""
     images, reused, steps = [], 0.0, 0.0
     for start in range(0, len(specs), BATCH):
         chunk = specs[start:start + BATCH]
-        result = pipe.generate([s.caption for s in chunk], seed=start, teacache=threshold)
+        result = pipe.generate([s.caption for s in chunk], seed=start, steps=steps, teacache=threshold)
         images += [np.asarray(im.convert("RGB")) for im in result.images]
         reused += result.timings.get("steps_reused", 0.0)
         steps += result.steps
     return images, reused / steps
 
 
-def measure(pipe, specs, thresholds) -> list[dict]:
-    base, _ = generate(pipe, specs, None)
+def measure(pipe, specs, thresholds, steps: int | None) -> list[dict]:
+    base, _ = generate(pipe, specs, None, steps)
     rows = [{"threshold": None, "skipped": 0.0, "mean_diff": 0.0, "p99_diff": 0.0,
              **summarize([score(im, s) for im, s in zip(base, specs)])}]
     for t in thresholds:
-        images, skipped = generate(pipe, specs, t)
+        images, skipped = generate(pipe, specs, t, steps)
         diff = np.abs(np.stack(images).astype(np.int16) - np.stack(base).astype(np.int16))
         rows.append({"threshold": t, "skipped": round(skipped, 4), "mean_diff": round(float(diff.mean()), 3),
                      "p99_diff": float(np.percentile(diff, 99)),
@@ -62,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts to generate per threshold")
     parser.add_argument("--calibration-prompts", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's (8)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -74,11 +76,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pipe = load(str(builtin_models()["shapes"]), backend="torch", device="cpu")
     start = time.perf_counter()
-    pipe.calibration = calibrate(pipe, calibration_prompts(args.calibration_prompts))
+    pipe.calibration = calibrate(pipe, calibration_prompts(args.calibration_prompts), args.steps)
     print("calibration", pipe.calibration.to_json(), flush=True)
-    rows = measure(pipe, heldout_specs(args.prompts), THRESHOLDS)
+    rows = measure(pipe, heldout_specs(args.prompts), THRESHOLDS, args.steps)
     figures = {"model": "shapes (builtin)", "backend": "torch CPU float32", "date": time.strftime("%Y-%m-%d"),
-               "steps": pipe.defaults.steps, "heldout_prompts": args.prompts,
+               "steps": args.steps or pipe.defaults.steps, "heldout_prompts": args.prompts,
                "calibration": pipe.calibration.to_json(), "rows": rows,
                "seconds": round(time.perf_counter() - start, 1)}
     print(f"{'threshold':>9} {'skipped':>7} {'mean':>6} {'p99':>5} {'bg':>5} {'color':>5} {'pos':>5}")
