@@ -1,4 +1,4 @@
-"""The AutoencoderKL (FLUX VAE) decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
+"""The AutoencoderKL decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
 
 Large latents are decoded in overlapping tiles whose outputs are blended linearly across the
 overlap, so peak memory depends on the tile size, not the image size. GroupNorm statistics are
@@ -138,7 +138,7 @@ class VaeDecoder(nn.Module):
         self.config = c
         self.decoder = Decoder(c)
         self.post_quant_conv = Conv(c.latent_channels, c.latent_channels, 1) if c.use_post_quant_conv else None
-        self.tile = 128  # latent cells per tile side (1024 pixels for the FLUX VAE)
+        self.tile = 128  # latent cells per tile side (1024 pixels at 8 pixels a cell)
         self.overlap = 16  # latent cells shared by neighbouring tiles
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
