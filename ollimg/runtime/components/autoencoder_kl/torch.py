@@ -29,7 +29,7 @@ class Conv(nn.Conv2d):
         self.bias.requires_grad_(False)
 
 
-class Resnet(nn.Module):
+class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
         self.norm1 = GroupNorm(groups, cin)
@@ -53,7 +53,7 @@ class Linear(nn.Linear):
         self.bias.requires_grad_(False)
 
 
-class MidAttention(nn.Module):
+class Attention(nn.Module):
     """Single-head self-attention over all pixels, with a residual."""
 
     def __init__(self, channels: int, groups: int):
@@ -74,8 +74,8 @@ class MidAttention(nn.Module):
 class MidBlock(nn.Module):
     def __init__(self, channels: int, groups: int, attention: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([Resnet(channels, channels, groups), Resnet(channels, channels, groups)])
-        self.attentions = nn.ModuleList([MidAttention(channels, groups)]) if attention else None
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)])
+        self.attentions = nn.ModuleList([Attention(channels, groups)]) if attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x)
@@ -98,7 +98,7 @@ class Upsample(nn.Module):
 class UpBlock(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, groups: int, upsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([Resnet(cin if j == 0 else cout, cout, groups) for j in range(layers)])
+        self.resnets = nn.ModuleList([ResnetBlock(cin if j == 0 else cout, cout, groups) for j in range(layers)])
         self.upsamplers = nn.ModuleList([Upsample(cout)]) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
