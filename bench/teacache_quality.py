@@ -35,14 +35,14 @@ def calibration_prompts(n: int) -> list[str]:
 
 def generate(pipe, specs, threshold: float | None, steps: int | None) -> tuple[list[np.ndarray], float]:
     """The images of `specs` (prompt i with seed i) and the fraction of steps that reused the cache."""
-    images, reused, steps = [], 0.0, 0.0
+    images, reused, total = [], 0.0, 0.0
     for start in range(0, len(specs), BATCH):
         chunk = specs[start:start + BATCH]
         result = pipe.generate([s.caption for s in chunk], seed=start, steps=steps, teacache=threshold)
         images += [np.asarray(im.convert("RGB")) for im in result.images]
         reused += result.timings.get("steps_reused", 0.0)
-        steps += result.steps
-    return images, reused / steps
+        total += result.steps
+    return images, reused / total
 
 
 def measure(pipe, specs, thresholds, steps: int | None) -> list[dict]:

@@ -69,13 +69,21 @@ def test_an_uncalibrated_model_refuses(tiny_zimage_dir):
         pipe.generate("x", **SMALL, teacache=0.3)
 
 
+@pytest.fixture(scope="module")
+def mlx_pipe(tiny_zimage_dir):
+    pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
+    return calibrated(load(tiny_zimage_dir, backend="mlx", device="cpu", dtype="float32"))
+
+
 @pytest.mark.mlx
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("settings", SETTINGS)
-def test_mlx_threshold_zero_reproduces_the_uncached_image(tiny_zimage_dir, compiled, settings):
-    pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
-    pipe = calibrated(load(tiny_zimage_dir, backend="mlx", device="cpu", dtype="float32"))
-    pipe.components.modules["transformer"].compiled = compiled
-    check_threshold_zero_is_exact(pipe, settings)
-    cached = pipe.generate(PROMPTS, **SMALL, **settings, teacache=100.0)
-    assert (cached.timings["steps_run"], cached.timings["steps_reused"]) == (2, 4)
+def test_mlx_threshold_zero_reproduces_the_uncached_image(mlx_pipe, compiled, settings):
+    dit = mlx_pipe.components.modules["transformer"]
+    dit.compiled = compiled
+    try:
+        check_threshold_zero_is_exact(mlx_pipe, settings)
+        cached = mlx_pipe.generate(PROMPTS, **SMALL, **settings, teacache=100.0)
+        assert (cached.timings["steps_run"], cached.timings["steps_reused"]) == (2, 4)
+    finally:
+        dit.compiled = False
