@@ -4,7 +4,8 @@ Writes (once) the full-size Z-Image-Turbo layout with random bf16 weights (bench
 writer), imports it with `ollimg.create.create`, calibrates it in-process
 (`ollimg.runtime.teacache.calibrate`, the built-in prompt set of `ollimg calibrate`), then times
 prompt -> image (text encode, denoise, decode; PNG excluded) at 1024x1024 for each step count,
-uncached and at each threshold, interleaved run by run, one warm-up each.
+uncached, at each --thresholds value and at the threshold that makes the random model reuse each
+--reuse fraction of its steps; one warm-up each.
 
     python bench/teacache.py --work /tmp/zbench --json bench/results/teacache_h200.json
     python bench/teacache.py --work /tmp/zbench-tiny --tiny --size 256 --runs 1   # the same flow on a CPU
@@ -48,6 +49,19 @@ def time_runs(pipe, args, steps: int, threshold: float | None) -> dict:
             "steps_run": counts[0], "steps_reused": counts[1]}
 
 
+def threshold_for(pipe, args, steps: int, target: float) -> float:
+    """The smallest threshold of a doubling ladder (0.01 .. 100) at which a run reuses at least
+    `target` of its steps: random weights skip little at a trained model's thresholds."""
+    threshold = 0.01
+    while threshold < 100:
+        result = pipe.generate(PROMPT, width=args.size, height=args.size, steps=steps, guidance=0.0, seed=0,
+                               teacache=threshold)
+        if result.timings["steps_reused"] >= target * steps:
+            return threshold
+        threshold *= 2
+    return 100.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="scratch dir: model dir and store go here")
@@ -58,6 +72,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 30])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.5],
                         help="TeaCache thresholds to time (0.3: the recommended one, bench/README.md)")
+    parser.add_argument("--reuse", type=float, nargs="+", default=[0.5],
+                        help="also time at the threshold that reuses this fraction of steps (the shapes model "
+                             "reuses 50 %% at its recommended 0.3)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -85,9 +102,12 @@ def main() -> None:
         row = {"uncached": time_runs(pipe, args, steps, None)}
         for threshold in args.thresholds:
             row[f"teacache {threshold:g}"] = time_runs(pipe, args, steps, threshold)
+        for target in args.reuse:
+            threshold = threshold_for(pipe, args, steps, target)
+            row[f"teacache {threshold:g} (reuse {target:.0%})"] = time_runs(pipe, args, steps, threshold)
         results[f"{steps} steps"] = row
         for label, r in row.items():
-            print(f"{args.size}x{args.size} {steps:>3} steps  {label:<14} {r['seconds']:7.3f} s  "
+            print(f"{args.size}x{args.size} {steps:>3} steps  {label:<28} {r['seconds']:7.3f} s  "
                   f"(min {r['min']:.3f}; {r['steps_run']} run, {r['steps_reused']} reused)", flush=True)
     print(json.dumps(results, indent=1))
     if args.json:

@@ -20,7 +20,7 @@ from ollimg.errors import Busy, InvalidInput
 from ollimg.manifest import Model, Name, Store
 from ollimg.manifest.manifest import Manifest, file_layer
 from ollimg.progress import Step
-from ollimg.runtime.teacache import CALIBRATION_FILE
+from ollimg.runtime.teacache import CALIBRATION_FILE, check_threshold
 
 # The built-in prompt set: varied subjects, compositions and styles, as the fit should see.
 DEFAULT_PROMPTS = [
@@ -43,14 +43,8 @@ class Calibrated:
 
 def check_teacache(model: Model, threshold) -> float | None:
     """A request's TeaCache threshold, checked before the model runs (the runtime checks it again)."""
-    if threshold is None:
-        return None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
-        raise InvalidInput(f"invalid teacache {threshold!r}: use a threshold from 0 to 100")
-    if not any(layer.title == CALIBRATION_FILE for layer in model.manifest.file_layers()):
-        name = model.name.display()
-        raise InvalidInput(f"model {name} has no TeaCache calibration; run: ollimg calibrate {name}")
-    return float(threshold)
+    calibrated = any(layer.title == CALIBRATION_FILE for layer in model.manifest.file_layers())
+    return check_threshold(threshold, calibrated, model.name.display())
 
 
 def read_prompts(path: Path) -> list[str]:

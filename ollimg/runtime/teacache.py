@@ -77,13 +77,14 @@ def read_calibration(source) -> Calibration | None:
     return Calibration.from_json(source.json(CALIBRATION_FILE), f"model {source.name}")
 
 
-def check_threshold(threshold: float | None, calibration: Calibration | None, model: str) -> float | None:
-    """The threshold to use, or None for no caching; InvalidInput if the model cannot cache."""
+def check_threshold(threshold: float | None, calibrated: bool, model: str) -> float | None:
+    """The threshold to use, or None for no caching; InvalidInput if it is out of range or the
+    model has no calibration (the server checks this before a model runs, the runtime again)."""
     if threshold is None:
         return None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
         raise InvalidInput(f"invalid teacache {threshold!r}: use a threshold from 0 to 100 (0.3 is a usual start)")
-    if calibration is None:
+    if not calibrated:
         raise InvalidInput(f"model {model} has no TeaCache calibration; run: ollimg calibrate {model}")
     return float(threshold)
 
@@ -195,7 +196,7 @@ def start(pipeline, steps: int, threshold: float | None, record: bool = False) -
     when neither caching nor recording was asked for; InvalidInput if the model is not calibrated."""
     if record:
         return TeaCache(pipeline.backend, steps, record=True)
-    threshold = check_threshold(threshold, pipeline.calibration, pipeline.name)
+    threshold = check_threshold(threshold, pipeline.calibration is not None, pipeline.name)
     if threshold is None:
         return None
     return TeaCache(pipeline.backend, steps, threshold, pipeline.calibration)
