@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from pathlib import Path
+from typing import Iterator
 
+from ollimg.archive import tar
 from ollimg.errors import InvalidModel, InvalidName
 from ollimg.manifest import Descriptor, Model, Name
 from ollimg.manifest.manifest import DOCKER_MANIFEST_TYPE, MANIFEST_TYPE, MAX_MANIFEST_BYTES
@@ -109,3 +112,30 @@ def parse_index(raw: bytes) -> list[tuple[Name, Descriptor]]:
     if not found:
         raise InvalidModel("the archive's index.json names no model; nothing was loaded")
     return list(found.items())
+
+
+class DirectoryTar:
+    """A layout directory's files (oci-layout, index.json, blobs/sha256/*) as a tar stream of a
+    known size: how a directory travels to a server's `load`."""
+
+    def __init__(self, root: Path):
+        names = [LAYOUT_FILE, INDEX_FILE]
+        blob_dir = root / BLOB_DIR
+        if blob_dir.is_dir():
+            names += sorted(f"{BLOB_DIR}/{p.name}" for p in blob_dir.iterdir() if _HEX.fullmatch(p.name) and p.is_file())
+        self.root = root
+        self.files = [(name, (root / name).stat().st_size) for name in names if (root / name).is_file()]
+        self.size = sum(tar.member_size(name, size) for name, size in self.files) + len(tar.END)
+
+    def chunks(self, piece: int = 4 << 20) -> Iterator[bytes]:
+        for name, size in self.files:
+            yield tar.header(name, size)
+            with open(self.root / name, "rb") as f:
+                done = 0
+                while data := f.read(min(piece, size - done)):
+                    done += len(data)
+                    yield data
+                if done != size or f.read(1):
+                    raise InvalidModel(f"{self.root / name} changed while it was being sent; nothing was loaded")
+            yield tar.padding(size)
+        yield tar.END
