@@ -22,6 +22,7 @@ from ollimg.progress import OnProgress, Reporter
 
 CHUNK = 4 << 20  # blob bytes per read, and the size small members are batched up to
 DEFAULT_LEVEL = 3  # zstd's own default
+FEED = 1 << 20  # bytes handed to the compressor at once
 
 
 @dataclass
@@ -106,16 +107,40 @@ class Archive:
 
 def compress(chunks: Iterable[bytes], level: int = DEFAULT_LEVEL, threads: int = 0) -> Iterator[bytes]:
     """zstd of the concatenated chunks, one frame with a content checksum, on `threads` worker
-    threads (0: one per CPU, as `zstd -T0`)."""
-    if not -7 <= level <= 22:
+    threads (0: one per CPU, as `zstd -T0`).
+
+    Fed in FEED pieces through a stream writer, which hands out the compressed bytes as soon as
+    the workers finish them: zstd then holds only its few jobs in flight (tens of MB at most,
+    whatever the input size; `zstd -T0` holds the same). A compressobj would keep every finished
+    job until the final flush.
+    """
+    if not 1 <= level <= 22:
         raise InvalidInput(f"zstd level {level} is out of range: use 1 to 19 (up to 22 uses much more memory)")
     cctx = zstandard.ZstdCompressor(level=level, threads=-1 if threads == 0 else threads, write_checksum=True)
-    stream = cctx.compressobj()
+    out = _Collect()
+    writer = cctx.stream_writer(out, write_size=FEED, closefd=False)
     for chunk in chunks:
-        out = stream.compress(chunk)
-        if out:
-            yield out
-    yield stream.flush()
+        view = memoryview(chunk)
+        for start in range(0, len(view), FEED):
+            writer.write(view[start : start + FEED])
+            yield from out.take()
+    writer.flush(zstandard.FLUSH_FRAME)
+    yield from out.take()
+
+
+class _Collect:
+    """What a zstd stream writer writes, until taken."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> list[bytes]:
+        parts, self.parts = self.parts, []
+        return parts
 
 
 def save(store: Store, names: list[Name | str], out: BinaryIO, *, level: int | None = DEFAULT_LEVEL, threads: int = 0,
