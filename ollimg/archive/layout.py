@@ -38,7 +38,8 @@ def blob_path(digest: str) -> str:
 def index_json(models: list[Model]) -> bytes:
     """index.json naming each model's manifest."""
     manifests = [
-        {"mediaType": m.manifest.media_type, "digest": m.digest, "size": len(m.raw), "annotations": {REF_NAME: str(m.name)}}
+        {"mediaType": m.manifest.media_type, "digest": m.digest, "size": len(m.raw),
+         "annotations": {REF_NAME: str(m.name.with_tag(m.name.tag))}}  # the name without a pinned digest
         for m in models
     ]
     body = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": manifests}

@@ -43,8 +43,7 @@ class Archive:
         if not names:
             raise InvalidInput("name at least one model to save")
         self.store = store
-        unique = list(dict.fromkeys(n.with_tag(n.tag) if n.digest else n for n in names))
-        self.models: list[Model] = [store.get(n) for n in unique]
+        self.models: list[Model] = [store.get(n) for n in dict.fromkeys(names)]  # a pinned digest is checked here
         blobs: dict[str, Descriptor] = {}
         for model in self.models:
             for desc in model.manifest.blobs():

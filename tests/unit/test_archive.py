@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 import tracemalloc
 from pathlib import Path
@@ -114,8 +115,8 @@ def test_index_last_and_a_directory_layout_load_too(src, tmp_path):
     assert_same(src, dst)
 
     layout = tmp_path / "layout"
-    with tarfile.open(fileobj=io.BytesIO(saved(src))) as tar:
-        tar.extractall(layout, filter="data")
+    layout.mkdir()
+    subprocess.run(["tar", "-xf", "-", "-C", str(layout)], input=saved(src), check=True)  # GNU tar unpacks it
     dir_store = Store(tmp_path / "from-dir")
     loaded = load(dir_store, layout)
     assert [m.name.display() for m in loaded.models] == NAMES
@@ -275,3 +276,34 @@ def test_unknown_model_and_missing_file(src, tmp_path):
         load(Store(tmp_path / "dst"), Path(tmp_path / "missing.tar.zst"))
     with pytest.raises(InvalidModel, match="not an OCI image layout"):
         load(Store(tmp_path / "dst"), tmp_path)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_long_names_in_pax_and_gnu_headers_are_read(src, tmp_path, fmt):
+    """Other tools write long paths as PAX records or GNU long-name members; files outside the
+    layout's own are ignored, blobs still load."""
+    with tarfile.open(fileobj=io.BytesIO(saved(src, NAMES[:1]))) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        tar.addfile(tarfile.TarInfo("notes/" + "x" * 150), io.BytesIO(b""))
+        for info, body in members:
+            if info.isfile():
+                info = tarfile.TarInfo("./" + "./" * 60 + info.name)  # longer than ustar's 100 characters
+                info.size = len(body)
+            tar.addfile(info, io.BytesIO(body) if body is not None else None)
+    dst = Store(tmp_path / "dst")
+    load(dst, pieces(out.getvalue(), 7000))
+    assert_same(src, dst, NAMES[:1])
+
+
+def test_a_pinned_digest_is_checked_and_not_written(src):
+    a = src.get(Name.parse("me/a:v1"))
+    data = saved(src, [f"me/a:v1@{a.digest}"])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        index = json.loads(tar.extractfile(INDEX_FILE).read())
+    assert index["manifests"][0]["annotations"][REF_NAME] == str(Name.parse("me/a:v1"))
+    from ollimg.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound):
+        saved(src, ["me/a:v1@sha256:" + "0" * 64])
