@@ -9,7 +9,9 @@ blob files are read into the page cache first) through their real command lines 
 Python start-up included). `load` makes every blob durable (one syncfs) before it names it, so
 the peer is given both as `tar -xf` and as `tar -xf` followed by `sync -f` (the same syncfs).
 Every load starts into an empty directory after a `sync`, so no earlier write-back is counted.
-Prints one JSON object (medians over --runs, then each run). Goal: each ollimg command within
+Wall and CPU seconds (user + system of all the command's processes) are both given: on a
+shared machine the CPU figure is the steadier one. Prints one JSON object (medians over --runs,
+then each run). Goal: each ollimg command within
 1.2x of its tar + zstd peer and the archive within 1 % of the peer's size. Nothing here asserts.
 """
 
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,10 +72,21 @@ def write_bench_model(store: Store, tensors: int, mb: int) -> list[Descriptor]:
     return model.manifest.blobs()
 
 
-def timed(command: list[str], env: dict | None = None, **kwargs) -> float:
-    started = time.perf_counter()
+CPU: dict[str, list[float]] = {}
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(kind: str, command: list[str], env: dict | None = None, **kwargs) -> float:
+    """Wall seconds of the command; its CPU seconds (user + system, all its processes) go to CPU."""
+    cpu, started = children_cpu(), time.perf_counter()
     subprocess.run(command, check=True, env=env, **kwargs)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    CPU.setdefault(kind, []).append(children_cpu() - cpu)
+    return wall
 
 
 def main() -> None:
@@ -104,22 +118,22 @@ def main() -> None:
             for f in (ours, peer):
                 f.unlink(missing_ok=True)
             os.sync()
-            times["save"].append(timed([*OLLIMG, "save", NAME, "-o", str(ours), "--level", str(args.level)], env))
+            times["save"].append(timed("save", [*OLLIMG, "save", NAME, "-o", str(ours), "--level", str(args.level)], env))
             os.sync()
-            times["tar_cf"].append(timed(["tar", "-I", zstd, "-cf", str(peer), "-C", str(source.blobs.root), "-T", str(listing)]))
+            times["tar_cf"].append(timed("tar_cf", ["tar", "-I", zstd, "-cf", str(peer), "-C", str(source.blobs.root), "-T", str(listing)]))
             for kind in ("load", "tar_xf", "tar_xf_sync"):
                 target = root / "target"
                 shutil.rmtree(target, ignore_errors=True)
                 target.mkdir()
                 os.sync()
                 if kind == "load":
-                    times[kind].append(timed([*OLLIMG, "load", str(ours)], {**env, "OLLIMG_MODELS": str(target)},
+                    times[kind].append(timed(kind, [*OLLIMG, "load", str(ours)], {**env, "OLLIMG_MODELS": str(target)},
                                              stdout=subprocess.DEVNULL))
                     assert Store(target).get(Name.parse(NAME)).raw == source.get(Name.parse(NAME)).raw
                 elif kind == "tar_xf":
-                    times[kind].append(timed(["tar", "-I", "zstd -T0", "-xf", str(peer), "-C", str(target)]))
+                    times[kind].append(timed(kind, ["tar", "-I", "zstd -T0", "-xf", str(peer), "-C", str(target)]))
                 else:
-                    times[kind].append(timed(["sh", "-c", f"tar -I 'zstd -T0' -xf {peer} -C {target} && sync -f {target}"]))
+                    times[kind].append(timed(kind, ["sh", "-c", f"tar -I 'zstd -T0' -xf {peer} -C {target} && sync -f {target}"]))
             shutil.rmtree(root / "target", ignore_errors=True)
         med = {k: statistics.median(v) for k, v in times.items()}
         print(json.dumps({
@@ -133,6 +147,9 @@ def main() -> None:
             "load_over_tar_xf": round(med["load"] / med["tar_xf"], 2),
             "load_over_tar_xf_sync": round(med["load"] / med["tar_xf_sync"], 2),
             "runs_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            "median_cpu_s": {k: round(statistics.median(v), 2) for k, v in CPU.items()},
+            "save_over_tar_cf_cpu": round(statistics.median(CPU["save"]) / statistics.median(CPU["tar_cf"]), 2),
+            "load_over_tar_xf_cpu": round(statistics.median(CPU["load"]) / statistics.median(CPU["tar_xf"]), 2),
             "load_average_1m": os.getloadavg()[0],
         }, indent=1))
     finally:
