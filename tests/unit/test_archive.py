@@ -239,20 +239,30 @@ def test_bad_archive_lands_nothing(src, tmp_path, case):
     assert dst.blobs.temp_files() == []
 
 
-def test_a_container_image_is_not_loaded(src, tmp_path):
-    """A layout whose manifest's config is not ollimg's (a container image) is refused."""
-    a = src.get(Name.parse("me/a:v1"))
-    raw = a.raw.replace(b"application/vnd.ollimg.model.config.v1+json", b"application/vnd.oci.image.config.v1+json")
+def with_manifest(data: bytes, raw: bytes) -> bytes:
+    """The archive with its first model's manifest replaced by `raw` (index.json follows)."""
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
 
     def edit(members):
-        info = tarfile.TarInfo("blobs/sha256/" + digest[7:])
-        members = members + [(info, raw)]
+        members = members + [(tarfile.TarInfo("blobs/sha256/" + digest[7:]), raw)]
         return edit_index(lambda i: i["manifests"][0].update(digest=digest, size=len(raw)))(members)
 
+    return rewrite(data, edit)
+
+
+def test_a_container_image_or_a_lying_manifest_is_not_loaded(src, tmp_path):
+    a = src.get(Name.parse("me/a:v1"))
+    data = saved(src, NAMES[:1])
+    image = a.raw.replace(b"application/vnd.ollimg.model.config.v1+json", b"application/vnd.oci.image.config.v1+json")
+    layer = a.manifest.layers[0]
+    lying = a.raw.replace(f'"digest":"{layer.digest}","size":{layer.size}'.encode(),
+                          f'"digest":"{layer.digest}","size":{layer.size + 1}'.encode())
+    assert lying != a.raw
     dst = Store(tmp_path / "dst")
     with pytest.raises(InvalidModel, match="not an ollimg model"):
-        load(dst, [rewrite(saved(src, NAMES[:1]), edit)])
+        load(dst, [with_manifest(data, image)])
+    with pytest.raises(InvalidModel, match=f"gives blob {layer.digest} {layer.size + 1} bytes"):
+        load(dst, [with_manifest(data, lying)])
     assert listing(dst.root) == []
 
 
