@@ -143,3 +143,26 @@ def test_torch_transformer_gate_can_fail(ours_torch, reference, config):
         out = ours_torch(torch.from_numpy(x), t, ctx).numpy()
     with pytest.raises(AssertionError):
         close(out, expected)
+
+
+@pytest.fixture(scope="module")
+def ours_mlx(tiny_klein_dir, config):
+    pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'mlx[cpu]' on Linux)")
+    from ollimg.runtime.mlx_backend import MlxBackend
+    from ollimg.runtime.models.flux2.mlx.transformer import Flux2Transformer
+
+    backend = MlxBackend(device="cpu", dtype="float32")
+    module = Flux2Transformer(config)
+    module.load_weights(list(backend.load_tensors(transformer_refs(tiny_klein_dir, config)).items()), strict=True)
+    return module
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("batch, grid, refs, text_len", CASES)
+def test_mlx_transformer_matches_diffusers(ours_mlx, reference, config, batch, grid, refs, text_len):
+    import mlx.core as mx
+
+    x, text, ref_tokens, t = inputs(config, batch, grid, refs, text_len)
+    expected = run_reference(reference, x, text, ref_tokens, refs, t)
+    ctx = ours_mlx.prepare(mx.array(text), None if ref_tokens is None else mx.array(ref_tokens)[None], refs, *grid)
+    close(np.array(ours_mlx(mx.array(x), t, ctx)), expected)

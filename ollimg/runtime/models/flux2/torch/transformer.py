@@ -156,10 +156,11 @@ class Modulation(nn.Module):
 
     def __init__(self, dim: int, sets: int):
         super().__init__()
+        self.sets = sets
         self.linear = Linear(dim, 3 * sets * dim, bias=False)
 
     def forward(self, temb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.linear(F.silu(temb)).unsqueeze(1).chunk(self.linear.weight.shape[0] // temb.shape[-1], dim=-1)
+        return self.linear(F.silu(temb)).unsqueeze(1).chunk(3 * self.sets, dim=-1)
 
 
 class TimestepEmbedder(nn.Module):
