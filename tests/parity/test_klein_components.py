@@ -166,3 +166,116 @@ def test_mlx_transformer_matches_diffusers(ours_mlx, reference, config, batch, g
     expected = run_reference(reference, x, text, ref_tokens, refs, t)
     ctx = ours_mlx.prepare(mx.array(text), None if ref_tokens is None else mx.array(ref_tokens)[None], refs, *grid)
     close(np.array(ours_mlx(mx.array(x), t, ctx)), expected)
+
+
+@pytest.fixture(scope="module")
+def reference_vae(tiny_klein_dir):
+    from diffusers import AutoencoderKLFlux2
+
+    return AutoencoderKLFlux2.from_pretrained(tiny_klein_dir / "vae", dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def vae_config(tiny_klein_dir):
+    import json
+
+    from ollimg.runtime.models.flux2.config import VaeConfig
+
+    return VaeConfig.from_json(json.loads((tiny_klein_dir / "vae" / "config.json").read_text()))
+
+
+def vae_refs(tiny_klein_dir, shapes):
+    import re
+
+    from ollimg.runtime.source import ModelSource, select
+
+    source = ModelSource.from_dir(tiny_klein_dir)
+    refs = {k: v for k, v in source.tensors("vae").items() if k in shapes}
+    return select(refs, shapes, re.compile(r"$^"), re.compile(r"$^"), "vae")
+
+
+def reference_image(width: int, height: int, seed: int = 0):
+    """A smooth random RGB image (a tiny VAE turns noise into noise; gradients keep values in range)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    rgb = [np.sin(6.0 * (a * x + b * y) + c) for a, b, c in rng.uniform(-1, 1, (3, 3))]
+    return Image.fromarray(((np.stack(rgb, -1) * 0.5 + 0.5) * 255).round().astype(np.uint8))
+
+
+def test_reference_pixels_equal_diffusers_preprocessing():
+    from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
+
+    processor = Flux2ImageProcessor(vae_scale_factor=16)
+    for size in [(72, 80), (64, 64), (1100, 1000), (250, 97)]:
+        image = reference_image(*size)
+        if size[0] * size[1] > 1024 * 1024:
+            image_ref = processor._resize_to_target_area(image, 1024 * 1024)
+        else:
+            image_ref = image
+        w, h = image_ref.size[0] // 16 * 16, image_ref.size[1] // 16 * 16
+        expected = processor.preprocess(image_ref, height=h, width=w, resize_mode="crop")[0].numpy()
+        np.testing.assert_array_equal(layout.reference_pixels(image, 16), expected)
+
+
+@pytest.mark.parametrize("bad, message", [((63, 200), "too small"), ((600, 70), "too elongated")])
+def test_bad_reference_images_are_refused(bad, message):
+    from ollimg.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=message):
+        layout.reference_pixels(reference_image(*bad), 16)
+    with pytest.raises(InvalidInput, match="must be an image"):
+        layout.reference_pixels(np.zeros((64, 64, 3)), 16)
+
+
+def test_torch_vae_encoder_and_latent_norm_match_diffusers(tiny_klein_dir, reference_vae, vae_config):
+    from diffusers import Flux2KleinPipeline as P
+
+    from ollimg.runtime.models.flux2.torch.vae import LatentNorm, VaeEncoder, patchify, unpatchify
+    from ollimg.runtime.torch_backend import TorchBackend, assign
+
+    backend = TorchBackend(device="cpu", dtype="float32")
+    with torch.device("meta"):
+        encoder = VaeEncoder(vae_config)
+    assign(encoder, backend.load_tensors(vae_refs(tiny_klein_dir, weights.vae_encoder_shapes(vae_config))), "vae")
+    stats = backend.load_tensors(vae_refs(tiny_klein_dir, weights.vae_norm_shapes(vae_config)))
+    norm = LatentNorm(stats["bn.running_mean"], stats["bn.running_var"], vae_config.batch_norm_eps)
+
+    pixels = torch.from_numpy(layout.reference_pixels(reference_image(96, 64), 16))[None]
+    pipe = P.__new__(P)  # only `vae` is needed by _encode_vae_image
+    pipe.vae = reference_vae
+    with torch.no_grad():
+        expected = pipe._encode_vae_image(pixels, generator=None).numpy()
+        ours = norm.normalize(patchify(encoder(pixels))).numpy()
+    close(ours, expected)
+    z = torch.from_numpy(expected)
+    np.testing.assert_array_equal(patchify(unpatchify(z)).numpy(), expected)
+    np.testing.assert_array_equal(unpatchify(z).numpy(), P._unpatchify_latents(z).numpy())
+
+
+@pytest.mark.mlx
+def test_mlx_vae_encoder_and_latent_norm_match_diffusers(tiny_klein_dir, reference_vae, vae_config):
+    mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'mlx[cpu]' on Linux)")
+    from diffusers import Flux2KleinPipeline as P
+
+    from ollimg.runtime.mlx_backend import MlxBackend
+    from ollimg.runtime.models.flux2.mlx.vae import LatentNorm, VaeEncoder, patchify, unpatchify
+    from ollimg.runtime.models.zimage.mlx.vae import mlx_layout
+
+    backend = MlxBackend(device="cpu", dtype="float32")
+    encoder = VaeEncoder(vae_config)
+    tensors = backend.load_tensors(vae_refs(tiny_klein_dir, weights.vae_encoder_shapes(vae_config)))
+    encoder.load_weights([(k, mlx_layout(k, v)) for k, v in tensors.items()], strict=True)
+    stats = backend.load_tensors(vae_refs(tiny_klein_dir, weights.vae_norm_shapes(vae_config)))
+    norm = LatentNorm(stats["bn.running_mean"], stats["bn.running_var"], vae_config.batch_norm_eps)
+
+    pixels = layout.reference_pixels(reference_image(64, 96), 16)[None]
+    pipe = P.__new__(P)
+    pipe.vae = reference_vae
+    with torch.no_grad():
+        expected = pipe._encode_vae_image(torch.from_numpy(pixels), generator=None).numpy()
+    ours = norm.normalize(patchify(encoder(mx.array(pixels.transpose(0, 2, 3, 1)))))
+    close(np.array(ours), expected)
+    np.testing.assert_array_equal(np.array(unpatchify(mx.array(expected))),
+                                  P._unpatchify_latents(torch.from_numpy(expected)).numpy())

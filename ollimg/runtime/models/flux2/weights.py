@@ -69,13 +69,48 @@ def transformer_shapes(c: TransformerConfig) -> Shapes:
     return shapes
 
 
-def vae_extra_shapes(c: VaeConfig) -> Shapes:
-    """What AutoencoderKLFlux2 holds beyond the AutoencoderKL encoder and decoder: the 1x1 quant
-    convs and the BatchNorm statistics of the 2x2-patchified latents."""
-    lat = c.latent_channels
-    shapes: Shapes = {"bn.running_mean": (c.packed_channels,), "bn.running_var": (c.packed_channels,)}
+def _resnet(prefix: str, cin: int, cout: int) -> Shapes:
+    shapes: Shapes = {
+        f"{prefix}.norm1.weight": (cin,), f"{prefix}.norm1.bias": (cin,),
+        f"{prefix}.conv1.weight": (cout, cin, 3, 3), f"{prefix}.conv1.bias": (cout,),
+        f"{prefix}.norm2.weight": (cout,), f"{prefix}.norm2.bias": (cout,),
+        f"{prefix}.conv2.weight": (cout, cout, 3, 3), f"{prefix}.conv2.bias": (cout,),
+    }
+    if cin != cout:
+        shapes[f"{prefix}.conv_shortcut.weight"] = (cout, cin, 1, 1)
+        shapes[f"{prefix}.conv_shortcut.bias"] = (cout,)
+    return shapes
+
+
+def vae_encoder_shapes(c: VaeConfig) -> Shapes:
+    """The AutoencoderKL encoder (double_z) and the quant conv: what a reference image goes through."""
+    channels = list(c.block_out_channels)
+    top, lat = channels[-1], c.latent_channels
+    shapes: Shapes = {"encoder.conv_in.weight": (channels[0], c.in_channels, 3, 3), "encoder.conv_in.bias": (channels[0],)}
+    cin = channels[0]
+    for i, cout in enumerate(channels):
+        for j in range(c.layers_per_block):
+            shapes.update(_resnet(f"encoder.down_blocks.{i}.resnets.{j}", cin if j == 0 else cout, cout))
+        cin = cout
+        if i < len(channels) - 1:
+            shapes[f"encoder.down_blocks.{i}.downsamplers.0.conv.weight"] = (cout, cout, 3, 3)
+            shapes[f"encoder.down_blocks.{i}.downsamplers.0.conv.bias"] = (cout,)
+    shapes.update(_resnet("encoder.mid_block.resnets.0", top, top))
+    shapes.update(_resnet("encoder.mid_block.resnets.1", top, top))
+    if c.mid_block_add_attention:
+        a = "encoder.mid_block.attentions.0"
+        shapes.update({f"{a}.group_norm.weight": (top,), f"{a}.group_norm.bias": (top,)})
+        for name in ("to_q", "to_k", "to_v", "to_out.0"):
+            shapes.update({f"{a}.{name}.weight": (top, top), f"{a}.{name}.bias": (top,)})
+    shapes.update({
+        "encoder.conv_norm_out.weight": (top,), "encoder.conv_norm_out.bias": (top,),
+        "encoder.conv_out.weight": (2 * lat, top, 3, 3), "encoder.conv_out.bias": (2 * lat,),
+    })
     if c.use_quant_conv:
         shapes.update({"quant_conv.weight": (2 * lat, 2 * lat, 1, 1), "quant_conv.bias": (2 * lat,)})
-    if c.use_post_quant_conv:
-        shapes.update({"post_quant_conv.weight": (lat, lat, 1, 1), "post_quant_conv.bias": (lat,)})
     return shapes
+
+
+def vae_norm_shapes(c: VaeConfig) -> Shapes:
+    """The BatchNorm statistics of the 2x2-patchified latents."""
+    return {"bn.running_mean": (c.packed_channels,), "bn.running_var": (c.packed_channels,)}
