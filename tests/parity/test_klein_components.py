@@ -126,7 +126,7 @@ def test_torch_transformer_matches_diffusers(ours_torch, reference, config, batc
     x, text, ref_tokens, t = inputs(config, batch, grid, refs, text_len)
     expected = run_reference(reference, x, text, ref_tokens, refs, t)
     with torch.inference_mode():
-        ctx = ours_torch.prepare(torch.from_numpy(text), None if ref_tokens is None else torch.from_numpy(ref_tokens)[None],
+        ctx = ours_torch.prepare(torch.from_numpy(text), None if ref_tokens is None else torch.from_numpy(ref_tokens),
                                  refs, *grid)
         out = ours_torch(torch.from_numpy(x), t, ctx).numpy()
     close(out, expected)
@@ -139,7 +139,7 @@ def test_torch_transformer_gate_can_fail(ours_torch, reference, config):
     expected = run_reference(reference, x, text, ref_tokens, refs, t)
     swapped = np.concatenate([ref_tokens[16:], ref_tokens[:16]])
     with torch.inference_mode():
-        ctx = ours_torch.prepare(torch.from_numpy(text), torch.from_numpy(swapped)[None], refs, 4, 4)
+        ctx = ours_torch.prepare(torch.from_numpy(text), torch.from_numpy(swapped), refs, 4, 4)
         out = ours_torch(torch.from_numpy(x), t, ctx).numpy()
     with pytest.raises(AssertionError):
         close(out, expected)
@@ -164,7 +164,7 @@ def test_mlx_transformer_matches_diffusers(ours_mlx, reference, config, batch, g
 
     x, text, ref_tokens, t = inputs(config, batch, grid, refs, text_len)
     expected = run_reference(reference, x, text, ref_tokens, refs, t)
-    ctx = ours_mlx.prepare(mx.array(text), None if ref_tokens is None else mx.array(ref_tokens)[None], refs, *grid)
+    ctx = ours_mlx.prepare(mx.array(text), None if ref_tokens is None else mx.array(ref_tokens), refs, *grid)
     close(np.array(ours_mlx(mx.array(x), t, ctx)), expected)
 
 

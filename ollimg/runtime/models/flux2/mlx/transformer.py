@@ -202,7 +202,7 @@ class Context:
     """What one generation gives every denoising step (nothing here depends on t or the latents)."""
 
     txt: mx.array  # (B, Lt, D) projected text features
-    refs: mx.array | None  # (B, Lr, C) packed reference tokens, or None
+    refs: mx.array | None  # (1, Lr, C) packed reference tokens, or None
     cos: mx.array  # (Lt + Li + Lr, head_dim / 2) float32
     sin: mx.array
 
@@ -228,13 +228,13 @@ class Flux2Transformer(nn.Module):
 
     def prepare(self, text: mx.array, refs: mx.array | None, ref_sizes: list[tuple[int, int]],
                 h: int, w: int) -> Context:
-        """text (B, Lt, joint_attention_dim) features; refs (B, Lr, C) packed reference tokens or None,
+        """text (B, Lt, joint_attention_dim) features; refs (Lr, C) packed reference tokens or None,
         of the grids `ref_sizes`; h, w the packed latent grid."""
         c = self.config
         ids = np.concatenate([layout.text_ids(text.shape[1]), layout.grid_ids(h, w), layout.reference_ids(ref_sizes)])
         cos, sin = layout.rope(ids, c.axes_dims_rope, c.rope_theta)
         txt = self.context_embedder(text.astype(self.dtype))
-        refs = None if refs is None else refs.astype(self.dtype)
+        refs = None if refs is None else refs.astype(self.dtype)[None]
         return Context(txt, refs, mx.array(cos), mx.array(sin))
 
     def __call__(self, x: mx.array, t: np.ndarray, ctx: Context) -> mx.array:

@@ -205,7 +205,7 @@ class Context:
     """What one generation gives every denoising step (nothing here depends on t or the latents)."""
 
     txt: torch.Tensor  # (B, Lt, D) projected text features
-    refs: torch.Tensor | None  # (B, Lr, C) packed reference tokens, or None
+    refs: torch.Tensor | None  # (1, Lr, C) packed reference tokens, or None
     cos: torch.Tensor  # (Lt + Li + Lr, head_dim / 2) float32
     sin: torch.Tensor
 
@@ -231,13 +231,13 @@ class Flux2Transformer(nn.Module):
 
     def prepare(self, text: torch.Tensor, refs: torch.Tensor | None, ref_sizes: list[tuple[int, int]],
                 h: int, w: int) -> Context:
-        """text (B, Lt, joint_attention_dim) features; refs (B, Lr, C) packed reference tokens or None,
+        """text (B, Lt, joint_attention_dim) features; refs (Lr, C) packed reference tokens or None,
         of the grids `ref_sizes`; h, w the packed latent grid."""
         c, dev = self.config, text.device
         ids = np.concatenate([layout.text_ids(text.shape[1]), layout.grid_ids(h, w), layout.reference_ids(ref_sizes)])
         cos, sin = layout.rope(ids, c.axes_dims_rope, c.rope_theta)
         txt = self.context_embedder(text.to(self.dtype))
-        refs = None if refs is None else refs.to(dev, self.dtype)
+        refs = None if refs is None else refs.to(dev, self.dtype)[None]
         return Context(txt, refs, torch.from_numpy(cos).to(dev), torch.from_numpy(sin).to(dev))
 
     def forward(self, x: torch.Tensor, t: np.ndarray, ctx: Context) -> torch.Tensor:
