@@ -114,3 +114,24 @@ def vae_encoder_shapes(c: VaeConfig) -> Shapes:
 def vae_norm_shapes(c: VaeConfig) -> Shapes:
     """The BatchNorm statistics of the 2x2-patchified latents."""
     return {"bn.running_mean": (c.packed_channels,), "bn.running_var": (c.packed_channels,)}
+
+
+def component_tensors(source, config) -> dict[str, dict]:
+    """Each component's tensors in `source` (a ModelSource), checked against the shapes `config`
+    (a Flux2Config) implies; names without prefixes. Keys: transformer, vae_encoder, vae_decoder,
+    vae_norm (the VAE folder split by what reads it)."""
+    from ollimg.runtime.models.zimage.weights import vae_decoder_shapes
+    from ollimg.runtime.source import select
+
+    where = f"model {source.name}"
+    transformer = select(source.tensors("transformer"), transformer_shapes(config.transformer), TRANSFORMER_IGNORED,
+                         TRANSFORMER_FP8, f"{where}: transformer")
+    vae = source.tensors("vae")
+    parts = {"vae_encoder": vae_encoder_shapes(config.vae), "vae_decoder": vae_decoder_shapes(config.vae),
+             "vae_norm": vae_norm_shapes(config.vae)}
+    out = {"transformer": transformer}
+    for part, shapes in parts.items():
+        others = {name for other, s in parts.items() if other != part for name in s}
+        ignored = re.compile("|".join([VAE_BN_IGNORED.pattern] + [re.escape(n) + "$" for n in sorted(others)]))
+        out[part] = select(vae, shapes, ignored, re.compile(r"$^"), f"{where}: vae")
+    return out
