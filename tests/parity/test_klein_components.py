@@ -13,6 +13,7 @@ import torch
 
 from ollimg.runtime.models.flux2 import layout, weights
 from ollimg.runtime.models.flux2.config import TransformerConfig
+from tests.parity.klein_reference import reference_image
 
 
 def close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> float:
@@ -38,23 +39,24 @@ def config(tiny_klein_dir) -> TransformerConfig:
     return TransformerConfig.from_json(json.loads((tiny_klein_dir / "transformer" / "config.json").read_text()))
 
 
-def transformer_refs(tiny_klein_dir, config):
-    from ollimg.runtime.source import ModelSource, select
+@pytest.fixture(scope="module")
+def tensors(tiny_klein_dir):
+    from ollimg.runtime.models.flux2.config import read_config
+    from ollimg.runtime.source import ModelSource
 
     source = ModelSource.from_dir(tiny_klein_dir)
-    return select(source.tensors("transformer"), weights.transformer_shapes(config), weights.TRANSFORMER_IGNORED,
-                  weights.TRANSFORMER_FP8, "transformer")
+    return weights.component_tensors(source, read_config(source))
 
 
 @pytest.fixture(scope="module")
-def ours_torch(tiny_klein_dir, config):
+def ours_torch(tensors, config):
     from ollimg.runtime.models.flux2.torch.transformer import Flux2Transformer
     from ollimg.runtime.torch_backend import TorchBackend, assign
 
     backend = TorchBackend(device="cpu", dtype="float32")
     with torch.device("meta"):
         module = Flux2Transformer(config)
-    return assign(module, backend.load_tensors(transformer_refs(tiny_klein_dir, config)), "transformer").eval()
+    return assign(module, backend.load_tensors(tensors["transformer"]), "transformer").eval()
 
 
 # (batch, packed latent grid h x w, reference grids, text length)
@@ -146,14 +148,14 @@ def test_torch_transformer_gate_can_fail(ours_torch, reference, config):
 
 
 @pytest.fixture(scope="module")
-def ours_mlx(tiny_klein_dir, config):
+def ours_mlx(tensors, config):
     pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'mlx[cpu]' on Linux)")
     from ollimg.runtime.mlx_backend import MlxBackend
     from ollimg.runtime.models.flux2.mlx.transformer import Flux2Transformer
 
     backend = MlxBackend(device="cpu", dtype="float32")
     module = Flux2Transformer(config)
-    module.load_weights(list(backend.load_tensors(transformer_refs(tiny_klein_dir, config)).items()), strict=True)
+    module.load_weights(list(backend.load_tensors(tensors["transformer"]).items()), strict=True)
     return module
 
 
@@ -176,32 +178,11 @@ def reference_vae(tiny_klein_dir):
 
 
 @pytest.fixture(scope="module")
-def vae_config(tiny_klein_dir):
-    import json
+def klein_config(tiny_klein_dir):
+    from ollimg.runtime.models.flux2.config import read_config
+    from ollimg.runtime.source import ModelSource
 
-    from ollimg.runtime.models.flux2.config import VaeConfig
-
-    return VaeConfig.from_json(json.loads((tiny_klein_dir / "vae" / "config.json").read_text()))
-
-
-def vae_refs(tiny_klein_dir, shapes):
-    import re
-
-    from ollimg.runtime.source import ModelSource, select
-
-    source = ModelSource.from_dir(tiny_klein_dir)
-    refs = {k: v for k, v in source.tensors("vae").items() if k in shapes}
-    return select(refs, shapes, re.compile(r"$^"), re.compile(r"$^"), "vae")
-
-
-def reference_image(width: int, height: int, seed: int = 0):
-    """A smooth random RGB image (a tiny VAE turns noise into noise; gradients keep values in range)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    rgb = [np.sin(6.0 * (a * x + b * y) + c) for a, b, c in rng.uniform(-1, 1, (3, 3))]
-    return Image.fromarray(((np.stack(rgb, -1) * 0.5 + 0.5) * 255).round().astype(np.uint8))
+    return read_config(ModelSource.from_dir(tiny_klein_dir))
 
 
 def test_reference_pixels_equal_diffusers_preprocessing():
@@ -229,18 +210,17 @@ def test_bad_reference_images_are_refused(bad, message):
         layout.reference_pixels(np.zeros((64, 64, 3)), 16)
 
 
-def test_torch_vae_encoder_and_latent_norm_match_diffusers(tiny_klein_dir, reference_vae, vae_config):
+def test_torch_vae_encoder_and_latent_norm_match_diffusers(tensors, reference_vae, klein_config):
     from diffusers import Flux2KleinPipeline as P
 
-    from ollimg.runtime.models.flux2.torch.vae import LatentNorm, VaeEncoder, patchify, unpatchify
-    from ollimg.runtime.torch_backend import TorchBackend, assign
+    from ollimg.runtime.components.autoencoder_kl.torch import VaeEncoder
+    from ollimg.runtime.models.flux2.torch.vae import LatentNorm, patchify, unpatchify
+    from ollimg.runtime.torch_backend import TorchBackend, load_module
 
     backend = TorchBackend(device="cpu", dtype="float32")
-    with torch.device("meta"):
-        encoder = VaeEncoder(vae_config)
-    assign(encoder, backend.load_tensors(vae_refs(tiny_klein_dir, weights.vae_encoder_shapes(vae_config))), "vae")
-    stats = backend.load_tensors(vae_refs(tiny_klein_dir, weights.vae_norm_shapes(vae_config)))
-    norm = LatentNorm(stats["bn.running_mean"], stats["bn.running_var"], vae_config.batch_norm_eps)
+    encoder = load_module(backend, VaeEncoder, (klein_config.vae,), tensors["vae_encoder"], "vae")
+    stats = backend.load_tensors(tensors["latent_norm"])
+    norm = LatentNorm(stats["bn.running_mean"], stats["bn.running_var"], klein_config.latent_norm.batch_norm_eps)
 
     pixels = torch.from_numpy(layout.reference_pixels(reference_image(96, 64), 16))[None]
     pipe = P.__new__(P)  # only `vae` is needed by _encode_vae_image
@@ -255,20 +235,18 @@ def test_torch_vae_encoder_and_latent_norm_match_diffusers(tiny_klein_dir, refer
 
 
 @pytest.mark.mlx
-def test_mlx_vae_encoder_and_latent_norm_match_diffusers(tiny_klein_dir, reference_vae, vae_config):
+def test_mlx_vae_encoder_and_latent_norm_match_diffusers(tensors, reference_vae, klein_config):
     mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'mlx[cpu]' on Linux)")
     from diffusers import Flux2KleinPipeline as P
 
-    from ollimg.runtime.mlx_backend import MlxBackend
-    from ollimg.runtime.models.flux2.mlx.vae import LatentNorm, VaeEncoder, patchify, unpatchify
-    from ollimg.runtime.models.zimage.mlx.vae import mlx_layout
+    from ollimg.runtime.components.autoencoder_kl.mlx import VaeEncoder, mlx_layout
+    from ollimg.runtime.mlx_backend import MlxBackend, load_module
+    from ollimg.runtime.models.flux2.mlx.vae import LatentNorm, patchify, unpatchify
 
     backend = MlxBackend(device="cpu", dtype="float32")
-    encoder = VaeEncoder(vae_config)
-    tensors = backend.load_tensors(vae_refs(tiny_klein_dir, weights.vae_encoder_shapes(vae_config)))
-    encoder.load_weights([(k, mlx_layout(k, v)) for k, v in tensors.items()], strict=True)
-    stats = backend.load_tensors(vae_refs(tiny_klein_dir, weights.vae_norm_shapes(vae_config)))
-    norm = LatentNorm(stats["bn.running_mean"], stats["bn.running_var"], vae_config.batch_norm_eps)
+    encoder = load_module(backend, VaeEncoder(klein_config.vae), tensors["vae_encoder"], "vae", layout=mlx_layout)
+    stats = backend.load_tensors(tensors["latent_norm"])
+    norm = LatentNorm(stats["bn.running_mean"], stats["bn.running_var"], klein_config.latent_norm.batch_norm_eps)
 
     pixels = layout.reference_pixels(reference_image(64, 96), 16)[None]
     pipe = P.__new__(P)

@@ -1,8 +1,7 @@
-"""FLUX.2 [klein] configs: frozen dataclasses read from each component's config.json and from
-model_index.json (`is_distilled`), keys named as upstream has them.
-
-A missing required key is InvalidModel; the scheduler alone takes class defaults for absent keys
-(FlowMatchEulerDiscreteScheduler's). Imports no torch or mlx.
+"""FLUX.2 [klein]'s configs: the transformer's config.json and what AutoencoderKLFlux2 adds to the
+VAE's as frozen dataclasses (keys named as upstream has them; a missing required key is
+InvalidModel), the shared components' configs, `is_distilled` from model_index.json, the
+variant's recommended defaults, and `read_config` of a ModelSource. Imports no torch or mlx.
 """
 
 from __future__ import annotations
@@ -12,17 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollimg.errors import InvalidModel
-
-
-def _build(cls, raw: dict[str, Any], where: str, optional: tuple[str, ...] = ()):
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            value = raw[f.name]
-            values[f.name] = tuple(value) if isinstance(value, list) else value
-        elif f.name not in optional:
-            raise InvalidModel(f"{where}: required key {f.name!r} is missing")
-    return cls(**values)
+from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig
+from ollimg.runtime.components.configs import from_json
+from ollimg.runtime.components.qwen3.config import Qwen3Config
+from ollimg.runtime.flow_match import FlowMatchConfig
 
 
 @dataclass(frozen=True)
@@ -58,7 +50,7 @@ class TransformerConfig:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any], where: str = "transformer/config.json") -> "TransformerConfig":
-        config = _build(cls, raw, where, optional=("out_channels",))
+        config = from_json(cls, raw, where, optional=("out_channels",))
         if config.patch_size != 1:
             raise InvalidModel(f"{where}: only patch_size 1 is supported (FLUX.2 packs 2x2 in the VAE)")
         if config.guidance_embeds:
@@ -71,77 +63,18 @@ class TransformerConfig:
 
 
 @dataclass(frozen=True)
-class VaeConfig:
-    """`vae/config.json` of AutoencoderKLFlux2."""
+class LatentNormConfig:
+    """What `vae/config.json` of AutoencoderKLFlux2 adds to AutoencoderKL's: the 2x2 patch and the
+    BatchNorm over the patchified latents."""
 
-    in_channels: int
-    out_channels: int
-    block_out_channels: tuple[int, ...]
-    layers_per_block: int
-    latent_channels: int
-    norm_num_groups: int
     batch_norm_eps: float
     patch_size: tuple[int, ...]
-    act_fn: str = "silu"
-    decoder_block_out_channels: tuple[int, ...] | None = None
-    use_quant_conv: bool = True
-    use_post_quant_conv: bool = True
-    mid_block_add_attention: bool = True
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any], where: str = "vae/config.json") -> "VaeConfig":
-        config = _build(cls, raw, where, optional=("act_fn", "decoder_block_out_channels", "use_quant_conv",
-                                                   "use_post_quant_conv", "mid_block_add_attention"))
-        if config.act_fn != "silu":
-            raise InvalidModel(f"{where}: act_fn {config.act_fn!r} is not supported")
+    def from_json(cls, raw: dict[str, Any], where: str = "vae/config.json") -> "LatentNormConfig":
+        config = from_json(cls, raw, where)
         if config.patch_size != (2, 2):
             raise InvalidModel(f"{where}: only patch_size [2, 2] is supported")
-        if config.decoder_block_out_channels not in (None, config.block_out_channels):
-            raise InvalidModel(f"{where}: decoder_block_out_channels other than block_out_channels is not supported")
-        if any(c % config.norm_num_groups for c in config.block_out_channels):
-            raise InvalidModel(f"{where}: norm_num_groups must divide every block_out_channels entry")
-        return config
-
-    @property
-    def scale(self) -> int:
-        """Pixels per latent cell (before the 2x2 patching)."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def packed_channels(self) -> int:
-        """Channels of a 2x2-patchified latent: what the BatchNorm and the transformer see."""
-        return self.latent_channels * self.patch_size[0] * self.patch_size[1]
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """`scheduler/scheduler_config.json` of FlowMatchEulerDiscreteScheduler; absent keys take class defaults.
-
-    klein shifts dynamically with an exponential time shift; its `mu` is computed from the image size
-    and step count (`flow_match` / the pipeline), so base_shift / max_shift go unused, as in diffusers.
-    """
-
-    num_train_timesteps: int = 1000
-    shift: float = 1.0
-    use_dynamic_shifting: bool = False
-    time_shift_type: str = "exponential"
-    shift_terminal: float | None = None
-    use_karras_sigmas: bool = False
-    use_exponential_sigmas: bool = False
-    use_beta_sigmas: bool = False
-    invert_sigmas: bool = False
-    stochastic_sampling: bool = False
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any], where: str = "scheduler/scheduler_config.json") -> "SchedulerConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        config = cls(**{k: v for k, v in raw.items() if k in names})
-        unsupported = [k for k in ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-                                   "invert_sigmas", "stochastic_sampling") if getattr(config, k)]
-        if config.use_dynamic_shifting and config.time_shift_type != "exponential":
-            unsupported.append(f"time_shift_type {config.time_shift_type!r}")
-        if unsupported:
-            raise InvalidModel(f"{where}: {', '.join(unsupported)} is not supported")
         return config
 
 
@@ -167,11 +100,56 @@ class Defaults:
 
 @dataclass(frozen=True)
 class Flux2Config:
-    """All component configs of one FLUX.2 [klein] model. `text_encoder` is the shared Qwen3 config."""
+    """All component configs of one FLUX.2 [klein] model; `is_distilled` is model_index.json's."""
 
     transformer: TransformerConfig
-    text_encoder: Any
-    vae: VaeConfig
-    scheduler: SchedulerConfig
+    text_encoder: Qwen3Config
+    vae: AutoencoderKLConfig
+    latent_norm: LatentNormConfig
+    scheduler: FlowMatchConfig
     is_distilled: bool
     defaults: Defaults = field(default_factory=Defaults)
+
+    @property
+    def text_encoder_outputs(self) -> tuple[int, ...]:
+        """klein conditions on Qwen3's hidden_states[k] for k in text_encoder_out_layers, concatenated per token."""
+        return tuple(self.defaults.text_encoder_out_layers)
+
+    @property
+    def multiple(self) -> int:
+        """Pixels per packed latent cell: the VAE's factor times the 2x2 patch."""
+        return self.vae.scale * self.latent_norm.patch_size[0]
+
+
+def read_config(source) -> Flux2Config:
+    """The Flux2Config of a ModelSource; defaults from the store config or the directory's ollimg.json."""
+    where = f"model {source.name}"
+    index = source.json("model_index.json")
+    distilled = index.get("is_distilled", False)  # diffusers' default: an undistilled model
+    if not isinstance(distilled, bool):
+        raise InvalidModel(f"{where}: model_index.json: is_distilled must be true or false")
+    raw_vae = source.json("vae/config.json")
+    vae = AutoencoderKLConfig.from_json(raw_vae)
+    if len(vae.decoder_channels) != len(vae.block_out_channels):
+        raise InvalidModel(f"{where}: vae/config.json: the encoder and decoder must scale alike")
+    scheduler = FlowMatchConfig.from_json(source.json("scheduler/scheduler_config.json"))
+    if not scheduler.use_dynamic_shifting or scheduler.time_shift_type != "exponential":
+        raise InvalidModel(f"{where}: scheduler/scheduler_config.json: klein shifts dynamically and exponentially "
+                           "(use_dynamic_shifting true, time_shift_type exponential)")
+    config = Flux2Config(
+        transformer=TransformerConfig.from_json(source.json("transformer/config.json")),
+        text_encoder=Qwen3Config.from_json(source.json("text_encoder/config.json")),
+        vae=vae,
+        latent_norm=LatentNormConfig.from_json(raw_vae),
+        scheduler=scheduler,
+        is_distilled=distilled,
+        defaults=Defaults.for_variant(distilled, source.defaults()),
+    )
+    config.text_encoder.check_outputs(config.text_encoder_outputs, f"{where}: text_encoder_out_layers")
+    width = len(config.text_encoder_outputs) * config.text_encoder.hidden_size
+    if width != config.transformer.joint_attention_dim:
+        raise InvalidModel(f"{where}: transformer joint_attention_dim {config.transformer.joint_attention_dim} is not "
+                           f"{len(config.text_encoder_outputs)} text-encoder layers of {config.text_encoder.hidden_size}")
+    if config.transformer.in_channels != 4 * vae.latent_channels:
+        raise InvalidModel(f"{where}: transformer in_channels must be 4 times the VAE's latent_channels")
+    return config

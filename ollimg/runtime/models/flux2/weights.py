@@ -1,30 +1,32 @@
-"""The key maps of FLUX.2 [klein], as data: every tensor each component needs, with its shape.
+"""FLUX.2 [klein]'s key maps as data: every tensor each component needs, with its shape, and the FP8 set.
 
-Names are the upstream diffusers names inside each component folder. Each component lists what it
-loads (`*_shapes`), what it may hold but never reads (`*_IGNORED`), and which linear weights may
-be stored as float8 E4M3 with a per-output-channel float32 `<name>_scale` next to them (`FP8`: the
-one definition `quantize/` also reads). Imports no torch or mlx.
+Names are the upstream diffusers/transformers names with the component's own prefix removed.
+Each component lists what it loads (`*_shapes`) and what it may hold but never reads
+(`*_IGNORED`). FP8 holds, per component, the linear weights that may be stored as float8 E4M3
+with a per-output-channel float32 `<name>_scale` (names as stored): the one definition
+`ollimg create --quantize fp8` and the loader both read. Imports no torch or mlx.
 """
 
 from __future__ import annotations
 
 import re
 
-from ollimg.runtime.models.flux2.config import TransformerConfig, VaeConfig
-
-Shapes = dict[str, tuple[int, ...]]
+from ollimg.runtime.components.autoencoder_kl import weights as vae_weights
+from ollimg.runtime.components.qwen3 import weights as qwen3_weights
+from ollimg.runtime.models.flux2.config import Flux2Config, TransformerConfig
+from ollimg.runtime.source import Shapes, select
 
 TRANSFORMER_IGNORED = re.compile(r"$^")
-# BatchNorm's step counter (int64) is training state.
-VAE_BN_IGNORED = re.compile(r"^bn\.num_batches_tracked$")
-# The attention and MLP linears of every double- and single-stream block: 97% of the weights.
-# The embedders, the shared modulations, the output norm and proj_out stay in the compute dtype
-# (they are small, run once per step, and set the dtype every block computes in).
-TRANSFORMER_FP8 = re.compile(
-    r"^(transformer_blocks\.\d+\.(attn\.(to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
-    r"|ff\.linear_(in|out)|ff_context\.linear_(in|out))"
-    r"|single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out))\.weight$"
-)
+FP8 = {
+    # The attention and MLP linears of every double- and single-stream block: nearly all of the
+    # weights. The embedders, the shared modulations, the output norm and proj_out stay in the
+    # compute dtype (small, run once per step; proj_out also gives the compute dtype).
+    "transformer": re.compile(r"(transformer_blocks\.\d+\.(attn\.(to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
+                              r"|ff\.linear_(in|out)|ff_context\.linear_(in|out))"
+                              r"|single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out))\.weight"),
+    "text_encoder": qwen3_weights.FP8,
+}
+NO_FP8 = re.compile(r"$^")
 
 
 def _double(prefix: str, c: TransformerConfig) -> Shapes:
@@ -69,69 +71,30 @@ def transformer_shapes(c: TransformerConfig) -> Shapes:
     return shapes
 
 
-def _resnet(prefix: str, cin: int, cout: int) -> Shapes:
-    shapes: Shapes = {
-        f"{prefix}.norm1.weight": (cin,), f"{prefix}.norm1.bias": (cin,),
-        f"{prefix}.conv1.weight": (cout, cin, 3, 3), f"{prefix}.conv1.bias": (cout,),
-        f"{prefix}.norm2.weight": (cout,), f"{prefix}.norm2.bias": (cout,),
-        f"{prefix}.conv2.weight": (cout, cout, 3, 3), f"{prefix}.conv2.bias": (cout,),
-    }
-    if cin != cout:
-        shapes[f"{prefix}.conv_shortcut.weight"] = (cout, cin, 1, 1)
-        shapes[f"{prefix}.conv_shortcut.bias"] = (cout,)
-    return shapes
+def latent_norm_shapes(config: Flux2Config) -> Shapes:
+    """The BatchNorm statistics of the 2x2-patchified latents (its int64 step counter is not read)."""
+    channels = config.vae.latent_channels * config.latent_norm.patch_size[0] * config.latent_norm.patch_size[1]
+    return {"bn.running_mean": (channels,), "bn.running_var": (channels,)}
 
 
-def vae_encoder_shapes(c: VaeConfig) -> Shapes:
-    """The AutoencoderKL encoder (double_z) and the quant conv: what a reference image goes through."""
-    channels = list(c.block_out_channels)
-    top, lat = channels[-1], c.latent_channels
-    shapes: Shapes = {"encoder.conv_in.weight": (channels[0], c.in_channels, 3, 3), "encoder.conv_in.bias": (channels[0],)}
-    cin = channels[0]
-    for i, cout in enumerate(channels):
-        for j in range(c.layers_per_block):
-            shapes.update(_resnet(f"encoder.down_blocks.{i}.resnets.{j}", cin if j == 0 else cout, cout))
-        cin = cout
-        if i < len(channels) - 1:
-            shapes[f"encoder.down_blocks.{i}.downsamplers.0.conv.weight"] = (cout, cout, 3, 3)
-            shapes[f"encoder.down_blocks.{i}.downsamplers.0.conv.bias"] = (cout,)
-    shapes.update(_resnet("encoder.mid_block.resnets.0", top, top))
-    shapes.update(_resnet("encoder.mid_block.resnets.1", top, top))
-    if c.mid_block_add_attention:
-        a = "encoder.mid_block.attentions.0"
-        shapes.update({f"{a}.group_norm.weight": (top,), f"{a}.group_norm.bias": (top,)})
-        for name in ("to_q", "to_k", "to_v", "to_out.0"):
-            shapes.update({f"{a}.{name}.weight": (top, top), f"{a}.{name}.bias": (top,)})
-    shapes.update({
-        "encoder.conv_norm_out.weight": (top,), "encoder.conv_norm_out.bias": (top,),
-        "encoder.conv_out.weight": (2 * lat, top, 3, 3), "encoder.conv_out.bias": (2 * lat,),
-    })
-    if c.use_quant_conv:
-        shapes.update({"quant_conv.weight": (2 * lat, 2 * lat, 1, 1), "quant_conv.bias": (2 * lat,)})
-    return shapes
-
-
-def vae_norm_shapes(c: VaeConfig) -> Shapes:
-    """The BatchNorm statistics of the 2x2-patchified latents."""
-    return {"bn.running_mean": (c.packed_channels,), "bn.running_var": (c.packed_channels,)}
-
-
-def component_tensors(source, config) -> dict[str, dict]:
+def component_tensors(source, config: Flux2Config) -> dict[str, dict]:
     """Each component's tensors in `source` (a ModelSource), checked against the shapes `config`
-    (a Flux2Config) implies; names without prefixes. Keys: transformer, vae_encoder, vae_decoder,
-    vae_norm (the VAE folder split by what reads it)."""
-    from ollimg.runtime.models.zimage.weights import vae_decoder_shapes
-    from ollimg.runtime.source import select
-
+    implies; names without prefixes. The VAE folder is split by what reads it: `vae_encoder`
+    (reference images), `vae_decoder` and `latent_norm`; each selection ignores the others' tensors."""
     where = f"model {source.name}"
-    transformer = select(source.tensors("transformer"), transformer_shapes(config.transformer), TRANSFORMER_IGNORED,
-                         TRANSFORMER_FP8, f"{where}: transformer")
+    layers = max(config.text_encoder_outputs)
+    out = {
+        "text_encoder": select(source.tensors("text_encoder"), qwen3_weights.shapes(config.text_encoder, layers),
+                               qwen3_weights.ignored(config.text_encoder, layers), FP8["text_encoder"],
+                               f"{where}: text_encoder", strip=qwen3_weights.PREFIX),
+        "transformer": select(source.tensors("transformer"), transformer_shapes(config.transformer),
+                              TRANSFORMER_IGNORED, FP8["transformer"], f"{where}: transformer"),
+    }
     vae = source.tensors("vae")
-    parts = {"vae_encoder": vae_encoder_shapes(config.vae), "vae_decoder": vae_decoder_shapes(config.vae),
-             "vae_norm": vae_norm_shapes(config.vae)}
-    out = {"transformer": transformer}
+    parts = {"vae_encoder": vae_weights.encoder_shapes(config.vae), "vae_decoder": vae_weights.decoder_shapes(config.vae),
+             "latent_norm": latent_norm_shapes(config)}
     for part, shapes in parts.items():
-        others = {name for other, s in parts.items() if other != part for name in s}
-        ignored = re.compile("|".join([VAE_BN_IGNORED.pattern] + [re.escape(n) + "$" for n in sorted(others)]))
-        out[part] = select(vae, shapes, ignored, re.compile(r"$^"), f"{where}: vae")
+        others = sorted(name for other, s in parts.items() if other != part for name in s)
+        ignored = re.compile("(?:" + "|".join([r"bn\.num_batches_tracked"] + [re.escape(n) for n in others]) + ")$")
+        out[part] = select(vae, shapes, ignored, NO_FP8, f"{where}: vae")
     return out
