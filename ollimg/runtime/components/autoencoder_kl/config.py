@@ -1,4 +1,4 @@
-"""`vae/config.json` of AutoencoderKL (and AutoencoderKLFlux2) as a frozen dataclass.
+"""`vae/config.json` of AutoencoderKL (and of its variants with the same decoder) as a frozen dataclass.
 
 What the decoder needs, and the encoder (`in_channels`, `use_quant_conv`). Imports no torch or mlx.
 """

@@ -125,7 +125,7 @@ class Flux2Pipeline:
         sigmas, _ = schedule(req.steps, self.config.scheduler, sigmas=grid, mu=layout.empirical_mu(h * w, req.steps))
         velocity = self._velocity(context, neg_context, sigmas, req.total, req.guidance)
         x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings, on_step=on_step,
-                           previews=previews, on_preview=on_preview, to_rgb=preview_rgb)
+                           previews=previews, on_preview=on_preview, to_rgb=self.components.decode)
         mark = time.perf_counter()
         final = self.backend.to_numpy(x)
         pixels = self.components.decode(x)
@@ -167,9 +167,3 @@ class Flux2Pipeline:
 
         return velocity
 
-
-def preview_rgb(latents: np.ndarray) -> np.ndarray:
-    """uint8 [n, h, w, 3] from float32 latents [n, C, h, w]: a grey channel mean, cheap, no VAE
-    (klein's normalised latents have no published linear RGB map here)."""
-    grey = latents.mean(axis=1)[..., None] * 0.25
-    return ((np.repeat(grey, 3, axis=-1) + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
