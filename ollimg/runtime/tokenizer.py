@@ -51,7 +51,7 @@ class PromptTokenizer:
 
     def encode(self, prompts: list[str], max_length: int, enable_thinking: bool = True) -> list[np.ndarray]:
         """Token ids (int64) of each templated prompt, truncated to `max_length`, unpadded.
-        `enable_thinking` is the template's option (the family picks it: Z-Image True, klein False)."""
+        `enable_thinking` is the chat template's option; the family picks it."""
         encodings = self.tokenizer.encode_batch([self.render(p, enable_thinking) for p in prompts],
                                                 add_special_tokens=True)
         return [np.asarray(e.ids[:max_length], dtype=np.int64) for e in encodings]

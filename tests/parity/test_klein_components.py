@@ -257,3 +257,21 @@ def test_mlx_vae_encoder_and_latent_norm_match_diffusers(tensors, reference_vae,
     close(np.array(ours), expected)
     np.testing.assert_array_equal(np.array(unpatchify(mx.array(expected))),
                                   P._unpatchify_latents(torch.from_numpy(expected)).numpy())
+
+
+def test_tokenizer_without_thinking_equals_transformers(tiny_klein_dir):
+    """klein's template option (enable_thinking=False adds an empty think block) and truncation."""
+    import transformers
+
+    from ollimg.runtime.source import ModelSource
+    from ollimg.runtime.tokenizer import load_tokenizer
+
+    ours = load_tokenizer(ModelSource.from_dir(tiny_klein_dir))
+    ref = transformers.AutoTokenizer.from_pretrained(tiny_klein_dir / "tokenizer")
+    for prompt in ["a cat", "東京の夜景 — Café 🐼", ""]:
+        text = ref.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True, enable_thinking=False)
+        assert "<think>" in text and ours.render(prompt, enable_thinking=False) == text
+        for length in (9, 512):
+            expected = ref(text, max_length=length, truncation=True).input_ids
+            assert ours.encode([prompt], length, enable_thinking=False)[0].tolist() == expected
