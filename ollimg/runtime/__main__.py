@@ -107,6 +107,7 @@ class Worker:
     def generate(self, raw: dict):
         from ollimg.runtime.images import Parameters, encode
         from ollimg.runtime.request import GenerateRequest, GenerateResult
+        from ollimg.runtime.teacache import refuse_unsupported
 
         try:
             req = GenerateRequest.from_json(raw)
@@ -125,12 +126,16 @@ class Worker:
             self.channel.send({"type": "preview", "index": next(previews), "step": step,
                                "image": base64.b64encode(png).decode("ascii")})
 
+        options = {}
+        if req.teacache is not None:
+            refuse_unsupported(self.pipeline)
+            options["teacache"] = req.teacache
         d = self.pipeline.defaults
         result_size = (req.width or d.width, req.height or d.height)
         result = self.pipeline.generate(
             req.prompt, negative_prompt=req.negative_prompt, width=req.width, height=req.height, steps=req.steps,
             guidance=req.guidance, seed=req.seed, n=req.n, on_step=self.on_step, previews=req.previews,
-            on_preview=on_preview if req.previews else None, teacache=req.teacache,
+            on_preview=on_preview if req.previews else None, **options,
         )
         mark = time.perf_counter()
         images = []

@@ -46,7 +46,8 @@ class Pipeline(Protocol):
     seed=None, n=1, latents=None, on_step=None, previews=0, on_preview=None, **family_options)`:
     None settings take `defaults`; `on_step` gets a Step after each step and may raise (e.g.
     Cancelled) to stop between steps; `on_preview` is called at `previews` evenly spaced steps;
-    `teacache` (a threshold; None: off) and `teacache_record` as in `ollimg/runtime/teacache.py`."""
+    a family that has opted in to TeaCache also takes `teacache` (a threshold; None: off) and
+    `teacache_record`, as `ollimg/runtime/teacache.py` describes."""
 
     name: str
     digest: str | None

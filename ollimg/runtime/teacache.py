@@ -27,6 +27,7 @@ no torch or mlx.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -191,6 +192,16 @@ def replay(calibration: Calibration, runs: list[list[float]], steps: int, thresh
     return skipped / (len(runs) * steps) if runs else 0.0
 
 
+def supported(pipeline) -> bool:
+    """Whether the pipeline's family has opted in (its `generate` takes `teacache`)."""
+    return "teacache" in inspect.signature(pipeline.generate).parameters
+
+
+def refuse_unsupported(pipeline) -> None:
+    if not supported(pipeline):
+        raise InvalidInput(f"model {pipeline.name}: TeaCache is not available for this model family yet")
+
+
 def start(pipeline, steps: int, threshold: float | None, record: bool = False) -> TeaCache | None:
     """The cache for one generation of `pipeline` (its backend, name and `calibration`), or None
     when neither caching nor recording was asked for; InvalidInput if the model is not calibrated."""
@@ -208,6 +219,7 @@ def calibrate(pipeline, prompts: list[str], steps: int | None = None, seed: int 
     (`steps` if given), recording every step; the fitted Calibration."""
     if not prompts:
         raise InvalidInput("calibration needs at least one prompt")
+    refuse_unsupported(pipeline)
     pairs, runs, used = [], [], None
     for j, prompt in enumerate(prompts):
         result = pipeline.generate(prompt, steps=steps, seed=seed + j, on_step=on_step, teacache_record=True)

@@ -117,6 +117,24 @@ def test_a_broken_calibration_file_is_refused(data):
 class Pipe:
     backend, name, calibration = NumpyBackend(), "m:latest", None
 
+    def generate(self, prompt, *, teacache=None, teacache_record=False):
+        raise AssertionError("not called here")
+
+
+class OldFamily:
+    name = "k:latest"
+
+    def generate(self, prompt, *, steps=None):
+        raise AssertionError("never called")
+
+
+def test_a_family_that_has_not_opted_in_is_refused():
+    from ollimg.runtime.teacache import calibrate, supported
+
+    assert supported(Pipe()) and not supported(OldFamily())
+    with pytest.raises(InvalidInput, match="not available for this model family"):
+        calibrate(OldFamily(), ["a prompt"])
+
 
 def test_an_uncalibrated_model_refuses_caching():
     assert start(Pipe(), 8, None) is None
