@@ -111,7 +111,7 @@ def time_diffusers(path: Path, args, dtype: str) -> dict:
                  callback_on_step_end=lambda p, step, t, kw: packed.append(kw["latents"]) or {})
             base.sync()
             t2 = time.perf_counter()
-            z = pipe._unpack_latents_with_ids(packed[-1], pipe._prepare_latent_ids(latents), cells, cells)
+            z = pipe._unpack_latents_with_ids(packed[-1], pipe._prepare_latent_ids(latents).to(latents.device), cells, cells)
             mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1).to(z.dtype)
             std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(z.dtype)
             z = pipe._unpatchify_latents(z * std + mean)
