@@ -115,9 +115,10 @@ class Repl:
             elif key == "format":
                 s.format = self.parse_format(value)
             elif key == "teacache":
-                s.teacache = None if value.lower() in ("off", "") else float(value)
-                if s.teacache is not None and not 0 <= s.teacache <= 100:
+                threshold = None if value.lower() in ("off", "") else float(value)
+                if threshold is not None and not 0 <= threshold <= 100:
                     raise InvalidInput("teacache is a threshold from 0 to 100, or off")
+                s.teacache = threshold
             else:
                 raise InvalidInput(f"unknown setting {key!r}; /? lists them")
         except ValueError:
