@@ -143,12 +143,59 @@ def corpus() -> list[str]:
     return words
 
 
-def heldout_specs(n: int = 120) -> list[Spec]:
-    """The fixed held-out evaluation set: n single-shape scenes whose (color, shape, position)
-    triple never occurs in training. Prompt i is generated with seed i."""
+def is_count(spec: Spec) -> bool:
+    """A count scene ("two small yellow squares ..."): identical shapes, positions not named."""
+    return spec.caption.split(" ", 1)[0] in COUNT_WORDS.values()
+
+
+def _apart(cells: list[str]) -> bool:
+    """No two cells share an edge, so that even two large shapes cannot touch."""
+    at = [divmod(POSITION_NAMES.index(p), 3) for p in cells]
+    return all(abs(r1 - r2) + abs(c1 - c2) > 1 for i, (r1, c1) in enumerate(at) for r2, c2 in at[i + 1:])
+
+
+def _apart_cells(rng: random.Random, n: int) -> list[str]:
+    while True:
+        cells = rng.sample(POSITION_NAMES, n)
+        if _apart(cells):
+            return cells
+
+
+def _heldout_count(rng: random.Random, n: int) -> Spec:
+    kind, color, size = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES))
+    bg = rng.choice([c for c in COLORS if c != color])
+    shapes = [_place(rng, kind, color, size, p) for p in _apart_cells(rng, n)]
+    return Spec(bg, shapes, f"{COUNT_WORDS[n]} {size} {color} {_plural(kind)} on {_a(bg)} background")
+
+
+def _heldout_pair(rng: random.Random) -> Spec:
+    """A held-out triple and a second shape of another kind and color in a cell apart."""
+    color, kind, pos = rng.choice(sorted(HELDOUT))
+    while True:
+        kind2, color2, pos2 = rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(POSITION_NAMES)
+        if kind2 != kind and color2 != color and (color2, kind2, pos2) not in HELDOUT and _apart([pos, pos2]):
+            break
+    bg = rng.choice([c for c in COLORS if c not in (color, color2)])
+    a = _place(rng, kind, color, rng.choice(list(SIZES)), pos)
+    b = _place(rng, kind2, color2, rng.choice(list(SIZES)), pos2)
+    return Spec(bg, [a, b], f"{_phrase(a)} and {_phrase(b)} on {_a(bg)} background")
+
+
+def heldout_specs() -> list[Spec]:
+    """The fixed held-out evaluation set, 160 distinct scenes; prompt i is generated with seed i.
+    - 120 single shapes whose (color, shape, position) triple never occurs in training;
+    - 20 counts: ten of two and ten of three identical shapes (their captions can occur in
+      training: a count caption names no position, so none is held out);
+    - 20 pairs: a held-out triple and a second shape of another kind and color.
+    Shapes of a count or a pair sit in cells that share no edge, so that they never touch."""
     rng = random.Random(12345)
     specs: dict[str, Spec] = {}
-    while len(specs) < n:
+    while len(specs) < 120:
         spec = sample_spec(rng, "heldout")
         specs.setdefault(spec.caption, spec)
+    rng = random.Random(54321)
+    for make in [lambda: _heldout_count(rng, 2)] * 10 + [lambda: _heldout_count(rng, 3)] * 10 + [lambda: _heldout_pair(rng)] * 20:
+        while (spec := make()).caption in specs:
+            pass
+        specs[spec.caption] = spec
     return list(specs.values())
