@@ -3,9 +3,15 @@
 import copy
 import random
 
+import numpy as np
+import pytest
+
+from training.shapes import outlines
 from training.shapes.check import score, summarize
 from training.shapes.data import render, specs_for, to_uint8
-from training.shapes.world import COLORS, HELDOUT, POSITION_NAMES, heldout_specs, is_count, sample_spec
+from training.shapes.world import (
+    COLORS, EXTENTS, HELDOUT, POSITION_NAMES, SHAPES, apart, heldout_specs, is_count, sample_spec,
+)
 
 
 def test_training_never_shows_a_heldout_triple():
@@ -14,6 +20,22 @@ def test_training_never_shows_a_heldout_triple():
         spec = sample_spec(rng)
         assert all((s.color, s.kind, s.pos) not in HELDOUT for s in spec.shapes)
         assert all(s.color != spec.bg for s in spec.shapes)
+
+
+def test_training_shapes_never_touch():
+    rng = random.Random(1)
+    specs = [sample_spec(rng) for _ in range(500)]
+    assert all(apart(s.shapes) for s in specs)
+    counts = [s for s in specs if is_count(s)]
+    assert len(counts) > 100 and all(score(im, s).count for im, s in zip(to_uint8(render(counts)).numpy(), counts))
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_extents_are_the_outlines_bounding_boxes(kind: str):
+    c = (np.arange(4000) + 0.5) / 4000 * 2.4 - 1.2  # steps of 0.0006
+    u, v = np.meshgrid(c, c)
+    ys, xs = np.nonzero(outlines.inside(np, kind, u, v))
+    assert np.allclose((c[xs.min()], c[xs.max()], c[ys.min()], c[ys.max()]), EXTENTS[kind], atol=2e-3)
 
 
 def test_heldout_set_is_fixed_and_heldout():

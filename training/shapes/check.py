@@ -23,7 +23,7 @@ from itertools import combinations
 import numpy as np
 
 from training.shapes import outlines
-from training.shapes.world import COLORS, POSITION_NAMES, SHAPES, SIZE, Spec, cell_center, is_count
+from training.shapes.world import COLORS, EXTENTS, POSITION_NAMES, SIZE, Spec, cell_center, is_count
 
 BORDER = 6
 MIN_PIXELS = 20  # fewer shape pixels than this (a small shape is ~380) counts as no shape
@@ -34,20 +34,6 @@ _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)
 _NAMES = list(COLORS)
 _SCALES = (0.9, 0.95, 1.0, 1.05, 1.1)
 _OFFSETS = (-1.0, 0.0, 1.0)
-
-
-def _extents() -> dict[str, tuple[float, float, float, float]]:
-    """(u0, u1, v0, v1): each outline's bounding box in units of the half extent."""
-    c = (np.arange(2000) + 0.5) / 2000 * 2.4 - 1.2
-    u, v = np.meshgrid(c, c)
-    boxes = {}
-    for kind in SHAPES:
-        ys, xs = np.nonzero(outlines.inside(np, kind, u, v))
-        boxes[kind] = (c[xs.min()], c[xs.max()], c[ys.min()], c[ys.max()])
-    return boxes
-
-
-_EXTENTS = _extents()
 
 
 @dataclass
@@ -123,7 +109,7 @@ def kind_fits(blob: Blob) -> dict[str, float]:
     target = blob.mask[ya:yb, xa:xb]
     py, px = np.mgrid[ya:ya + target.shape[0], xa:xa + target.shape[1]] + 0.5  # pixel centres
     fits = {}
-    for kind, (u0, u1, v0, v1) in _EXTENTS.items():
+    for kind, (u0, u1, v0, v1) in EXTENTS.items():
         r0 = 0.5 * ((x1 - x0) / (u1 - u0) + (y1 - y0) / (v1 - v0))
         scale, dx, dy = (a.ravel()[:, None, None] for a in np.meshgrid(_SCALES, _OFFSETS, _OFFSETS))
         r = r0 * scale  # (N, 1, 1): every candidate scale and offset

@@ -24,6 +24,16 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
 SIZES: dict[str, float] = {"small": 11.0, "large": 21.0}  # half extent in pixels
+# Each outline's bounding box (u0, u1, v0, v1) in units of the half extent, v pointing down
+# (outlines.py draws them; tests/training checks that these boxes are theirs).
+EXTENTS: dict[str, tuple[float, float, float, float]] = {
+    "circle": (-1.0, 1.0, -1.0, 1.0),
+    "square": (-0.85, 0.85, -0.85, 0.85),
+    "triangle": (-1.8 / 1.85, 1.8 / 1.85, -1.0, 0.8),
+    "star": (-0.9511, 0.9511, -1.0, 0.809),  # sin 72 degrees, cos 36 degrees
+    "diamond": (-1.1, 1.1, -1.1, 1.1),
+}
+GAP = 3.0  # pixels between the bounding boxes of two shapes of one training scene
 # 3x3 grid of cells; the caption phrase for each.
 POSITIONS: dict[str, str] = {
     "top left": "at the top left",
@@ -86,6 +96,21 @@ def _place(rng: random.Random, kind: str, color: str, size: str, pos: str) -> Sh
     return Shape(kind, color, size, pos, cx + rng.uniform(-JITTER, JITTER), cy + rng.uniform(-JITTER, JITTER))
 
 
+def _box(s: Shape) -> tuple[float, float, float, float]:
+    u0, u1, v0, v1 = EXTENTS[s.kind]
+    r = SIZES[s.size]
+    return s.cx + u0 * r, s.cx + u1 * r, s.cy + v0 * r, s.cy + v1 * r
+
+
+def apart(shapes: list[Shape], gap: float = GAP) -> bool:
+    """No two shapes' bounding boxes come within `gap` pixels: the shapes never touch."""
+    boxes = [_box(s) for s in shapes]
+    return all(
+        a[0] - gap >= b[1] or b[0] - gap >= a[1] or a[2] - gap >= b[3] or b[2] - gap >= a[3]
+        for i, a in enumerate(boxes) for b in boxes[i + 1:]
+    )
+
+
 def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
@@ -113,12 +138,21 @@ def sample_spec(rng: random.Random, split: str = "train") -> Spec:
 
 
 def _sample_train(rng: random.Random) -> Spec:
+    """One training scene; its shapes never touch, so that a count in the caption is the count
+    a person sees (with jitter, large shapes in neighbouring cells would often overlap)."""
+    while True:
+        spec = _sample_scene(rng)
+        if apart(spec.shapes):
+            return spec
+
+
+def _sample_scene(rng: random.Random) -> Spec:
     bg = rng.choice(list(COLORS))
     colors = [c for c in COLORS if c != bg]
     roll = rng.random()
-    if roll < 0.5:  # one shape, fully described
+    if roll < 0.35:  # one shape, fully described
         n = 1
-    elif roll < 0.8:  # two or three different shapes, each fully described
+    elif roll < 0.6:  # two or three different shapes, each fully described
         n = rng.choice((2, 3))
     else:  # a count of identical shapes, positions not named
         n = rng.choice((2, 3))
