@@ -15,9 +15,10 @@ from training.shapes.check import score, summarize
 from training.shapes.world import heldout_specs
 
 BATCH = 16  # prompts per generate call (the runtime's per-request limit)
-# The first model's figures (issue 7's goals for the first three). Issue 19's goals, for the
-# model that replaces it: background 0.98, color 0.97, position 0.95, kind 0.90, count 0.90.
-GOALS = {"background": 0.95, "color": 0.90, "position": 0.80, "kind": 0.0, "count": 0.0}
+# Issue 7's goals for the first three, and a floor under the first model's kind (0.344) and count
+# (0.944). Issue 19's goals, for the model that replaces it: background 0.98, color 0.97,
+# position 0.95, kind 0.90, count 0.90.
+GOALS = {"background": 0.95, "color": 0.90, "position": 0.80, "kind": 0.30, "count": 0.90}
 
 
 @pytest.mark.slow
