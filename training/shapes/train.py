@@ -5,8 +5,9 @@ Run from the repository root (needs diffusers and transformers, the test-only re
     python -m training.shapes.train --out out/shapes
 
 Seeded: the same arguments on the same hardware and software give the same weights (up to
-non-deterministic GPU kernels). The shipped model was trained with the defaults below on one
-NVIDIA H100 (see training/shapes/README.md for the time it took).
+non-deterministic GPU kernels). By default the number of DiT steps is fitted to --budget-seconds
+(one GPU lease) and printed; --dit-steps N with that N reruns the same training.
+training/shapes/README.md records the recipe, time and hardware of each model.
 
 The DiT objective matches how diffusers' ZImagePipeline samples: latents x0 = (z - shift) *
 scale, noisy x = (1 - sigma) * x0 + sigma * noise, the model gets t = 1 - sigma (the pipeline's
