@@ -78,7 +78,7 @@ def main() -> None:
     start = time.perf_counter()
     pipe.calibration = calibrate(pipe, calibration_prompts(args.calibration_prompts), args.steps)
     print("calibration", pipe.calibration.to_json(), flush=True)
-    rows = measure(pipe, heldout_specs(args.prompts), THRESHOLDS, args.steps)
+    rows = measure(pipe, heldout_specs()[:args.prompts], THRESHOLDS, args.steps)
     figures = {"model": "shapes (builtin)", "backend": "torch CPU float32", "date": time.strftime("%Y-%m-%d"),
                "steps": args.steps or pipe.defaults.steps, "heldout_prompts": args.prompts,
                "calibration": pipe.calibration.to_json(), "rows": rows,
