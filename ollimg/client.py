@@ -101,7 +101,7 @@ class Client:
     def push(self, model: str, *, insecure: bool | None = None, on_progress: OnProgress | None = None) -> api.ProgressResponse:
         return self._progress("/api/push", {"model": model, "insecure": insecure}, on_progress)
 
-    def save_archive(self, models: list[str], *, format: str = "tar.zst", level: int | None = None,
+    def save(self, models: list[str], *, format: str = "tar.zst", level: int | None = None,
              on_progress: OnProgress | None = None) -> Iterator[bytes]:
         """The server's archive of `models` (POST /api/save), as it arrives. Progress: `saving`
         with bytes received of the total (known for a plain tar, which has a Content-Length)."""
@@ -126,8 +126,7 @@ class Client:
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
 
-    def load_archive(self, chunks: Iterable[bytes], total: int | None = None,
-                     on_progress: OnProgress | None = None) -> api.LoadResponse:
+    def load_archive(self, chunks: Iterable[bytes], total: int | None = None, on_progress: OnProgress | None = None) -> api.LoadResponse:
         """Sends an archive's bytes to POST /api/load. Progress: `loading` with bytes sent (of `total`)."""
         self.version()  # a wrong API key answers here, not as a broken pipe halfway through a large upload
 

@@ -51,7 +51,7 @@ def save_command(
         client = running_client()
         if client is not None:  # the server's store; the server sends a plain tar (exact progress), compressed here
             with client:
-                chunks: Iterator[bytes] = client.save_archive([str(n) for n in parsed], format="tar", on_progress=display)
+                chunks: Iterator[bytes] = client.save([str(n) for n in parsed], format="tar", on_progress=display)
                 if level_or_none is not None:
                     chunks = archive.compress(chunks, level_or_none, threads)
                 written = 0
