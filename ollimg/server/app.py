@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import ollimg
 from ollimg import api, config
 from ollimg.errors import AuthError, Busy, InvalidInput, OllimgError
+from ollimg.gallery import Gallery
 from ollimg.hosts import is_loopback
 from ollimg.manifest import Store
 from ollimg.server.routes.common import openai_error, wire_message
@@ -69,17 +70,16 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
     )
     app.state.store = store
     app.state.scheduler = scheduler
+    app.state.gallery = Gallery(config.gallery_dir(), config.gallery_max())
 
-    from ollimg.server.routes import generate, models, openai, sdapi
+    from ollimg.server.routes import gallery, generate, models, openai, sdapi, web
 
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(openai.router)
     app.include_router(sdapi.router)
-
-    @app.get("/", response_class=PlainTextResponse, tags=["server"])
-    def root() -> str:
-        return "ollimg is running"
+    app.include_router(gallery.router)
+    app.include_router(web.router)
 
     @app.get("/api/version", response_model=api.VersionResponse, tags=["server"])
     def version() -> api.VersionResponse:
@@ -114,11 +114,12 @@ def error_response(path: str, e: OllimgError, param: str | None = None) -> JSONR
         headers["Retry-After"] = str(getattr(e, "retry_after", 5))
     elif not getattr(e, "retryable", False):
         headers["x-should-retry"] = "false"
+    param = param or getattr(e, "param", None)
     if path.startswith("/v1"):
-        body = openai_error(e, status, param or getattr(e, "param", None))
+        body = openai_error(e, status, param).model_dump()
     else:
-        body = api.Error(error=wire_message(e), code=e.code)
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+        body = api.Error(error=wire_message(e), code=e.code, param=param).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 
