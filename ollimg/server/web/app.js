@@ -239,8 +239,8 @@ async function modelChanged() {
     }
   }
   const d = state.defaults;
-  $("#steps").placeholder = d.steps ?? "model default";
-  $("#guidance").placeholder = d.guidance ?? "model default";
+  $("#steps").placeholder = d.steps ?? "default";
+  $("#guidance").placeholder = d.guidance ?? "default";
   fillSizes();
 }
 
@@ -433,6 +433,7 @@ function finished(line, slots, body, run) {
     : `${line.images.length - line.gallery_ids.length} not kept in the gallery (see the server log)`;
   $("#timings").textContent = `${line.width}×${line.height}, ${line.steps} steps, guidance ${line.guidance} · ${parts.join(" · ")} · ${kept}`;
   if (line.gallery_ids.length) gallery.stale = true;
+  if (!state.models.some((m) => m.name === line.model)) loadModelChoices();  // a built-in model is stored now
 }
 
 function stop() {
