@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from ollimg.manifest import Name, Store
 from ollimg.registry import push
@@ -26,6 +27,14 @@ from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402  (a 
 
 CHROMIUM = "/usr/bin/chromium"
 PROMPT = "a large red circle at the top left on a blue background"
+SHOWCASE = [  # the README's prompts, for a gallery worth a screenshot
+    "a small yellow star in the center on a purple background",
+    "a large white triangle at the bottom right on a green background",
+    "two small yellow squares on a black background",
+    "a large orange diamond on the right on a white background",
+    "three small white stars on a red background",
+    "a large black circle at the bottom left on an orange background",
+]
 TIMEOUT = 120_000  # ms: the first generation imports and loads the model on a busy 2-core machine
 expect.set_options(timeout=TIMEOUT)
 
@@ -280,11 +289,12 @@ def test_api_key_asked_once_and_kept(browser, tmp_path):
 
 def test_views_on_desktop_and_phone(browser, server, tmp_path):
     """Each view light and dark, desktop and phone: nothing wider than the screen; screenshots."""
-    httpx.post(server.url + "/api/generate", json={
-        "model": "shapes", "prompt": "a large white triangle at the bottom right on a green background", "seed": 3,
-        "stream": False, "gallery": True}, timeout=120).raise_for_status()
-    out = Path(os.environ.get("OLLIMG_WEB_SCREENSHOTS") or tmp_path)
-    out.mkdir(parents=True, exist_ok=True)
+    for prompt in SHOWCASE:
+        httpx.post(server.url + "/api/generate", json={"model": "shapes", "prompt": prompt, "seed": 1, "stream": False,
+                                                       "gallery": True}, timeout=120).raise_for_status()
+    docs = os.environ.get("OLLIMG_WEB_SCREENSHOTS")
+    out = tmp_path / "shots"
+    out.mkdir()
     for label, viewport, scheme in (("", {"width": 1100, "height": 700}, "light"),
                                     ("-phone", {"width": 390, "height": 760}, "dark")):
         context = browser.new_context(viewport=viewport, color_scheme=scheme)
@@ -304,4 +314,10 @@ def test_views_on_desktop_and_phone(browser, server, tmp_path):
             assert (background == "rgb(17, 20, 24)") == (scheme == "dark"), background
             pg.screenshot(path=str(out / f"web-{view}{label}.png"))
         context.close()
-    assert len(list(out.glob("web-*.png"))) == 6
+    shots = sorted(out.glob("web-*.png"))
+    assert len(shots) == 6
+    for shot in shots:
+        with Image.open(shot) as img:
+            assert len(img.getcolors(1 << 16) or range(1 << 16)) > 16  # drawn, not blank
+            if docs:  # small files for the repo: 128 colours are plenty for a UI
+                img.convert("RGB").quantize(128, dither=Image.Dither.NONE).save(Path(docs) / shot.name, optimize=True)
