@@ -188,10 +188,16 @@ def test_gallery_after_reload_and_restart(page, server):
     expect(viewer).to_be_visible()
     expect(page.locator("#viewer-params")).to_contain_text("4242")
     expect(page.locator("#viewer-img")).to_have_attribute("src", re.compile("^blob:"))
+    expect(page.locator("#viewer-download")).to_have_attribute("href", re.compile("^blob:"))
     with page.expect_download() as download:
         page.click("#viewer-download")
     data = Path(download.value.path()).read_bytes()
     assert data.startswith(b"\x89PNG") and download.value.suggested_filename == "ollimg-4242.png"
+
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page.click("#viewer-seed")
+    expect(page.locator("#toast")).to_have_text("Copied 4242")
+    assert page.evaluate("navigator.clipboard.readText()") == "4242"
 
     page.click("#viewer-reuse")
     expect(page.locator("#view-create")).to_be_visible()

@@ -515,6 +515,7 @@ function galleryItem(entry) {
 }
 
 let viewing = null;
+const viewer = { url: null };  // the full-size image on show (its own blob: URL, kept apart from the grid's)
 
 async function openViewer(entry, src) {
   viewing = entry;
@@ -533,11 +534,15 @@ async function openViewer(entry, src) {
   download.href = src || "#";
   $("#viewer-delete").hidden = !entry.id;
   if (!dialog.open) dialog.showModal();
+  if (viewer.url) URL.revokeObjectURL(viewer.url);
+  viewer.url = null;
   if (!src && entry.id) {
     try {
       const url = await blobUrl(`/api/gallery/${entry.id}/image`);
-      gallery.urls.push(url);
-      if (viewing === entry) { img.src = url; download.href = url; }
+      if (viewing !== entry) { URL.revokeObjectURL(url); return; }
+      viewer.url = url;
+      img.src = url;
+      download.href = url;
     } catch (e) {
       img.alt = `could not load: ${e.message}`;
     }
