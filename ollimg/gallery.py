@@ -23,18 +23,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ollimg.errors import InvalidInput, OllimgError
+from ollimg.errors import ImageNotFound, InvalidInput
 
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 256
 ID_PATTERN = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9]{6}-[0-9a-f]{6}")
 FORMATS = ("png", "jpeg", "webp")
-
-
-class ImageNotFound(OllimgError):
-    code = "not_found"
-    http_status = 404
 
 
 @dataclass

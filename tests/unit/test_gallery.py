@@ -9,7 +9,8 @@ import json
 import pytest
 from PIL import Image
 
-from ollimg.gallery import Entry, Gallery, ImageNotFound
+from ollimg.errors import ImageNotFound
+from ollimg.gallery import Entry, Gallery
 from tests.unit.asgi import call
 
 
@@ -118,7 +119,7 @@ def test_gallery_routes(tmp_path, monkeypatch):
     assert image.status_code == 200 and image.headers["content-type"] == "image/png" and image.content == png("red")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert deleted.status_code == 200 and deleted.json()["id"] == ids[0]
-    assert gone.status_code == 404 and gone.json()["code"] == "not_found"
+    assert gone.status_code == 404 and gone.json()["code"] == "image_not_found"
     assert traversal.status_code == 404
     assert bad_limit.status_code == 400 and bad_limit.json()["param"] == "query.limit"
 
