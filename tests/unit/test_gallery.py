@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -200,3 +201,16 @@ def test_api_key_covers_the_gallery_not_the_page(tmp_path, monkeypatch):
     without, with_key, page, js = call(tmp_path, fn)
     assert without.status_code == 401 and with_key.status_code == 200
     assert page.status_code == 200 and js.status_code == 200
+
+
+def test_the_page_uses_only_documented_api_paths(tmp_path):
+    """Requirement: the page talks to the server only through the documented API (/openapi.json)."""
+    from ollimg.server.routes.web import WEB
+
+    async def fn(c, _):
+        return (await c.get("/openapi.json")).json()["paths"]
+
+    documented = [re.compile(re.sub(r"\{[^}]+\}", "[^/]+", path) + "$") for path in call(tmp_path, fn)]
+    used = {re.sub(r"\$\{[^}]+\}", "x", m) for m in re.findall(r"[\"`](/api/[^\"`?]*)", (WEB / "app.js").read_text())}
+    assert {"/api/generate", "/api/gallery/x/image", "/api/pull", "/api/builtin"} <= used
+    assert [path for path in used if not any(d.match(path) for d in documented)] == []
