@@ -2,9 +2,8 @@
 Python package through its executable path) against a real `ollimg serve` with the built-in
 `shapes` model and a real docker-registry. One browser and one server for the module.
 
-With OLLIMG_WEB_SCREENSHOTS=DIR, test_views_on_desktop_and_phone also writes its screenshots
-there (`OLLIMG_WEB_SCREENSHOTS=docs ./scripts/test tests/integration/test_web_page.py` makes the
-README's).
+With OLLIMG_WEB_SCREENSHOTS=DIR, the tests that take screenshots also write them there
+(`OLLIMG_WEB_SCREENSHOTS=docs ./scripts/test tests/integration/test_web_page.py` makes the README's).
 """
 
 from __future__ import annotations
@@ -104,6 +103,15 @@ def generate(pg: Page, prompt: str, **fields: str) -> None:
     expect(pg.locator("#results img.final").first).to_be_visible()
 
 
+def screenshot(pg: Page, path: Path) -> None:
+    """A screenshot that shows something; also written to OLLIMG_WEB_SCREENSHOTS when set."""
+    pg.screenshot(path=str(path))
+    with Image.open(path) as img:
+        assert len(img.getcolors(1 << 16) or range(1 << 16)) > 16  # drawn, not blank
+        if docs := os.environ.get("OLLIMG_WEB_SCREENSHOTS"):  # small files for the repo: 128 colours suit a UI
+            img.convert("RGB").quantize(128, dither=Image.Dither.NONE).save(Path(docs) / path.name, optimize=True)
+
+
 def gallery(server: Server, **params) -> dict:
     return httpx.get(server.url + "/api/gallery", params=params).json()
 
@@ -142,13 +150,15 @@ def test_bad_size_shows_an_error_next_to_the_field(page, server):
     assert gallery(server)["total"] == before
 
 
-def test_stop_cancels_on_the_server(page, server):
+def test_stop_cancels_on_the_server(page, server, tmp_path):
     open_page(page, server)
     before = gallery(server)["total"]
     page.fill("#prompt", "two small yellow squares on a black background")
     page.fill("#steps", "200")
     page.click("#generate")
     expect(page.locator("#status")).to_have_text(re.compile(r"Step [2-9]/200"))
+    expect(page.locator("#results img.preview")).to_be_visible()  # the first of 20 previews: step 10
+    screenshot(page, tmp_path / "web-progress.png")
     page.click("#stop")
     expect(page.locator("#status")).to_have_text(re.compile("Stopped"))
     expect(page.locator("#generate")).to_be_enabled()
@@ -298,9 +308,6 @@ def test_views_on_desktop_and_phone(browser, server, tmp_path):
     for prompt in SHOWCASE:
         httpx.post(server.url + "/api/generate", json={"model": "shapes", "prompt": prompt, "seed": 1, "stream": False,
                                                        "gallery": True}, timeout=120).raise_for_status()
-    docs = os.environ.get("OLLIMG_WEB_SCREENSHOTS")
-    out = tmp_path / "shots"
-    out.mkdir()
     for label, viewport, scheme in (("", {"width": 1100, "height": 700}, "light"),
                                     ("-phone", {"width": 390, "height": 760}, "dark")):
         context = browser.new_context(viewport=viewport, color_scheme=scheme)
@@ -318,12 +325,5 @@ def test_views_on_desktop_and_phone(browser, server, tmp_path):
             assert pg.evaluate("document.scrollingElement.scrollWidth") <= viewport["width"]
             background = pg.evaluate("getComputedStyle(document.body).backgroundColor")
             assert (background == "rgb(17, 20, 24)") == (scheme == "dark"), background
-            pg.screenshot(path=str(out / f"web-{view}{label}.png"))
+            screenshot(pg, tmp_path / f"web-{view}{label}.png")
         context.close()
-    shots = sorted(out.glob("web-*.png"))
-    assert len(shots) == 6
-    for shot in shots:
-        with Image.open(shot) as img:
-            assert len(img.getcolors(1 << 16) or range(1 << 16)) > 16  # drawn, not blank
-            if docs:  # small files for the repo: 128 colours are plenty for a UI
-                img.convert("RGB").quantize(128, dither=Image.Dither.NONE).save(Path(docs) / shot.name, optimize=True)
