@@ -72,26 +72,15 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
     app.state.scheduler = scheduler
     app.state.gallery = Gallery(config.gallery_dir(), config.gallery_max())
 
-<<<<<<< HEAD
-    from ollimg.server.routes import gallery, generate, models, openai, sdapi, web
-=======
-    from ollimg.server.routes import archive, generate, models, openai, sdapi
->>>>>>> main
+    from ollimg.server.routes import archive, gallery, generate, models, openai, sdapi, web
 
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(openai.router)
     app.include_router(sdapi.router)
-<<<<<<< HEAD
+    app.include_router(archive.router)
     app.include_router(gallery.router)
     app.include_router(web.router)
-=======
-    app.include_router(archive.router)
-
-    @app.get("/", response_class=PlainTextResponse, tags=["server"])
-    def root() -> str:
-        return "ollimg is running"
->>>>>>> main
 
     @app.get("/api/version", response_model=api.VersionResponse, tags=["server"])
     def version() -> api.VersionResponse:
