@@ -2,8 +2,8 @@
 
 Rules, outermost first: a Host allowlist when listening on loopback (blocks DNS rebinding), CORS
 (local origins plus OLLIMG_ORIGINS, as ollama does), the OLLIMG_API_KEY bearer check when a key is
-set. Errors leave as `{"error": "...", "code": "..."}` on the native API and in OpenAI's shape under
-/v1, always with a real HTTP status. Imports the scheduler and store; routes live in routes/.
+set. Errors leave as `{"error": "...", "code": "..."}` (plus `param`, the field at fault, when there is
+one) on the native API and in OpenAI's shape under /v1, always with a real HTTP status. Imports the scheduler and store; routes live in routes/.
 """
 
 from __future__ import annotations
