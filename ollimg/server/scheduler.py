@@ -132,7 +132,7 @@ class Scheduler:
                 raise
             except RuntimeFailed as e:
                 if not rt.alive:
-                    log.warning("runtime for %s died: %s", runner.label, e)
+                    log.warning("runtime for %s died: %s\nruntime stderr:\n%s", runner.label, e, e.stderr_tail)
                     e.retryable = True  # the next request starts a fresh runtime
                     await self._stop(runner)
                 raise

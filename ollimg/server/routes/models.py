@@ -16,7 +16,7 @@ from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Name
 from ollimg.progress import Progress
 from ollimg.server.jobs import Job
-from ollimg.server.routes.common import NDJSON, details, error_line, get_model, iso, line, scheduler, store
+from ollimg.server.routes.common import NDJSON, details, error_line, get_model, iso, line, scheduler, store, without_paths
 from ollimg.server.scheduler import key
 
 router = APIRouter(tags=["native"])
@@ -64,8 +64,8 @@ def show(body: api.ShowRequest, request: Request) -> api.ShowResponse:
         name=model.name.display(), digest=model.digest, size=model.size, modified_at=iso(model.modified),
         details=details(model), capabilities=list(cfg.get("capabilities") or ["image"]),
         parameters=dict(cfg.get("defaults") or {}), license=str(cfg.get("license") or ""),
-        description=str(cfg.get("description") or ""), model_info=cfg if body.verbose else {},
-        tensors=len(model.manifest.tensor_layers()), files=sorted(model.files()), info=models.info(model),
+        description=str(cfg.get("description") or ""), model_info=without_paths(cfg) if body.verbose else {},
+        tensors=len(model.manifest.tensor_layers()), files=sorted(model.files()), info=without_paths(models.info(model)),
     )
 
 
