@@ -212,9 +212,8 @@ class LargeBlob:
     def _open(self) -> int | None:
         """The partial file, locked; None when another pull finished the blob meanwhile."""
         blobs = self.download.store.blobs
-        blobs.root.mkdir(parents=True, exist_ok=True)
         while not blobs.has(self.desc.digest, self.desc.size):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = blobs.create_file(self.path, os.O_RDWR | os.O_CREAT)
             fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another process fills this blob
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
