@@ -121,6 +121,10 @@ class Busy(OllimgError):
     code = "busy"
     http_status = 503
 
+    def __init__(self, message: str, code: str | None = None, retry_after: int = 5):
+        super().__init__(message, code)
+        self.retry_after = retry_after
+
 
 class ServerUnreachable(OllimgError):
     code = "server_unreachable"

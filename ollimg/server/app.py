@@ -114,7 +114,7 @@ def error_response(path: str, e: OllimgError, param: str | None = None) -> JSONR
     status = e.http_status if 400 <= e.http_status < 600 else 500
     headers = {}
     if isinstance(e, Busy):
-        headers["Retry-After"] = str(getattr(e, "retry_after", 5))
+        headers["Retry-After"] = str(e.retry_after)
     elif not getattr(e, "retryable", False):
         headers["x-should-retry"] = "false"
     if path.startswith("/v1"):

@@ -44,13 +44,14 @@ def tags(request: Request) -> api.TagsResponse:
 @router.get("/api/ps", response_model=api.PsResponse, responses=ERRORS)
 def ps(request: Request) -> api.PsResponse:
     models = []
-    for r in scheduler(request).running():
+    sched = scheduler(request)
+    for r in sched.running():
         rt = r.runtime
         processor = str(getattr(rt, "processor", "") or "CPU")
+        host, gpu = sched.usage(r)
         models.append(api.RunningModel(
-            name=r.model.name.display(), model=r.model.name.display(), size=r.size, digest=r.model.digest,
-            details=details(r.model), expires_at=iso(r.expires_at),
-            size_vram=0 if processor == "CPU" else r.size, processor=processor, busy=r.busy,
+            name=r.model.name.display(), model=r.model.name.display(), size=host + gpu, digest=r.model.digest,
+            details=details(r.model), expires_at=iso(r.expires_at), size_vram=gpu, processor=processor, busy=r.busy,
             waiting=max(0, r.users - r.busy), pid=getattr(rt, "pid", None),
         ))
     return api.PsResponse(models=models)
