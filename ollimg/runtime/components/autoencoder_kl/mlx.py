@@ -1,4 +1,4 @@
-"""The FLUX VAE decoder (diffusers' AutoencoderKL.decode) on MLX.
+"""The AutoencoderKL (FLUX VAE) decoder (diffusers' AutoencoderKL.decode) on MLX. Same as torch.py.
 
 Parameter names are diffusers' `decoder.*` (and `post_quant_conv.*` when the config uses one), so
 the stored names load as they are; only conv kernels change layout (torch OIHW -> MLX OHWI, see
@@ -14,8 +14,9 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from ollimg.runtime.models.zimage.layout import tile_ramp, tile_starts
-from ollimg.runtime.models.zimage.mlx import evaluate
+from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig
+from ollimg.runtime.components.autoencoder_kl.tiles import tile_ramp, tile_starts
+from ollimg.runtime.mlx_backend import evaluate
 
 
 class GroupNorm(nn.Module):
@@ -113,7 +114,7 @@ class UpBlock(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        chans = list(reversed(cfg.block_out_channels))
+        chans = list(reversed(cfg.decoder_channels))
         groups = cfg.norm_num_groups
         self.conv_in = nn.Conv2d(cfg.latent_channels, chans[0], 3, padding=1)
         self.mid_block = MidBlock(chans[0], groups, cfg.mid_block_add_attention)
@@ -131,7 +132,7 @@ class Decoder(nn.Module):
         return self.conv_out(nn.silu(self.conv_norm_out(x)))
 
 
-class VAE(nn.Module):
+class VaeDecoder(nn.Module):
     """`decode(z)`: latents already unscaled (z / scaling_factor + shift_factor) -> pixels in [-1, 1].
 
     Latents larger than `tile` cells a side are decoded in overlapping tiles blended with linear

@@ -1,4 +1,4 @@
-"""The FLUX VAE decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
+"""The AutoencoderKL (FLUX VAE) decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
 
 Large latents are decoded in overlapping tiles whose outputs are blended linearly across the
 overlap, so peak memory depends on the tile size, not the image size. GroupNorm statistics are
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ollimg.runtime.models.zimage.config import VaeConfig
-from ollimg.runtime.models.zimage.layout import tile_ramp, tile_starts
+from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig
+from ollimg.runtime.components.autoencoder_kl.tiles import tile_ramp, tile_starts
 
 
 class GroupNorm(nn.GroupNorm):
@@ -110,9 +110,9 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, c: VaeConfig):
+    def __init__(self, c: AutoencoderKLConfig):
         super().__init__()
-        channels = list(reversed(c.block_out_channels))
+        channels = list(reversed(c.decoder_channels))
         g = c.norm_num_groups
         self.conv_in = Conv(c.latent_channels, channels[0], 3)
         self.mid_block = MidBlock(channels[0], g, c.mid_block_add_attention)
@@ -120,8 +120,8 @@ class Decoder(nn.Module):
             UpBlock(channels[max(i - 1, 0)], cout, c.layers_per_block + 1, g, upsample=i < len(channels) - 1)
             for i, cout in enumerate(channels)
         ])
-        self.conv_norm_out = GroupNorm(g, c.block_out_channels[0])
-        self.conv_out = Conv(c.block_out_channels[0], c.out_channels, 3)
+        self.conv_norm_out = GroupNorm(g, c.decoder_channels[0])
+        self.conv_out = Conv(c.decoder_channels[0], c.out_channels, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.mid_block(self.conv_in(z))
@@ -133,7 +133,7 @@ class Decoder(nn.Module):
 class VaeDecoder(nn.Module):
     """Latents -> pixels in [-1, 1] (before clamping); `decode` tiles when the latent is large."""
 
-    def __init__(self, c: VaeConfig):
+    def __init__(self, c: AutoencoderKLConfig):
         super().__init__()
         self.config = c
         self.decoder = Decoder(c)
