@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from ollimg.manifest import Name, Store
 from tests.conftest import OLLIMG, cli_env
 from tests.reliability.conftest import trials
@@ -82,6 +84,7 @@ def _timed(args: list[str], models: Path) -> tuple[float, float]:
     return ended - started, ended - writing
 
 
+@pytest.mark.timeout(trials(300, 3600))
 def test_random_kills_of_create(tmp_path, figures):
     rng = random.Random(13)
     src = make_big_model(tmp_path / "src", tensors=32, tensor_bytes=4 * MiB)
@@ -103,6 +106,7 @@ def test_random_kills_of_create(tmp_path, figures):
     assert mid_write >= 1, "no kill landed while create was writing: the trials test nothing"
 
 
+@pytest.mark.timeout(trials(300, 3600))
 def test_random_kills_of_pull(tmp_path, registry, figures):
     rng = random.Random(31)
     name = f"{registry.host}/reliability/big:v1"
@@ -121,7 +125,10 @@ def test_random_kills_of_pull(tmp_path, registry, figures):
             mid_write += _writing(models, name)
         inconsistent += not _consistent(models)
         if i % 5 == 4 or i == n - 1:  # complete, then start over so later kills land mid-write again
-            assert _run(["pull", name], models).returncode == 0 and _consistent(models)
+            done = _run(["pull", name], models)
+            assert done.returncode == 0 and _consistent(models), done.stderr
+            manifests = sorted(str(p.relative_to(models)) for p in (models / "manifests").rglob("*"))
+            assert Store(models).exists(Name.parse(name)), (i, done.stdout, done.stderr, manifests)
             assert Store(models).get(Name.parse(name)).raw == Store(source).get(Name.parse(name)).raw
             completed += 1
             assert _run(["rm", name], models).returncode == 0

@@ -100,6 +100,7 @@ def test_the_access_log_has_every_request(server):
     assert KEY not in text
 
 
+@pytest.mark.timeout(trials(300, 1200))
 def test_concurrent_clients_that_honour_retry_after_get_in(server, figures):
     """More clients than the queue takes: the refused ones wait what Retry-After says and retry."""
     clients = trials(4, 16)
@@ -139,6 +140,7 @@ def _failures(error: BaseException) -> list[str]:
     return [type(f).__name__ for f in getattr(error, "exceptions", None) or [error]]
 
 
+@pytest.mark.timeout(trials(300, 3600))
 def test_schemathesis_every_check_no_5xx(server, figures):
     """Every operation (but pull, push and delete: registries on the network, the one model) with
     every schemathesis check. No answer of 500 or more, and none of the REQUIRED checks fails; what
