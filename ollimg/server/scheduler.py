@@ -164,7 +164,7 @@ class Scheduler:
 
     async def load(self, model: Model, *, keep_alive: float | None) -> float:
         """Loads a model without generating; returns the seconds loading took (0 if it was warm)."""
-        need = self._admit(model, self._plan(model, None, None, None, 1))
+        need = self._admit(model, self._plan(model, None, None, None, 1, limits=False))
         async with self._use(model, keep_alive, need) as (_, load_seconds):
             return load_seconds
 
@@ -190,12 +190,16 @@ class Scheduler:
 
     # -- admission -----------------------------------------------------------------------------
 
-    def _plan(self, model: Model, width: int | None, height: int | None, steps: int | None, n: int) -> admission.Plan:
+    def _plan(self, model: Model, width: int | None, height: int | None, steps: int | None, n: int,
+              limits: bool = True) -> admission.Plan:
+        """The request's plan at the model's defaults; checked against the limits unless `limits` is False
+        (a load: the limits bound what a request asks for, not the model's own defaults)."""
         try:
             defaults = model.config.get("defaults") if isinstance(model.config, dict) else None
         except Exception:  # a config that cannot be read: the runtime will say so; plan with fallbacks
             defaults = None
-        return admission.plan(defaults if isinstance(defaults, dict) else {}, width, height, steps, n, self.limits)
+        bounds = self.limits if limits else admission.Limits(2**62, 2**62, 2**62, None)
+        return admission.plan(defaults if isinstance(defaults, dict) else {}, width, height, steps, n, bounds)
 
     def _admit(self, model: Model, plan: admission.Plan) -> int:
         """The request's memory need beyond what is loaded; InsufficientMemory when it cannot be made to fit."""
