@@ -118,7 +118,7 @@ def write_model(out: Path, tiny: bool, device: str) -> None:
     from make_tiny_zimage import MODEL_INDEX, SCHEDULER, make_tokenizer
 
     from ollimg.runtime.components.qwen3.config import Qwen3Config as TextEncoderConfig
-from ollimg.runtime.models.zimage.config import TransformerConfig
+    from ollimg.runtime.models.zimage.config import TransformerConfig
     from ollimg.runtime.models.zimage.weights import transformer_shapes
 
     transformer = {**TRANSFORMER, **(TINY["transformer"] if tiny else {})}
@@ -224,14 +224,14 @@ def time_diffusers(path: Path, args, dtype: str) -> dict:
     runs = []
     for i in range(args.runs + 1):
         reset_peak()
-        noise = torch.from_numpy(noise(i, 1, (16, args.size // 8, args.size // 8))).to(args.device)
+        start_latents = torch.from_numpy(noise(i, 1, (16, args.size // 8, args.size // 8))).to(args.device)
         with torch.no_grad():
             t0 = time.perf_counter()
             embeds, _ = pipe.encode_prompt(PROMPT, device=pipe._execution_device, do_classifier_free_guidance=False)
             sync()
             t1 = time.perf_counter()
             latents = pipe(prompt_embeds=embeds, height=args.size, width=args.size, num_inference_steps=args.steps,
-                           guidance_scale=0.0, latents=noise, output_type="latent").images
+                           guidance_scale=0.0, latents=start_latents, output_type="latent").images
             sync()
             t2 = time.perf_counter()
             z = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor

@@ -1,7 +1,7 @@
 """The runtime: our own diffusion pipelines on torch (CUDA/CPU) or mlx, one family per model kind.
 
     from ollimg.runtime import load
-    pipe = load("z-image")                      # a store name, or a diffusers directory path
+    pipe = load("shapes")                       # a store name, or a diffusers directory path
     result = pipe.generate("a cat", width=512, height=512, seed=1)
     result.images[0].save("cat.png")
 

@@ -22,7 +22,7 @@ from ollimg.progress import Step
 MAX_SIDE = 4096
 MAX_IMAGES = 16
 OnStep = Callable[[Step], None]
-OnPreview = Callable[[int, np.ndarray], None]  # (step, rgb uint8 [n, h, w, 3])
+OnPreview = Callable[[int, np.ndarray], None]  # (step, rgb uint8 [n, h, w, 3], any size up to the image's)
 
 
 @dataclass
@@ -118,11 +118,11 @@ def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...], noise: C
 
 def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any], timings: dict[str, float], *,
             on_step: OnStep | None = None, previews: int = 0, on_preview: OnPreview | None = None,
-            to_rgb: Callable[[np.ndarray], np.ndarray] | None = None):
+            to_rgb: Callable[[Any], np.ndarray] | None = None):
     """Euler steps in float32: x <- x + (sigma_next - sigma) * velocity(x, i).
 
     Previews show the model's current guess of the clean latents, x - sigma * velocity (flow
-    matching), through `to_rgb` (float32 latents [n, ...] -> uint8 [n, h, w, 3])."""
+    matching), through the family's `to_rgb` (latents as a backend array -> uint8 [n, h, w, 3])."""
     steps = len(sigmas) - 1
     preview_at = set(np.linspace(0, steps, previews + 2)[1:-1].round().astype(int)) if previews else set()
     mark = time.perf_counter()
@@ -135,7 +135,7 @@ def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any],
             backend.synchronize()
             on_step(Step(i + 1, steps, time.perf_counter() - mark))
         if guess is not None:
-            on_preview(i + 1, to_rgb(backend.to_numpy(guess)))
+            on_preview(i + 1, to_rgb(guess))
     backend.synchronize()
     timings["denoise"] = time.perf_counter() - mark
     return x

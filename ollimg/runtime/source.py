@@ -67,11 +67,16 @@ class ModelSource:
         found = self._model.tensors(prefix) if self._model is not None else self._tensors
         return {title[len(prefix):]: ref for title, ref in found.items() if title.startswith(prefix)}
 
-    def defaults(self) -> dict:
-        """The model's recommended settings: the store config's "defaults", or the directory's ollimg.json's."""
+    def extra(self) -> dict:
+        """What the model's `ollimg.json` says ("defaults", "license", ...): from the store config,
+        where `create` copied it, or from the directory's file."""
         if self._model is not None:
-            return self._model.config.get("defaults") or {}
-        return (self.json("ollimg.json").get("defaults") or {}) if self.has("ollimg.json") else {}
+            return self._model.config
+        return self.json("ollimg.json") if self.has("ollimg.json") else {}
+
+    def defaults(self) -> dict:
+        """The model's recommended settings (`ollimg.json`'s "defaults")."""
+        return self.extra().get("defaults") or {}
 
 
 def select(refs: dict[str, TensorRef], shapes: Shapes, ignored: re.Pattern, fp8: re.Pattern,

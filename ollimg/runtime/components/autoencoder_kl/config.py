@@ -1,4 +1,4 @@
-"""`vae/config.json` of AutoencoderKL (and AutoencoderKLFlux2) as a frozen dataclass.
+"""`vae/config.json` of AutoencoderKL (and of its variants with the same decoder) as a frozen dataclass.
 
 Only what the decoder needs. Imports no torch or mlx.
 """

@@ -1,10 +1,10 @@
-"""The AutoencoderKL (FLUX VAE) decoder (diffusers' AutoencoderKL.decode) on MLX. Same as torch.py.
+"""The AutoencoderKL decoder (diffusers' AutoencoderKL.decode) on MLX. Same as torch.py.
 
 Parameter names are diffusers' `decoder.*` (and `post_quant_conv.*` when the config uses one), so
 the stored names load as they are; only conv kernels change layout (torch OIHW -> MLX OHWI, see
 `mlx_layout`). MLX convolutions are channels-last: the decoder takes channels-first latents like the reference
 and returns channels-last pixels, the layout images have. GroupNorm statistics are computed in
-float32 whatever the weight dtype (the FLUX VAE is unusable in half precision otherwise).
+float32 whatever the weight dtype (such VAEs are unusable in half precision otherwise).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class VaeDecoder(nn.Module):
         self.decoder = Decoder(cfg)
         if cfg.use_post_quant_conv:
             self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
-        self.tile = 128  # latent cells per tile side (1024 pixels for the FLUX VAE)
+        self.tile = 128  # latent cells per tile side (1024 pixels at 8 pixels a cell)
         self.overlap = 16  # latent cells shared by neighbouring tiles
 
     def decode(self, z: mx.array) -> mx.array:  # (B, 16, h, w) -> (B, 8h, 8w, 3), channels last

@@ -1,4 +1,4 @@
-"""The AutoencoderKL (FLUX VAE) decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
+"""The AutoencoderKL decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
 
 Large latents are decoded in overlapping tiles whose outputs are blended linearly across the
 overlap, so peak memory depends on the tile size, not the image size. GroupNorm statistics are
@@ -29,7 +29,7 @@ class Conv(nn.Conv2d):
         self.bias.requires_grad_(False)
 
 
-class Resnet(nn.Module):
+class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
         self.norm1 = GroupNorm(groups, cin)
@@ -53,7 +53,7 @@ class Linear(nn.Linear):
         self.bias.requires_grad_(False)
 
 
-class MidAttention(nn.Module):
+class Attention(nn.Module):
     """Single-head self-attention over all pixels, with a residual."""
 
     def __init__(self, channels: int, groups: int):
@@ -74,8 +74,8 @@ class MidAttention(nn.Module):
 class MidBlock(nn.Module):
     def __init__(self, channels: int, groups: int, attention: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([Resnet(channels, channels, groups), Resnet(channels, channels, groups)])
-        self.attentions = nn.ModuleList([MidAttention(channels, groups)]) if attention else None
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)])
+        self.attentions = nn.ModuleList([Attention(channels, groups)]) if attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x)
@@ -98,7 +98,7 @@ class Upsample(nn.Module):
 class UpBlock(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, groups: int, upsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([Resnet(cin if j == 0 else cout, cout, groups) for j in range(layers)])
+        self.resnets = nn.ModuleList([ResnetBlock(cin if j == 0 else cout, cout, groups) for j in range(layers)])
         self.upsamplers = nn.ModuleList([Upsample(cout)]) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,7 @@ class VaeDecoder(nn.Module):
         self.config = c
         self.decoder = Decoder(c)
         self.post_quant_conv = Conv(c.latent_channels, c.latent_channels, 1) if c.use_post_quant_conv else None
-        self.tile = 128  # latent cells per tile side (1024 pixels for the FLUX VAE)
+        self.tile = 128  # latent cells per tile side (1024 pixels at 8 pixels a cell)
         self.overlap = 16  # latent cells shared by neighbouring tiles
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,8 @@ class ZImagePipeline:
                  backend: Any, components: Components):
         self.name, self.digest, self.config = name, digest, config
         self.tokenizer, self.backend, self.components = tokenizer, backend, components
+        vae = config.vae
+        self.flux_vae = (vae.latent_channels, vae.scaling_factor, vae.shift_factor) == FLUX_VAE
         self.load_seconds = 0.0
 
     @property
@@ -82,7 +84,7 @@ class ZImagePipeline:
         sigmas, timesteps = schedule(req.steps, self.config.scheduler)
         velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization)
         x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings, on_step=on_step,
-                           previews=previews, on_preview=on_preview, to_rgb=preview_rgb)
+                           previews=previews, on_preview=on_preview, to_rgb=self.preview)
         mark = time.perf_counter()
         final = self.backend.to_numpy(x)
         pixels = self.components.decode(x)
@@ -91,6 +93,13 @@ class ZImagePipeline:
         timings["total"] = time.perf_counter() - start
         return shared.Result(images, req.seed, [req.seed + i for i in range(req.total)], req.width, req.height,
                              req.steps, req.guidance, timings, final)
+
+    def preview(self, latents) -> np.ndarray:
+        """uint8 [n, h, w, 3] of latents (a backend array): the FLUX.1 VAE's linear map (a pixel per
+        latent cell), else this model's own VAE decode (full size; cheap for the small VAEs it is)."""
+        if self.flux_vae:
+            return flux_vae_rgb(self.backend.to_numpy(latents))
+        return self.components.decode(latents)
 
     def _encode(self, prompts, negatives, n, max_len):
         ids = self.tokenizer.encode(prompts + (negatives or []), max_len)
@@ -127,22 +136,21 @@ class ZImagePipeline:
         return self.backend.concat(rows)
 
 
-# Approximate latent -> RGB for previews: the linear map ComfyUI uses for FLUX-VAE latents in the
-# denoiser's (scaled) space (comfy/latent_formats.py, class Flux: latent_rgb_factors and _bias).
-_PREVIEW_RGB = np.array([
+# Approximate latent -> RGB for previews: the linear map ComfyUI uses for the FLUX.1 VAE's latents
+# in the denoiser's (scaled) space (comfy/latent_formats.py, class Flux: latent_rgb_factors and
+# _bias). Z-Image-Turbo ships that VAE, known by its latent channels, scaling and shift; any other
+# VAE (the built-in model's was trained here) previews through its own decoder instead.
+FLUX_VAE = (16, 0.3611, 0.1159)  # latent_channels, scaling_factor, shift_factor
+FLUX_VAE_RGB = np.array([
     [-0.0346, 0.0244, 0.0681], [0.0034, 0.0210, 0.0687], [0.0275, -0.0668, -0.0433], [-0.0174, 0.0160, 0.0617],
     [0.0859, 0.0721, 0.0329], [0.0004, 0.0383, 0.0115], [0.0405, 0.0861, 0.0915], [-0.0236, -0.0185, -0.0259],
     [-0.0245, 0.0250, 0.1180], [0.1008, 0.0755, -0.0421], [-0.0515, 0.0201, 0.0011], [0.0428, -0.0012, -0.0036],
     [0.0817, 0.0765, 0.0749], [-0.1264, -0.0522, -0.1103], [-0.0280, -0.0881, -0.0499], [-0.1262, -0.0982, -0.0778],
 ], dtype=np.float32)
-_PREVIEW_BIAS = np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32)
+FLUX_VAE_BIAS = np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32)
 
 
-def preview_rgb(latents: np.ndarray) -> np.ndarray:
-    """uint8 [n, h, w, 3] from float32 latents [n, 16, h, w]: cheap, no VAE."""
-    if latents.shape[1] != _PREVIEW_RGB.shape[0]:
-        grey = latents.mean(axis=1, keepdims=True)
-        rgb = np.repeat(grey, 3, axis=1).transpose(0, 2, 3, 1) * 0.25
-    else:
-        rgb = np.einsum("nchw,ck->nhwk", latents, _PREVIEW_RGB) + _PREVIEW_BIAS
+def flux_vae_rgb(latents: np.ndarray) -> np.ndarray:
+    """uint8 [n, h, w, 3] from FLUX.1-VAE latents float32 [n, 16, h, w]: one pixel per cell, no VAE."""
+    rgb = np.einsum("nchw,ck->nhwk", latents, FLUX_VAE_RGB) + FLUX_VAE_BIAS
     return ((rgb + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
