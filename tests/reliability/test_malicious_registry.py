@@ -20,6 +20,7 @@ from ollimg.errors import AuthError, OllimgError
 from ollimg.manifest import Name, Store
 from ollimg.registry import pull
 from ollimg.registry.auth import Credentials, save_credentials
+from ollimg.server.routes.common import details
 from tests.reliability.fake_registry import OCI_INDEX, TENSOR_TYPE, FakeRegistry
 from tests.synthetic_model import listing
 
@@ -87,7 +88,7 @@ def test_a_lying_registry_writes_nothing_outside_the_store(tmp_path, monkeypatch
             try:
                 model = pull(store, name)
                 try:
-                    model.tensors()  # what a runtime reads first: a lying header is InvalidModel, never a crash
+                    model.config, model.tensors()  # what a runtime reads first: InvalidModel, never a crash
                     outcomes[case] = "stored"
                 except OllimgError as e:
                     outcomes[case] = f"stored, refused at load: {e.code}"
@@ -96,6 +97,7 @@ def test_a_lying_registry_writes_nothing_outside_the_store(tmp_path, monkeypatch
             except Exception as e:  # noqa: BLE001 (this is what the test looks for)
                 crashes.append(f"{case}: {type(e).__name__}: {e}")
             inconsistent += not models.verify(store).ok
+        listed = [details(m) for m in store.models()]  # what /api/tags and `ollimg list` show: one bad model spoils none
         written_outside = [e for e in _outside(tmp_path, store.root) if e not in before]
         disk = _disk_bytes(store.root)
         leftover = sum(p.stat().st_size for p in store.blobs.temp_files())
@@ -106,6 +108,9 @@ def test_a_lying_registry_writes_nothing_outside_the_store(tmp_path, monkeypatch
         assert not written_outside and not OUTSIDE.exists() and not (tmp_path.parent / "outside.txt").exists()
         assert inconsistent == 0
         assert disk < 64 << 20, "a lying size made the store take real disk space"
+        assert len(listed) == len(store.models()) > 0
+        for case in ("config-list", "config-null", "config-string", "config-binary"):
+            assert outcomes[case] == "stored, refused at load: invalid_model", case
         assert outcomes["image-index"] == "refused: invalid_model"
         assert outcomes["header-nested-brackets"].endswith("invalid_model")
         for case in ("size-says-less", "size-says-100mb", "size-says-2-to-62", "title-dotdot", "title-absolute",

@@ -153,3 +153,26 @@ def test_answers_hold_no_server_paths(tmp_path, path):
 
     r = call(tmp_path, fn)
     assert r.status_code == 200 and str(tmp_path) not in r.text
+
+
+@pytest.mark.parametrize("config", [b"[1,2,3]", b"null", b'"x"', b"\xff\xfe not utf-8"])
+def test_one_model_with_a_broken_config_spoils_nothing_else(tmp_path, config):
+    """Issue 13 item 5: a config blob that is not an object made /api/tags answer 500 for every model."""
+    app, store, scheduler, _ = fake_app(tmp_path, models=("tiny", "broken"))
+    from ollimg.manifest import Name
+
+    broken = store.get(Name.parse("broken"))
+    path = store.blobs.path(broken.manifest.config.digest)
+    path.chmod(0o600)
+    path.write_bytes(config)
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=BASE) as c:
+            try:
+                return await c.get("/api/tags"), await c.post("/api/show", json={"model": "broken"})
+            finally:
+                await scheduler.close()
+
+    tags, show = asyncio.run(main())
+    assert tags.status_code == 200 and sorted(m["name"] for m in tags.json()["models"]) == ["broken:latest", "tiny:latest"]
+    assert show.status_code == 400 and show.json()["code"] == "invalid_model" and "ollimg rm broken" in show.json()["error"]
