@@ -33,6 +33,9 @@ class Error(BaseModel):
 # -- native: generate ---------------------------------------------------------------------------
 
 
+_TEACACHE_HELP = "TeaCache threshold (default: off); the model must be calibrated (ollimg calibrate)"
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -49,6 +52,7 @@ class GenerateRequest(BaseModel):
     compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality")
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
     stream: bool = True
+    teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
 
 
 class GenerateStep(BaseModel):
@@ -247,6 +251,7 @@ class ImageGenerationRequest(BaseModel):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
     guidance_scale: float | None = Field(None, ge=0, le=100)
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
+    teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
 
 
 class ImageData(BaseModel):

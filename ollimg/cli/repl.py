@@ -27,11 +27,13 @@ class Settings:
     negative: str | None
     n: int
     format: str
+    teacache: float | None = None
 
 
 REPL_HELP = """Type a prompt to draw it. Commands:
   /set size WxH | width N | height N | steps N | seed N | seed random
   /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
+  /set teacache X | teacache off   step caching (the model must be calibrated: ollimg calibrate)
   /show        the settings in use
   /bye         exit (or Ctrl-D); Ctrl-C stops a generation"""
 
@@ -112,6 +114,10 @@ class Repl:
                 s.n = _positive(value, key)
             elif key == "format":
                 s.format = self.parse_format(value)
+            elif key == "teacache":
+                s.teacache = None if value.lower() in ("off", "") else float(value)
+                if s.teacache is not None and not 0 <= s.teacache <= 100:
+                    raise InvalidInput("teacache is a threshold from 0 to 100, or off")
             else:
                 raise InvalidInput(f"unknown setting {key!r}; /? lists them")
         except ValueError:

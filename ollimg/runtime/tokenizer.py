@@ -169,7 +169,7 @@ class PromptTokenizer:
         pad = self.special["pad_token"]
         self.pad_id = self.tokenizer.token_to_id(pad) if pad else None
 
-    def render(self, prompt: str) -> str:
+    def render(self, prompt: str, enable_thinking: bool = True) -> str:
         """The templated prompt, rendered within MAX_VALUE characters and RENDER_SECONDS."""
         deadline = self.env.deadline = _Deadline()
         tracing = sys.gettrace() is None  # a debugger or coverage tracer stays; the call checks still run
@@ -178,8 +178,8 @@ class PromptTokenizer:
         try:
             parts, total = [], 0
             for part in self.template.generate(
-                messages=[{"role": "user", "content": prompt}], add_generation_prompt=True, enable_thinking=True,
-                **self.special,
+                messages=[{"role": "user", "content": prompt}], add_generation_prompt=True,
+                enable_thinking=enable_thinking, **self.special,
             ):
                 total += len(part)
                 if total > MAX_VALUE:
@@ -195,9 +195,11 @@ class PromptTokenizer:
                 sys.settrace(None)
             self.env.deadline = None
 
-    def encode(self, prompts: list[str], max_length: int) -> list[np.ndarray]:
-        """Token ids (int64) of each templated prompt, truncated to `max_length`, unpadded."""
-        encodings = self.tokenizer.encode_batch([self.render(p) for p in prompts], add_special_tokens=True)
+    def encode(self, prompts: list[str], max_length: int, enable_thinking: bool = True) -> list[np.ndarray]:
+        """Token ids (int64) of each templated prompt, truncated to `max_length`, unpadded.
+        `enable_thinking` is the chat template's option; the family picks it."""
+        encodings = self.tokenizer.encode_batch([self.render(p, enable_thinking) for p in prompts],
+                                                add_special_tokens=True)
         return [np.asarray(e.ids[:max_length], dtype=np.int64) for e in encodings]
 
 
