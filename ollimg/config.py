@@ -29,8 +29,9 @@ SETTINGS = [
     Setting("OLLIMG_HOST", f"127.0.0.1:{DEFAULT_PORT}", "address the server listens on and clients call; 0.0.0.0 must be explicit"),
     Setting("OLLIMG_MODELS", "<user data dir>/models", "model store root"),
     Setting("OLLIMG_REGISTRY", DEFAULT_REGISTRY, "registry host for names without one"),
-    Setting("OLLIMG_REGISTRY_USER", "", "registry user name for pull/push (with OLLIMG_REGISTRY_PASSWORD); overrides `ollimg login`"),
-    Setting("OLLIMG_REGISTRY_PASSWORD", "", "registry password or token for OLLIMG_REGISTRY_USER"),
+    Setting("OLLIMG_REGISTRY_USER", "", "registry user name for pull/push (with OLLIMG_REGISTRY_PASSWORD), sent only to "
+            "the OLLIMG_REGISTRY host; overrides `ollimg login` there"),
+    Setting("OLLIMG_REGISTRY_PASSWORD", "", "registry password or token for OLLIMG_REGISTRY_USER (OLLIMG_REGISTRY host only)"),
     Setting("OLLIMG_REGISTRY_CONCURRENCY", "8", "blobs (and byte ranges of large blobs) transferred at once by pull/push"),
     Setting("OLLIMG_KEEP_ALIVE", "5m", "how long a model stays loaded after use; 0 unloads at once, negative keeps it forever"),
     Setting("OLLIMG_MAX_LOADED_MODELS", "3", "most models loaded at once"),
@@ -43,11 +44,18 @@ SETTINGS = [
     Setting("OLLIMG_FP8_MATMUL", "auto", "fp8 models on a GPU with fp8 tensor cores (compute capability 8.9+): "
             "auto multiplies in fp8 (activations scaled per token), off dequantizes the weights per call"),
     Setting("OLLIMG_ORIGINS", "", "extra allowed CORS origins, comma separated"),
-    Setting("OLLIMG_API_KEY", "", "if set, the bearer key every API request must carry"),
+    Setting("OLLIMG_API_KEY", "", "if set, the bearer key every request must carry (every route but the web page's "
+            "shell at / and its static files)"),
     Setting("OLLIMG_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
     Setting("OLLIMG_DEBUG", "", "1 for debug logging and tracebacks"),
     Setting("OLLIMG_GALLERY", "<user data dir>/gallery", "where the server keeps the images made with \"gallery\": true (the web page's history)"),
     Setting("OLLIMG_GALLERY_MAX", "2GB", "size cap of the gallery (like 500MB or 10GB); the oldest images go first; 0 keeps nothing"),
+    Setting("OLLIMG_MAX_PIXELS", "4194304", "most pixels (width x height) per image a request may ask for (2048x2048)"),
+    Setting("OLLIMG_MAX_IMAGES", "4", "most images per request"),
+    Setting("OLLIMG_MAX_STEPS", "100", "most denoising steps per request"),
+    Setting("OLLIMG_MAX_BODY", "32MB", "largest request body accepted (413 beyond); units B, KB, MB, GB"),
+    Setting("OLLIMG_MAX_GENERATION_TIME", "10m", "longest a generation may run before it is cancelled (504); "
+            "0 for no limit"),
 ]
 
 
@@ -205,3 +213,46 @@ def gallery_max() -> int:
 
 def debug() -> bool:
     return _env("OLLIMG_DEBUG") not in ("", "0", "false")
+
+
+def _bytes(name: str, default: int) -> int:
+    value = _env(name).upper().replace(" ", "")
+    if not value:
+        return default
+    match = re.fullmatch(r"(\d+)(B|KB|MB|GB|KIB|MIB|GIB)?", value)
+    if not match:
+        raise InvalidInput(f"{name}={value!r}: use a size like 32MB or 1048576")
+    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    return int(match.group(1)) * units[match.group(2) or "B"]
+
+
+def _positive(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value < 1:
+        raise InvalidInput(f"{name}={value}: use a number of at least 1")
+    return value
+
+
+def max_pixels() -> int:
+    return _positive("OLLIMG_MAX_PIXELS", 2048 * 2048)
+
+
+def max_images() -> int:
+    return _positive("OLLIMG_MAX_IMAGES", 4)
+
+
+def max_steps() -> int:
+    return _positive("OLLIMG_MAX_STEPS", 100)
+
+
+def max_body() -> int:
+    value = _bytes("OLLIMG_MAX_BODY", 32 * 10**6)
+    if value < 1024:
+        raise InvalidInput(f"OLLIMG_MAX_BODY={value}: use at least 1KB")
+    return value
+
+
+def max_generation_time() -> float | None:
+    """Seconds a generation may run; None for no limit (0 or negative)."""
+    seconds = parse_duration(_env("OLLIMG_MAX_GENERATION_TIME"), 600.0)
+    return None if not seconds else seconds

@@ -8,7 +8,12 @@ safetensors shard's tensors (variants such as `model.fp16.safetensors` skipped w
 exist; every shard an index or a `-0000k-of-0000n` series names checked), every other file of a
 component (configs, tokenizer files) and the top-level model_index.json, ollimg.json, README.md
 and LICENSE are listed. Shard index files are not: they name shards, not tensors. Everything is
-read and checked here, before anything is written. Knows nothing of the store, HTTP, torch or mlx.
+read and checked here, before anything is written.
+
+Only files inside the model directory are read: a symlink that resolves elsewhere is refused, except
+that a Hugging Face cache snapshot's links may resolve anywhere inside its cache repo directory
+(`models--org--name/blobs`). A path that holds no model gets one answer whether or not it exists,
+so `/api/create` tells a caller nothing about the server's other files. Knows nothing of the store, HTTP, torch or mlx.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ollimg.blobs import TensorRef, read_header
-from ollimg.errors import InvalidInput, InvalidModel
+from ollimg.errors import InvalidModel
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,7 @@ class Source:
     """What `create` imports, all of it read and checked before anything is written."""
 
     root: Path
+    allowed: Path  # every file read must resolve inside this directory
     origin: dict
     index: dict
     components: dict[str, list]
@@ -46,23 +52,26 @@ class Source:
 
 def read_source(path: Path) -> Source:
     """Resolve `path` to a model directory and read its layout, headers and JSON files."""
-    root, origin = _resolve(path.expanduser())
-    index = _read_json(root / "model_index.json")
+    root, allowed, origin = _resolve(path.expanduser())
+    index = _read_json(_inside(root / "model_index.json", allowed))
     if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
         raise InvalidModel(f"{root}/model_index.json has no _class_name: not a diffusers pipeline")
-    src = Source(root, origin, index, {})
+    src = Source(root, allowed, origin, index, {})
     for key in TOP_LEVEL_FILES:
         if (root / key).is_file():
-            src.files[key] = root / key
+            src.files[key] = _inside(root / key, allowed)
     for lic in sorted(root.glob("LICENSE*")):
         if lic.is_file():
-            src.files[lic.name] = lic
+            src.files[lic.name] = _inside(lic, allowed)
     for component, value in index.items():
         if component.startswith("_") or not isinstance(value, list) or len(value) != 2 or value == [None, None]:
             continue
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", component) or ".." in component:
+            raise InvalidModel(f"model_index.json names a component {component[:80]!r} that is not a plain directory name")
         cdir = root / component
         if not cdir.is_dir():
             raise InvalidModel(f"model_index.json lists {component!r} but {cdir} is missing")
+        _inside(cdir, allowed)
         src.components[component] = value
         _read_component(src, component, cdir)
     if not src.tensors:
@@ -75,26 +84,44 @@ def read_source(path: Path) -> Source:
     return src
 
 
-def _resolve(path: Path) -> tuple[Path, dict]:
-    if not path.exists():
-        raise InvalidInput(f"{path} does not exist")
-    if not path.is_dir():
-        raise InvalidModel(f"{path} is not a directory; give the model's diffusers directory")
+def _resolve(path: Path) -> tuple[Path, Path, dict]:
+    """(model directory, the directory its files must resolve inside, origin)."""
     path = path.absolute()
-    if (path / "snapshots").is_dir() and (path / "refs").is_dir():
-        ref = path / "refs" / "main"
-        if not ref.is_file():
-            raise InvalidModel(f"{path} is a Hugging Face cache directory without refs/main; give a snapshots/<rev> dir")
-        revision = ref.read_text().strip()
-        origin = {"kind": "hf-cache", "path": str(path), "repo": _repo(path.name), "revision": revision}
-        path = path / "snapshots" / revision
-    elif path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        origin = {"kind": "hf-cache", "path": str(path), "repo": _repo(path.parent.parent.name), "revision": path.name}
-    else:
-        origin = {"kind": "diffusers", "path": str(path)}
-    if not (path / "model_index.json").is_file():
-        raise InvalidModel(f"{path} is not a diffusers model directory: it has no model_index.json")
-    return path, origin
+    no_model = InvalidModel(f"{path} is not a diffusers model directory (a readable directory with a "
+                            "model_index.json, or a Hugging Face cache repo or snapshot); give the model's directory")
+    try:
+        if (path / "snapshots").is_dir() and (path / "refs").is_dir():
+            allowed = path.resolve()
+            ref = path / "refs" / "main"
+            revision = ref.read_text().strip() if ref.is_file() else ""
+            if not re.fullmatch(r"[0-9a-f]{40}", revision):
+                raise InvalidModel(f"{path} is a Hugging Face cache directory without a commit in refs/main; "
+                                   "give a snapshots/<rev> dir")
+            origin = {"kind": "hf-cache", "path": str(path), "repo": _repo(path.name), "revision": revision}
+            path = path / "snapshots" / revision
+        elif path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+            allowed = path.parent.parent.resolve()
+            origin = {"kind": "hf-cache", "path": str(path), "repo": _repo(path.parent.parent.name), "revision": path.name}
+        else:
+            allowed = path.resolve()
+            origin = {"kind": "diffusers", "path": str(path)}
+        if not (path / "model_index.json").is_file():
+            raise no_model
+    except OSError:
+        raise no_model from None
+    return path, allowed, origin
+
+
+def _inside(path: Path, allowed: Path) -> Path:
+    """`path`, if it resolves inside `allowed`; a symlink out of the model is refused (never followed)."""
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise InvalidModel(f"{path} cannot be read (a broken or looping link?)") from None
+    if not target.is_relative_to(allowed):
+        raise InvalidModel(f"{path} is a link to a file outside the model directory; ollimg does not follow it. "
+                           "Copy the file into the model directory if it belongs to the model")
+    return path
 
 
 def _repo(dirname: str) -> str | None:
@@ -116,6 +143,7 @@ def _read_component(src: Source, component: str, cdir: Path) -> None:
         rel = path.relative_to(cdir)
         if any(part in SKIP_DIRS or part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
+        _inside(path, src.allowed)
         if path.name.endswith(".safetensors.index.json"):
             indexes.append(path)
         elif path.suffix == ".safetensors":

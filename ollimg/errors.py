@@ -39,6 +39,19 @@ class InvalidModel(InvalidInput):
     code = "invalid_model"
 
 
+class OverLimit(InvalidInput):
+    """A request beyond a configured limit (pixels, images, steps): say the limit and its setting."""
+
+    code = "over_limit"
+
+
+class TooLarge(InvalidInput):
+    """A request body beyond OLLIMG_MAX_BODY."""
+
+    code = "body_too_large"
+    http_status = 413
+
+
 class ModelNotFound(OllimgError):
     code = "model_not_found"
     exit_code = 3
@@ -92,6 +105,20 @@ class OutOfMemory(RuntimeFailed):
     http_status = 507
 
 
+class InsufficientMemory(OllimgError):
+    """Refused before any work: the request's estimated peak memory does not fit the device."""
+
+    code = "insufficient_memory"
+    http_status = 507
+
+
+class TimedOut(OllimgError):
+    """A generation ran past OLLIMG_MAX_GENERATION_TIME and was cancelled."""
+
+    code = "generation_timeout"
+    http_status = 504
+
+
 class Cancelled(OllimgError):
     code = "cancelled"
     exit_code = 130
@@ -101,6 +128,10 @@ class Cancelled(OllimgError):
 class Busy(OllimgError):
     code = "busy"
     http_status = 503
+
+    def __init__(self, message: str, code: str | None = None, retry_after: int = 5):
+        super().__init__(message, code)
+        self.retry_after = retry_after
 
 
 class ServerUnreachable(OllimgError):

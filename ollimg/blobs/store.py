@@ -11,6 +11,8 @@ Two ways in, one way to publish (`BlobWriter.commit`):
   not written again, and otherwise the kernel copies the range (`copy_file_range`). The source's
   size and mtime are checked after the copy, so a file changed mid-import is an error.
 Hashing releases the GIL, so callers run several blobs in threads to use every core.
+Blobs are private to the store's owner: files 0600 in a 0700 directory (`create_file`), since a
+model may hold what its owner would not share (a private fine-tune, an imported file).
 Must not import httpx, fastapi, rich, torch or mlx.
 """
 
@@ -101,8 +103,7 @@ class BlobWriter:
         self.new = False
         self.tmp = store.root / f".tmp-{uuid.uuid4().hex}"
         try:
-            store.root.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.tmp, "wb")
+            self._file = os.fdopen(store.create_file(self.tmp), "wb")
         except OSError as e:
             raise write_error(e, store.root) from None
 
@@ -272,6 +273,13 @@ class BlobStore:
 
     def path(self, digest: str) -> Path:
         return self.root / ("sha256-" + check_digest(digest).split(":", 1)[1])
+
+    def create_file(self, path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_EXCL) -> int:
+        """Opens a new file in the blob directory, readable by the owner only; returns its fd."""
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        return os.open(path, flags, 0o600)
 
     def has(self, digest: str, size: int | None = None) -> bool:
         try:

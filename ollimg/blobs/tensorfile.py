@@ -62,6 +62,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
             header = json.loads(f.read(length))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidModel(f"{path}: corrupt safetensors header ({e})") from None
+    except RecursionError:  # a header of thousands of nested brackets
+        raise InvalidModel(f"{path}: corrupt safetensors header (nested too deeply)") from None
     if not isinstance(header, dict):
         raise InvalidModel(f"{path}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}

@@ -90,6 +90,12 @@ class Manifest(BaseModel):
             raise StoreError(f"invalid manifest: {str(e).splitlines()[0]}") from None
         if manifest.schema_version != 2:
             raise StoreError(f"unsupported manifest schemaVersion {manifest.schema_version}")
+        for desc in manifest.blobs():
+            if desc.size < 0:
+                raise StoreError(f"invalid manifest: blob {desc.digest} has a negative size")
+            title = desc.title
+            if title and (title.startswith("/") or "\\" in title or any(p in ("", ".", "..") for p in title.split("/"))):
+                raise StoreError(f"invalid manifest: layer title {title[:100]!r} is not a relative path inside the model")
         return manifest
 
     def dump(self) -> bytes:

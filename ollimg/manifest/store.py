@@ -55,9 +55,13 @@ class Model:
     @cached_property
     def config(self) -> dict:
         try:
-            return json.loads(self.store.blobs.read_bytes(self.manifest.config.digest))
-        except json.JSONDecodeError:
-            raise StoreError(f"model {self.name.display()}: config blob is not JSON; run: ollimg verify") from None
+            value = json.loads(self.store.blobs.read_bytes(self.manifest.config.digest))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            value = None
+        if not isinstance(value, dict):  # pulled from a registry that lies, or damaged: one model, not the list
+            raise InvalidModel(f"model {self.name.display()}: its config is not a JSON object; "
+                               f"remove it (ollimg rm {self.name.display()}) and pull it again")
+        return value
 
     def files(self) -> dict[str, Path]:
         """Path-style title (`tokenizer/tokenizer.json`) -> blob path, for every file layer."""

@@ -1,8 +1,12 @@
 """Registry credentials and the answers to 401 challenges: HTTP Basic and the Bearer token flow.
 
-Credentials come from OLLIMG_REGISTRY_USER/OLLIMG_REGISTRY_PASSWORD, else from the file that
-`ollimg login HOST` writes (mode 0600). They never appear in logs, errors or progress: messages
-name the host only. Bearer tokens are cached per (realm, service, scope, user) for the process.
+`credentials_for` is the one place that decides which credentials go to which host: those of
+OLLIMG_REGISTRY_USER/OLLIMG_REGISTRY_PASSWORD go only to the OLLIMG_REGISTRY host, those `ollimg
+login HOST` stored (mode 0600) only to HOST; any other host gets none, so a name that points a pull
+at another host (`attacker.example/x/y`) cannot draw them out. `Registry.send` attaches them only
+to its own origin, and a token realm gets them only over HTTPS or on the registry's own origin.
+They never appear in logs, errors or progress: messages name the host only. Bearer tokens are
+cached per (realm, service, scope, user) for the process.
 Must not import rich, fastapi, torch or mlx.
 """
 
@@ -73,9 +77,10 @@ def _write_file(data: dict) -> None:
 
 
 def credentials_for(host: str) -> Credentials | None:
-    """The environment's credentials, else the ones `ollimg login` stored for `host`."""
+    """For the OLLIMG_REGISTRY host the environment's credentials, else the ones `ollimg login` stored
+    for `host`; None for any other host."""
     env = config.registry_credentials()
-    if env:
+    if env and normalize_host(host) == normalize_host(config.registry_host()):
         return Credentials(*env)
     entry = _read_file().get("auths", {}).get(normalize_host(host))
     if isinstance(entry, dict) and entry.get("user") and entry.get("password"):
@@ -166,6 +171,10 @@ class Auth:
     def _fetch_token(self, params: dict[str, str], scopes: list[str], client: httpx.Client) -> tuple[str, float]:
         query = [("service", params["service"])] if params.get("service") else []
         query += [("scope", s) for s in scopes]
+        realm = httpx.URL(params["realm"])
+        if self.credentials and realm.scheme != "https" and normalize_host(realm.netloc.decode()) != normalize_host(self.host):
+            raise AuthError(f"registry {self.host} sends the credentials' token request to {realm.scheme}://{realm.host}, "
+                            "another host over plain HTTP; ollimg sends credentials there only over HTTPS")
         headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
         try:
             response = client.get(params["realm"], params=query, headers=headers)

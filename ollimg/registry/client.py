@@ -81,9 +81,10 @@ class Registry:
         A streamed response must be closed by the caller.
         """
         header = self.auth.header
+        own = self.owns(url)
         for _ in range(3):
             request_headers = dict(headers or {})
-            if header:
+            if header and own:
                 request_headers["Authorization"] = header
             body = content() if callable(content) else content
             request = self.http.build_request(method, url, headers=request_headers, content=body)
@@ -91,11 +92,17 @@ class Registry:
                 response = self.http.send(request, stream=stream)
             except httpx.UnsupportedProtocol:
                 raise RegistryError(f"invalid registry URL {request.url}") from None
-            if response.status_code != 401:
+            if response.status_code != 401 or not own:
                 return response
             response.close()
             header = self.auth.answer(response, header, self.http)
         raise self.auth.denied()
+
+    def owns(self, url: str | httpx.URL) -> bool:
+        """Whether `url` is on this registry's origin: the only place its Authorization header goes
+        (an upload Location or a redirect may point elsewhere)."""
+        url, base = httpx.URL(url), httpx.URL(self.base)
+        return (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
 
     def get_blob(self, url: str, what: str, headers: dict | None = None) -> "Body | HttpxBody":
         """A successful GET of a blob (200, or 206 for a Range), to be closed by the caller.
@@ -103,7 +110,7 @@ class Registry:
         Straight off the socket when the registry answers the plain request with the body;
         otherwise (401, redirect, error) the request goes again through `send`.
         """
-        if self.direct is not None:
+        if self.direct is not None and self.owns(url):
             header = self.auth.header
             body = self.direct.get(url, {**(headers or {}), **({"Authorization": header} if header else {})})
             if body is not None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from functools import partial
 
@@ -21,7 +22,7 @@ import httpx
 
 from ollimg import config
 from ollimg.blobs.store import BlobWriter, check_digest
-from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound, RegistryError, StoreError
+from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound, NoSpace, RegistryError, StoreError
 from ollimg.manifest import Descriptor, Manifest, Model, Name, Store
 from ollimg.manifest.manifest import MAX_MANIFEST_BYTES
 from ollimg.progress import OnProgress, Reporter
@@ -109,10 +110,12 @@ class Download:
     def run(self, descs: list[Descriptor]) -> None:
         large = []
         jobs = []
+        self.check_room(descs)
         try:
             # Largest first, so the long transfers start early and the small ones fill the gaps.
             for desc in sorted(descs, key=lambda d: -d.size):
                 if desc.size >= LARGE:
+                    self.confirm_size(desc)
                     blob = LargeBlob(self, desc)
                     large.append(blob)
                     jobs += blob.jobs()
@@ -127,6 +130,27 @@ class Download:
 
     def url(self, digest: str) -> str:
         return self.registry.url(self.name.repository, "blobs", digest)
+
+    def check_room(self, descs: list[Descriptor]) -> None:
+        """The declared sizes are only claims: before a byte is written they must fit the disk."""
+        need = sum(d.size for d in descs)
+        free = shutil.disk_usage(self.store.root if self.store.root.exists() else self.store.root.parent).free
+        if need > free:
+            raise NoSpace(f"{self.name.display()} needs {need / 1e9:.1f} GB more in the store, {free / 1e9:.1f} GB are "
+                          "free; free some space (ollimg prune, ollimg rm) and retry")
+
+    def confirm_size(self, desc: Descriptor) -> None:
+        """A large blob's size as the registry serves it (HEAD) must be the manifest's, before a
+        partial file of that size is made: a manifest that lies about sizes leaves nothing behind."""
+        def head() -> int | None:
+            response = check(self.registry.send("HEAD", self.url(desc.digest)), f"pull blob {desc.digest}")
+            response.close()
+            length = response.headers.get("content-length", "")
+            return int(length) if length.isdigit() else None
+
+        served = retrying(head, f"registry {self.name.host}", self.stop)
+        if served is not None and served != desc.size:
+            raise self.mismatch(desc, DigestMismatch(f"the manifest says {desc.size} bytes, the registry serves {served}"))
 
     def check_stop(self) -> None:
         if self.stop.is_set():
@@ -211,9 +235,8 @@ class LargeBlob:
     def _open(self) -> int | None:
         """The partial file, locked; None when another pull finished the blob meanwhile."""
         blobs = self.download.store.blobs
-        blobs.root.mkdir(parents=True, exist_ok=True)
         while not blobs.has(self.desc.digest, self.desc.size):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = blobs.create_file(self.path, os.O_RDWR | os.O_CREAT)
             fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another process fills this blob
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:

@@ -5,10 +5,10 @@ Loads one model once, then serves requests from its parent over stdin/stdout fra
 
   parent -> worker: {"type": "generate", "request": {...}} | {"type": "cancel"} | {"type": "stop"}
                     {"type": "calibrate", "prompts": [...], "steps": N | null} (TeaCache)
-  worker -> parent: {"type": "ready", "processor", "memory", "load_seconds"}
+  worker -> parent: {"type": "ready", "processor", "memory", "gpu_memory", "load_seconds"}
                     {"type": "step", "step", "total", "elapsed"}
                     {"type": "preview", "index", "image" (base64 PNG)}
-                    {"type": "result", "result": GenerateResult JSON}
+                    {"type": "result", "result": GenerateResult JSON, "gpu_memory"}
                     {"type": "calibration", "calibration": Calibration JSON}
                     {"type": "error", "code", "message"}
 
@@ -40,6 +40,14 @@ def _error(e: BaseException) -> dict:
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
         return {"type": "error", "code": OutOfMemory.code, "message": f"out of memory: {str(e).splitlines()[0] if str(e) else ''}"}
     return {"type": "error", "code": RuntimeFailed.code, "message": f"{type(e).__name__}: {e}"}
+
+
+def _gpu_memory() -> int:
+    """GPU bytes torch's caching allocator holds (0 without CUDA); the CUDA context itself is not counted."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return 0
+    return int(sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count())))
 
 
 def _watch_parent(parent: int) -> None:
@@ -84,7 +92,7 @@ class Worker:
                     self.channel.send({"type": "calibration", "calibration": calibration.to_json()})
                 else:
                     result = self.generate(message.get("request") or {})
-                    self.channel.send({"type": "result", "result": result.to_json()})
+                    self.channel.send({"type": "result", "result": result.to_json(), "gpu_memory": _gpu_memory()})
             except Exception as e:  # process edge: every failure becomes an error frame
                 if not isinstance(e, OllimgError):
                     log.exception("generation failed")
@@ -181,7 +189,7 @@ def main() -> int:
         channel.send(_error(e))
         return 1
     channel.send({"type": "ready", "processor": pipeline.backend.processor, "memory": pipeline.backend.memory(),
-                  "load_seconds": pipeline.load_seconds})
+                  "gpu_memory": _gpu_memory(), "load_seconds": pipeline.load_seconds})
     log.info("loaded %s on %s in %.1fs", pipeline.name, pipeline.backend.processor, pipeline.load_seconds)
     worker = Worker(channel, pipeline)
     threading.Thread(target=worker.read, daemon=True).start()

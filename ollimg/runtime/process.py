@@ -37,7 +37,8 @@ class RuntimeProcess:
         self.model, self.models_dir = model, models_dir
         self.backend, self.device, self.dtype = backend, device, dtype
         self.processor: str | None = None
-        self.memory: int = 0
+        self.memory: int = 0  # bytes of the loaded weights
+        self.gpu_memory: int = 0  # GPU bytes the runtime's allocator holds, as of its last ready/result frame
         self.load_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
         self._channel: Channel | None = None
@@ -71,6 +72,7 @@ class RuntimeProcess:
             self._kill()
             raise self._failure(message, f"runtime for {self.model} failed while loading")
         self.processor, self.memory = message["processor"], int(message["memory"])
+        self.gpu_memory = int(message.get("gpu_memory") or 0)
         self.load_seconds = message.get("load_seconds")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -97,6 +99,15 @@ class RuntimeProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def host_memory(self) -> int | None:
+        """Resident bytes of the worker process now (VmRSS), or None where /proc cannot tell."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            return None
+
     def stderr_tail(self) -> str:
         time.sleep(0.05)  # let the stderr reader catch the last lines of a dying process
         return "\n".join(self._stderr)
@@ -119,6 +130,7 @@ class RuntimeProcess:
                 elif kind == "preview" and on_preview is not None:
                     on_preview(message["index"], base64.b64decode(message["image"]))
                 elif kind == "result":
+                    self.gpu_memory = int(message.get("gpu_memory") or self.gpu_memory)
                     return GenerateResult.from_json(message["result"])
                 elif kind not in ("step", "preview"):
                     raise self._failure(message, f"runtime for {self.model} failed")

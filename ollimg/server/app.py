@@ -1,9 +1,11 @@
 """The FastAPI app: factory, the HTTP rules every request passes, and the error shapes.
 
-Rules, outermost first: a Host allowlist when listening on loopback (blocks DNS rebinding), CORS
-(local origins plus OLLIMG_ORIGINS, as ollama does), the OLLIMG_API_KEY bearer check when a key is
-set. Errors leave as `{"error": "...", "code": "..."}` (plus `param`, the field at fault, when there is
-one) on the native API and in OpenAI's shape under /v1, always with a real HTTP status. Imports the scheduler and store; routes live in routes/.
+Rules, outermost first: the access log, a Host allowlist when listening on loopback (blocks DNS
+rebinding), CORS (local origins plus OLLIMG_ORIGINS, as ollama does), the OLLIMG_API_KEY bearer
+check when a key is set, the body size limit (the last three in access.py). Errors leave as
+`{"error": "...", "code": "..."}` (plus `param`, the field at fault, when there is one) on the
+native API and in OpenAI's shape under /v1, always with a real HTTP status, and never with a
+traceback or a server path (those go to the log). Imports the scheduler and store; routes live in routes/.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import ipaddress
 import logging
 import re
-import secrets
 import socket
 from typing import Any
 
@@ -25,11 +26,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import ollimg
 from ollimg import api, config
-from ollimg.errors import AuthError, Busy, InvalidInput, OllimgError
+from ollimg.errors import Busy, InvalidInput, OllimgError
 from ollimg.gallery import Gallery
 from ollimg.hosts import is_loopback
 from ollimg.manifest import Store
-from ollimg.server.routes.common import openai_error, wire_message
+from ollimg.server.access import AccessLog, ApiKey, BodyLimit
+from ollimg.server.routes.common import internal_error, openai_error, wire_message
 from ollimg.server.scheduler import Scheduler, process_factory
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,8 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    app.add_middleware(_ApiKey)
+    app.add_middleware(BodyLimit, error_response=error_response)
+    app.add_middleware(ApiKey, error_response=error_response)
     app.add_middleware(
         _Cors,
         allow_origin_regex=_origin_regex(LOCAL_ORIGINS + config.origins()),
@@ -101,6 +104,7 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
     )
     if is_loopback(bind_host):
         app.add_middleware(_HostAllowlist)
+    app.add_middleware(AccessLog)
     return app
 
 
@@ -112,7 +116,7 @@ def error_response(path: str, e: OllimgError, param: str | None = None) -> JSONR
     status = e.http_status if 400 <= e.http_status < 600 else 500
     headers = {}
     if isinstance(e, Busy):
-        headers["Retry-After"] = str(getattr(e, "retry_after", 5))
+        headers["Retry-After"] = str(e.retry_after)
     elif not getattr(e, "retryable", False):
         headers["x-should-retry"] = "false"
     param = param or getattr(e, "param", None)
@@ -128,7 +132,8 @@ def error_response(path: str, e: OllimgError, param: str | None = None) -> JSONR
 async def _ollimg_error(request: Request, e: Exception) -> JSONResponse:
     assert isinstance(e, OllimgError)
     if e.http_status >= 500 and not isinstance(e, Busy):
-        log.warning("%s %s: %s", request.method, request.url.path, e)
+        tail = (getattr(e, "stderr_tail", "") or "").strip()
+        log.warning("%s %s: %s%s", request.method, request.url.path, e, f"\nruntime stderr:\n{tail}" if tail else "")
     return error_response(request.url.path, e)
 
 
@@ -154,7 +159,8 @@ async def _http_error(request: Request, e: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, e: Exception) -> JSONResponse:
     log.exception("%s %s failed", request.method, request.url.path)
-    return error_response(request.url.path, OllimgError(f"internal error: {type(e).__name__}: {e}", code="internal"))
+    return error_response(request.url.path, internal_error(e))
+
 
 
 # -- HTTP rules --------------------------------------------------------------------------------
@@ -197,27 +203,6 @@ class _HostAllowlist:
         except ValueError:
             return False
         return ip.is_loopback or ip.is_private or ip.is_unspecified or ip.is_link_local
-
-
-class _ApiKey:
-    """When OLLIMG_API_KEY is set, every API request must carry `Authorization: Bearer <key>`."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = config.api_key()
-        path = scope.get("path", "")
-        if scope["type"] == "http" and key and path.startswith(("/api/", "/v1/")) and scope["method"] != "OPTIONS":
-            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            token = given[7:].strip() if given[:7].lower() == "bearer " else ""
-            if not secrets.compare_digest(token.encode(), key.encode()):
-                err = AuthError("missing or wrong API key: send Authorization: Bearer <OLLIMG_API_KEY>")
-                response = error_response(path, err)
-                response.headers["WWW-Authenticate"] = "Bearer"
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _origin_regex(patterns: list[str]) -> str:

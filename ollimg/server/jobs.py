@@ -1,7 +1,7 @@
 """A request's work running in its own task, its events flowing through a queue to the response.
 
 The task is cancelled when the client disconnects (a watcher waits for `http.disconnect`) or when
-the response is closed; the scheduler turns that cancellation into runtime.cancel(). Imports errors.
+the response is closed; the scheduler turns that cancellation into runtime.cancel(). Imports errors and routes.common.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from starlette.requests import Request
 
 from ollimg.errors import Cancelled, OllimgError
+from ollimg.server.routes.common import internal_error
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class Job:
             self.emit("error", e)
         except Exception as e:  # a request handler edge: log it, answer it
             log.exception("request failed")
-            self.emit("error", OllimgError(f"internal error: {type(e).__name__}: {e}", code="internal"))
+            self.emit("error", internal_error(e))
         finally:
             self._watch.cancel()
 

@@ -1,7 +1,10 @@
-"""Memory figures the scheduler decides with: an estimate for a model at a size, and free memory.
+"""Memory figures the scheduler decides with: an estimate for a model at a size, free memory, and
+what each runtime really holds.
 
 Rough on purpose and in one place. Free memory comes from /proc/meminfo (MemAvailable) or, when a
-CUDA device will be used, from `nvidia-smi`; no psutil, no torch. Imports config only.
+CUDA device will be used, from `nvidia-smi`; no psutil, no torch. What a runtime holds (`held`) is
+its process's resident memory (/proc/<pid>/status VmRSS, read by the runtime object) and the GPU
+memory its allocator reports; `ps`, admission and eviction all use these figures. Imports config only.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+from typing import Any
 
 from ollimg import config
 
@@ -22,6 +26,27 @@ BYTES_PER_PIXEL = 1536  # VAE decoder peak: ~128 fp32 channels at full resolutio
 def estimate(weights: int, width: int, height: int, n: int = 1) -> int:
     """Bytes a runtime needs: its weights plus activations for `n` images of `width` x `height`."""
     return weights + OVERHEAD + n * width * height * BYTES_PER_PIXEL
+
+
+def held(runtime: Any) -> tuple[int, int]:
+    """(host bytes, GPU bytes) a runtime holds now: measured where the runtime can tell, else the
+    bytes of its weights (a runtime object without `host_memory`, such as a test fake)."""
+    gpu = int(getattr(runtime, "gpu_memory", 0) or 0)
+    host = getattr(runtime, "host_memory", None)
+    if host is None:
+        host = 0 if gpu else int(getattr(runtime, "memory", 0) or 0)
+    return int(host), gpu
+
+
+def on_device(runtime: Any) -> int:
+    """The bytes a runtime holds on the device models load to: its GPU memory if it has any, else host memory."""
+    host, gpu = held(runtime)
+    return gpu or host
+
+
+def device_label() -> str:
+    """What `free()` measures, for messages."""
+    return "GPU memory" if _cuda_free() is not None else "memory"
 
 
 def free() -> int | None:

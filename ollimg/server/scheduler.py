@@ -8,6 +8,14 @@ wait, a new one gets Busy (503). A cancelled request cancels its generation. A r
 is dropped: the failing request gets the error with its stderr tail, the next one starts a fresh
 runtime.
 
+Every generation and load first passes admission (admission.py): the configured limits, then its
+estimated peak memory against free memory plus what unloading idle models would release. A
+generation that runs past OLLIMG_MAX_GENERATION_TIME is cancelled (504). Cancel reaches the runtime
+at once and takes effect at its next step boundary; a runtime that has not ended the generation
+within max(CANCEL_MIN, 2 x the longest step seen) is stopped (killed after 5 s more), so a cancel
+never waits on more than about two steps, and a step's length is bounded by the pixel and image
+limits. The next request starts a fresh runtime.
+
 All state lives on the event loop; runtime calls (blocking) run in worker threads. The runtime is
 made by a factory (`factory(model) -> runtime`), so tests can pass a fake. Imports config, errors,
 the manifest store types and the runtime request types; never torch or mlx.
@@ -26,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from ollimg import config
-from ollimg.errors import Busy, RuntimeFailed
+from ollimg.errors import Busy, RuntimeFailed, TimedOut
 from ollimg.manifest import Model, Name
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
-from ollimg.server import memory
+from ollimg.server import admission, memory
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +47,8 @@ RuntimeFactory = Callable[[Model], Any]
 on_preview=), cancel(), stop() and the properties alive, pid, processor, memory."""
 
 FOREVER = 100 * 365 * 86400.0  # longer keep-alives mean "forever"
-CANCEL_GRACE = 30.0  # seconds a runtime gets to honour cancel() before it is stopped
+CANCEL_MIN = 5.0  # seconds a runtime gets at least to honour cancel() before it is stopped
+CANCEL_UNKNOWN = 30.0  # ... when no step of this model has been timed yet
 
 
 @dataclass(eq=False)
@@ -52,11 +61,11 @@ class Runner:
     runtime: Any = None
     users: int = 0
     busy: bool = False
-    size: int = 0
     last_used: float = 0.0
     keep_alive: float | None = None
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
+    step_seconds_per_pixel: float = 0.0  # the slowest step seen, per pixel of the batch: the cancel deadline
 
     @property
     def label(self) -> str:
@@ -73,6 +82,7 @@ class Scheduler:
         keep_alive: float | None | str = "env",
         load_timeout: float | None = None,
         free_memory: Callable[[], int | None] = memory.free,
+        limits: admission.Limits | None = None,
     ):
         self._factory = factory
         self.max_loaded = max(1, config.max_loaded_models() if max_loaded is None else max_loaded)
@@ -80,6 +90,7 @@ class Scheduler:
         self.default_keep_alive = config.keep_alive() if keep_alive == "env" else keep_alive
         self.load_timeout = config.load_timeout() if load_timeout is None else load_timeout
         self._free_memory = free_memory
+        self.limits = limits or admission.Limits.from_config()
         self._runners: dict[str, Runner] = {}
         self._pending = 0
         self._seconds = 5.0  # running average of a generation, for Retry-After
@@ -110,29 +121,41 @@ class Scheduler:
         runtime is ready, on_step per finished step, on_preview(index, png) per partial image.
         """
         loop = asyncio.get_running_loop()
-        need = memory.estimate(model.size, request.width or 1024, request.height or 1024, request.n)
+        plan = self._plan(model, request.width, request.height, request.steps, request.n)
+        need = self._admit(model, plan)
         async with self._use(model, keep_alive, need) as (runner, load_seconds):
             if on_load:
                 on_load(load_seconds)
             rt = runner.runtime
+            timing = _StepTiming(runner, plan)
+
+            def stepped(step: Step) -> None:
+                timing.stepped()
+                if on_step:
+                    on_step(step)
+
             call = functools.partial(
                 rt.generate,
                 request,
-                on_step=_threadsafe(loop, on_step),
+                on_step=_threadsafe(loop, stepped),
                 on_preview=_threadsafe(loop, on_preview),
             )
             started = time.monotonic()
             fut = loop.run_in_executor(self._executor, call)
             try:
-                result = await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                log.info("cancelling generation on %s", runner.label)
+                result = await asyncio.wait_for(asyncio.shield(fut), self.limits.seconds)
+            except (asyncio.CancelledError, TimeoutError) as e:
+                timed_out = isinstance(e, TimeoutError)
+                log.info("%s generation on %s", "time limit: cancelling" if timed_out else "cancelling", runner.label)
                 rt.cancel()
-                await self._settle(runner, fut)
+                await self._settle(runner, fut, timing.grace())
+                if timed_out:
+                    raise TimedOut(f"the generation ran past this server's limit of {self.limits.seconds:.0f} s and was "
+                                   "cancelled (OLLIMG_MAX_GENERATION_TIME); ask for fewer steps, images or pixels") from None
                 raise
             except RuntimeFailed as e:
                 if not rt.alive:
-                    log.warning("runtime for %s died: %s", runner.label, e)
+                    log.warning("runtime for %s died: %s\nruntime stderr:\n%s", runner.label, e, e.stderr_tail)
                     e.retryable = True  # the next request starts a fresh runtime
                     await self._stop(runner)
                 raise
@@ -141,7 +164,7 @@ class Scheduler:
 
     async def load(self, model: Model, *, keep_alive: float | None) -> float:
         """Loads a model without generating; returns the seconds loading took (0 if it was warm)."""
-        need = memory.estimate(model.size, 1024, 1024, 1)
+        need = self._admit(model, self._plan(model, None, None, None, 1, limits=False))
         async with self._use(model, keep_alive, need) as (_, load_seconds):
             return load_seconds
 
@@ -161,8 +184,33 @@ class Scheduler:
 
     @property
     def retry_after(self) -> int:
-        """Seconds a client refused with Busy should wait."""
-        return max(1, min(120, math.ceil(self._seconds * max(1, self._pending))))
+        """Seconds a client refused with Busy should wait: the running generation and every waiting
+        one, at the running average of a generation's time."""
+        return max(1, min(3600, math.ceil(self._seconds * (self._pending + 1))))
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def _plan(self, model: Model, width: int | None, height: int | None, steps: int | None, n: int,
+              limits: bool = True) -> admission.Plan:
+        """The request's plan at the model's defaults; checked against the limits unless `limits` is False
+        (a load: the limits bound what a request asks for, not the model's own defaults)."""
+        try:
+            defaults = model.config.get("defaults") if isinstance(model.config, dict) else None
+        except Exception:  # a config that cannot be read: the runtime will say so; plan with fallbacks
+            defaults = None
+        bounds = self.limits if limits else admission.Limits(2**62, 2**62, 2**62, None)
+        return admission.plan(defaults if isinstance(defaults, dict) else {}, width, height, steps, n, bounds)
+
+    def _admit(self, model: Model, plan: admission.Plan) -> int:
+        """The request's memory need beyond what is loaded; InsufficientMemory when it cannot be made to fit."""
+        runner = self._runners.get(key(model.name))
+        loaded = runner is not None and runner.runtime is not None and runner.model.digest == model.digest
+        free = self._free_memory()
+        room = None
+        if free is not None:
+            room = free + sum(memory.on_device(r.runtime) for r in self.running()
+                              if r is not runner and r.users == 0 and not r.lock.locked())
+        return admission.check_memory(model.name.display(), 0 if loaded else model.size, plan, room, memory.device_label)
 
     async def close(self) -> None:
         """Stops every runtime (server shutdown)."""
@@ -185,7 +233,8 @@ class Scheduler:
         queued = runner.lock.locked()
         if queued and self._pending >= self.max_queue:
             self._forget(runner)
-            raise Busy(f"server busy: {self._pending} requests are waiting already; retry in a few seconds")
+            wait = self.retry_after
+            raise Busy(f"server busy: {self._pending} requests are waiting already; retry in about {wait} s", retry_after=wait)
         runner.users += 1
         self._cancel_timer(runner)
         self._pending += queued
@@ -266,7 +315,6 @@ class Scheduler:
                 await self._call(_stop_quietly, rt)
                 raise
             runner.runtime, runner.model = rt, model
-            runner.size = getattr(rt, "memory", 0) or need
             return time.monotonic() - started
 
     async def _make_room(self, runner: Runner, need: int) -> None:
@@ -303,16 +351,20 @@ class Scheduler:
             log.info("stopping runtime of %s", runner.label)
             await self._call(_stop_quietly, rt)
 
-    async def _settle(self, runner: Runner, fut: asyncio.Future) -> None:
+    def usage(self, runner: Runner) -> tuple[int, int]:
+        """(host bytes, GPU bytes) the runner's runtime holds now: what ps shows and eviction counts."""
+        return memory.held(runner.runtime) if runner.runtime is not None else (0, 0)
+
+    async def _settle(self, runner: Runner, fut: asyncio.Future, grace: float) -> None:
         """Waits (through further cancellation) until a cancelled generation has really ended."""
-        deadline = time.monotonic() + CANCEL_GRACE
+        deadline = time.monotonic() + grace
         while not fut.done():
             try:
                 await asyncio.wait({fut}, timeout=max(0.0, deadline - time.monotonic()))
             except asyncio.CancelledError:
                 continue
             if not fut.done():
-                log.warning("runtime of %s ignored cancel for %.0f s: stopping it", runner.label, CANCEL_GRACE)
+                log.warning("runtime of %s ignored cancel for %.0f s: stopping it", runner.label, grace)
                 await asyncio.shield(self._stop(runner))
                 break
         if fut.done() and not fut.cancelled():
@@ -320,6 +372,26 @@ class Scheduler:
 
     async def _call(self, fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+class _StepTiming:
+    """Times a generation's steps (on the event loop) and says how long a cancel may take: two of
+    its slowest steps so far, or of this model's slowest step per pixel before, at least CANCEL_MIN."""
+
+    def __init__(self, runner: Runner, plan: admission.Plan):
+        self.runner, self.pixels = runner, plan.pixels * plan.n
+        self.last = time.monotonic()
+
+    def stepped(self) -> None:
+        now = time.monotonic()
+        per_pixel = (now - self.last) / self.pixels
+        self.runner.step_seconds_per_pixel = max(self.runner.step_seconds_per_pixel, per_pixel)
+        self.last = now
+
+    def grace(self) -> float:
+        if not self.runner.step_seconds_per_pixel:
+            return CANCEL_UNKNOWN
+        return max(CANCEL_MIN, 2 * self.runner.step_seconds_per_pixel * self.pixels)
 
 
 def key(name: Name) -> str:

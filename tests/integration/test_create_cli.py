@@ -124,7 +124,7 @@ BAD = {
     "truncated shard": (lambda d: _truncate(_shard(d), 100), "truncated"),
     "corrupt header": (lambda d: _corrupt_header(_shard(d, 1)), "corrupt safetensors header"),
     "unsupported dtype": (lambda d: set_dtype(d / "vae" / "diffusion_pytorch_model.safetensors", "decoder.conv_in.bias", "C64"), "unsupported dtype"),
-    "a file, not a dir": (lambda d: None, "not a directory"),
+    "a file, not a dir": (lambda d: None, "not a diffusers model directory"),  # one answer for any path with no model
 }
 
 

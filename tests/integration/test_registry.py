@@ -241,7 +241,7 @@ def test_basic_auth_login_and_wrong_credentials(auth_registry, tmp_path):
     assert not list((tmp_path / "data").rglob("registry-credentials.json"))
 
     env_wrong = run_cli("pull", name, models=tmp_path / "dst", XDG_DATA_HOME=data_home,
-                        OLLIMG_REGISTRY_USER="alice", OLLIMG_REGISTRY_PASSWORD=wrong)
+                        OLLIMG_REGISTRY_USER="alice", OLLIMG_REGISTRY_PASSWORD=wrong, OLLIMG_REGISTRY=host)
     assert env_wrong.returncode == 4 and "refused the credentials" in env_wrong.stderr
     assert wrong not in env_wrong.stderr + env_wrong.stdout
 
@@ -275,6 +275,7 @@ def test_bearer_token_flow(registry, proxy_for, tmp_path, monkeypatch):
     with pytest.raises(AuthError, match=f"registry {proxy.host} requires authentication"):
         push(src, name)
 
+    monkeypatch.setenv("OLLIMG_REGISTRY", proxy.host)  # the environment's credentials go to this host only
     monkeypatch.setenv("OLLIMG_REGISTRY_USER", "bob")
     monkeypatch.setenv("OLLIMG_REGISTRY_PASSWORD", "wrong-token-pass")
     with pytest.raises(AuthError, match="refused the credentials") as info:

@@ -81,7 +81,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_zimage_dir):
     root = tmp_path_factory.mktemp("serve")
-    srv = Server(root, OLLIMG_MAX_QUEUE="1", OLLIMG_KEEP_ALIVE="5m")
+    srv = Server(root, OLLIMG_MAX_QUEUE="1", OLLIMG_KEEP_ALIVE="5m", OLLIMG_MAX_STEPS="200")  # SLOW asks for 200
     created = srv.cli("create", MODEL, "-f", str(tiny_zimage_dir))
     assert created.returncode == 0, created.stderr
     srv.start()

@@ -191,6 +191,8 @@ def test_credentials_file_is_private_and_env_wins(monkeypatch):
     assert credentials_for("other.example") is None
     monkeypatch.setenv("OLLIMG_REGISTRY_USER", "bob")
     monkeypatch.setenv("OLLIMG_REGISTRY_PASSWORD", "env-pass")
+    assert credentials_for("reg.example:5000") == Credentials("alice", SECRET)  # env: the OLLIMG_REGISTRY host only
+    monkeypatch.setenv("OLLIMG_REGISTRY", "reg.example:5000")
     assert credentials_for("reg.example:5000") == Credentials("bob", "env-pass")
     monkeypatch.delenv("OLLIMG_REGISTRY_USER")
     assert remove_credentials("reg.example:5000") and not remove_credentials("reg.example:5000")
@@ -226,3 +228,60 @@ def test_a_host_that_does_not_resolve_fails_at_once(monkeypatch):
     with pytest.raises(RegistryError, match="gave up after 2 tries"):
         Registry("registry.typo.example").ping()
     assert len(calls) == 2
+
+
+def test_env_credentials_go_only_to_the_configured_registry(monkeypatch):
+    """Issue 13: OLLIMG_REGISTRY_USER/PASSWORD were sent to any host that answered 401."""
+    monkeypatch.setenv("OLLIMG_REGISTRY", "good.example")
+    monkeypatch.setenv("OLLIMG_REGISTRY_USER", "bob")
+    monkeypatch.setenv("OLLIMG_REGISTRY_PASSWORD", SECRET)
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(401, headers={"www-authenticate": 'Basic realm="give me your password"'})
+
+    attacker = registry_with(handler, host="attacker.example")
+    assert attacker.auth.credentials is None
+    with pytest.raises(AuthError, match="requires authentication"):
+        attacker.send("GET", "https://attacker.example/v2/")
+    assert seen == [None]
+    assert registry_with(handler, host="Good.Example").auth.credentials == Credentials("bob", SECRET)
+
+
+def test_login_credentials_go_only_to_their_host(monkeypatch):
+    save_credentials("mine.example", Credentials("alice", SECRET))
+    assert credentials_for("mine.example") == Credentials("alice", SECRET)
+    assert credentials_for("mine.example.attacker.example") is None and credentials_for("other.example") is None
+
+
+def test_authorization_stays_on_the_registry_origin():
+    """An upload Location (or any URL) on another host never gets the registry's Authorization."""
+    seen = {}
+    basic = Credentials("u", SECRET).basic()
+
+    def handler(request):
+        seen.setdefault(request.url.host, []).append(request.headers.get("authorization"))
+        if request.url.host == "registry.test" and request.headers.get("authorization") != basic:
+            return httpx.Response(401, headers={"www-authenticate": 'Basic realm="r"'})
+        if request.url.host == "registry.test":
+            return httpx.Response(202, headers={"location": "https://elsewhere.example/upload?x=1"})
+        return httpx.Response(401, headers={"www-authenticate": 'Basic realm="r"'})
+
+    registry = registry_with(handler, credentials=Credentials("u", SECRET))
+    response = registry.send("POST", "https://registry.test/v2/a/b/blobs/uploads/")
+    elsewhere = registry.send("PUT", resolve(response), content=b"data")
+    assert elsewhere.status_code == 401  # answered as is: no credentials offered to another host
+    assert seen["elsewhere.example"] == [None]
+    assert registry.owns("https://registry.test/v2/") and not registry.owns("http://registry.test/v2/")
+
+
+def test_token_realm_on_another_host_gets_credentials_only_over_https():
+    def handler(request):
+        if request.url.host == "registry.test" and not request.headers.get("authorization"):
+            return httpx.Response(401, headers={"www-authenticate": 'Bearer realm="http://tokens.example/token",service="s"'})
+        return httpx.Response(200, json={"token": "t"})
+
+    registry = registry_with(handler, credentials=Credentials("u", SECRET))
+    with pytest.raises(AuthError, match="only over HTTPS"):
+        registry.send("GET", "https://registry.test/v2/")

@@ -98,17 +98,21 @@ def test_lru_eviction_by_count(store):
 
 
 def test_lru_eviction_by_memory(store):
-    factory = FakeFactory()
-    free = {"bytes": 10**12}
+    """Each fake runtime holds 1 GB; unloading the least recently used idle one makes room for a third."""
+    factory = FakeFactory(memory=10**9)
+    total = {"bytes": 10**12}
+
+    def free():
+        return total["bytes"] - sum(rt.memory for rt in factory.made if rt.alive)
 
     async def main():
-        sched = Scheduler(factory, max_loaded=5, keep_alive=None, free_memory=lambda: free["bytes"])
+        sched = Scheduler(factory, max_loaded=5, keep_alive=None, free_memory=free)
         await sched.generate(_model(store, "a"), req(), keep_alive=None)
         await sched.generate(_model(store, "b"), req(), keep_alive=None)
-        free["bytes"] = 0  # nothing fits any more: the LRU one goes, then the next, then load anyway
+        total["bytes"] = int(2.3e9)  # 0.3 GB free: c (about 0.52 GB) fits once one idle model goes
         await sched.generate(_model(store, "c"), req(), keep_alive=None)
-        assert factory.stopped == ["a:latest", "b:latest"]
-        assert factory.loaded() == ["c:latest"]
+        assert factory.stopped == ["a:latest"]
+        assert factory.loaded() == ["b:latest", "c:latest"]
         await sched.close()
 
     run(main())

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 
-from ollimg import api, builtin
+import ollimg
+from ollimg import api, builtin, config
 from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Model, Name, Store
 from ollimg.server.scheduler import Scheduler
@@ -38,11 +41,42 @@ def line(obj: Any) -> bytes:
 
 
 def wire_message(e: OllimgError) -> str:
-    """The message a client sees: with the runtime's stderr tail when there is one."""
-    tail = (getattr(e, "stderr_tail", "") or "").strip()
-    if tail and tail not in e.message:
-        return f"{e.message}\nruntime stderr (last lines):\n{tail[-2000:]}"
-    return e.message
+    """The message a client sees: the error's message plus, from the runtime's stderr, only its last
+    line (the exception's summary), with the server's own paths taken out (the store root, the
+    package, the home directory). Tracebacks and the whole stderr tail stay in the server log."""
+    text = e.message
+    last = next((ln.strip() for ln in reversed((getattr(e, "stderr_tail", "") or "").splitlines()) if ln.strip()), "")
+    if last and last not in text:
+        text = f"{text}: {last[:300]} (the server log has the details)"
+    for path, shown in _private_paths():
+        text = text.replace(path, shown)
+    return text
+
+
+def _private_paths() -> list[tuple[str, str]]:
+    paths = []
+    with contextlib.suppress(OllimgError, OSError, RuntimeError):
+        root = config.models_dir()
+        paths += [(str(root.resolve()), "$OLLIMG_MODELS"), (str(root), "$OLLIMG_MODELS")]
+    paths += [(str(Path(ollimg.__file__).resolve().parent), "<ollimg>")]
+    with contextlib.suppress(RuntimeError, KeyError):
+        home = str(Path.home())
+        if len(home) > 1:
+            paths.append((home, "~"))
+    return paths
+
+
+def without_paths(info: dict) -> dict:
+    """A model's config or info for the wire: the import source's directory on the server is left out."""
+    source = info.get("source")
+    if isinstance(source, dict) and "path" in source:
+        info = {**info, "source": {k: v for k, v in source.items() if k != "path"}}
+    return info
+
+
+def internal_error(e: BaseException) -> OllimgError:
+    """What a client sees of an unexpected exception: its kind only; the traceback goes to the log."""
+    return OllimgError(f"internal error ({type(e).__name__}); the server log has the details", code="internal")
 
 
 def error_line(e: OllimgError) -> bytes:

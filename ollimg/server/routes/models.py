@@ -16,7 +16,7 @@ from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Name
 from ollimg.progress import Progress
 from ollimg.server.jobs import Job
-from ollimg.server.routes.common import NDJSON, details, error_line, get_model, iso, line, scheduler, store
+from ollimg.server.routes.common import NDJSON, details, error_line, get_model, iso, line, scheduler, store, without_paths
 from ollimg.server.scheduler import key
 
 router = APIRouter(tags=["native"])
@@ -54,13 +54,14 @@ def builtin_models(request: Request) -> api.BuiltinResponse:
 @router.get("/api/ps", response_model=api.PsResponse, responses=ERRORS)
 def ps(request: Request) -> api.PsResponse:
     models = []
-    for r in scheduler(request).running():
+    sched = scheduler(request)
+    for r in sched.running():
         rt = r.runtime
         processor = str(getattr(rt, "processor", "") or "CPU")
+        host, gpu = sched.usage(r)
         models.append(api.RunningModel(
-            name=r.model.name.display(), model=r.model.name.display(), size=r.size, digest=r.model.digest,
-            details=details(r.model), expires_at=iso(r.expires_at),
-            size_vram=0 if processor == "CPU" else r.size, processor=processor, busy=r.busy,
+            name=r.model.name.display(), model=r.model.name.display(), size=host + gpu, digest=r.model.digest,
+            details=details(r.model), expires_at=iso(r.expires_at), size_vram=gpu, processor=processor, busy=r.busy,
             waiting=max(0, r.users - r.busy), pid=getattr(rt, "pid", None),
         ))
     return api.PsResponse(models=models)
@@ -74,8 +75,8 @@ def show(body: api.ShowRequest, request: Request) -> api.ShowResponse:
         name=model.name.display(), digest=model.digest, size=model.size, modified_at=iso(model.modified),
         details=details(model), capabilities=list(cfg.get("capabilities") or ["image"]),
         parameters=dict(cfg.get("defaults") or {}), license=str(cfg.get("license") or ""),
-        description=str(cfg.get("description") or ""), model_info=cfg if body.verbose else {},
-        tensors=len(model.manifest.tensor_layers()), files=sorted(model.files()), info=models.info(model),
+        description=str(cfg.get("description") or ""), model_info=without_paths(cfg) if body.verbose else {},
+        tensors=len(model.manifest.tensor_layers()), files=sorted(model.files()), info=without_paths(models.info(model)),
     )
 
 

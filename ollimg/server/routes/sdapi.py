@@ -151,7 +151,8 @@ def set_options(body: Options, request: Request) -> dict:
 def sd_models(request: Request) -> list[SdModel]:
     return [
         SdModel(title=m.name.display(), model_name=m.name.display(), hash=m.digest.split(":")[-1][:10],
-                sha256=m.digest.split(":")[-1], filename=str(store(request).manifest_path(m.name)))
+                sha256=m.digest.split(":")[-1],
+                filename=store(request).manifest_path(m.name).relative_to(store(request).root).as_posix())
         for m in store(request).models()
     ]
 
