@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ollimg import api
-from ollimg import models, registry
+from ollimg import builtin, models, registry
 from ollimg.create import create as create_model
 from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Name
@@ -95,9 +95,12 @@ async def create(body: api.CreateRequest, request: Request):
 
 @router.post("/api/pull", response_model=api.ProgressResponse, responses=PROGRESS)
 async def pull(body: api.PullRequest, request: Request):
+    name = Name.parse(_required(body))
+    if builtin.source(name) is not None:
+        return await _progress(request, functools.partial(builtin.pull, store(request), name), body.stream)
     # `insecure: false` (the ollama client always sends it) means automatic, as for ollama: plain HTTP
     # for loopback registries only
-    call = functools.partial(registry.pull, store(request), Name.parse(_required(body)), insecure=body.insecure or None)
+    call = functools.partial(registry.pull, store(request), name, insecure=body.insecure or None)
     return await _progress(request, call, body.stream)
 
 
