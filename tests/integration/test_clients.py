@@ -161,3 +161,27 @@ def test_sd_parsers_read_the_metadata(server, fmt):
     assert [p.value for p in sampler.prompts] == [PROMPT] and [p.value for p in sampler.negative_prompts] == ["blurry"]
     assert sampler.parameters["seed"] == "77" and sampler.parameters["steps"] == "8"
     assert sampler.model.name == "shapes" and len(sampler.model.hash) == 10
+
+
+# -- ollama's CLI habits through the server -----------------------------------------------------
+
+
+def test_cli_run_verbose_keepalive_and_format_json(server, tmp_path):
+    r = server.cli("run", "shapes", PROMPT, "--verbose", "--keepalive", "1m", "--format", "json", "--seed", "3",
+                   "-o", str(tmp_path / "a.png"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["images"] == [{"path": str(tmp_path / "a.png"), "seed": 3}] and out["format"] == "png"
+    assert "total duration:" in r.stderr and "denoise duration:" in r.stderr
+
+
+def test_cli_typo_of_a_stored_model(server):
+    r = server.cli("run", "shaeps", PROMPT)
+    assert r.returncode == 3 and 'did you mean "shapes:latest"?' in r.stderr, r.stderr
+    r = server.cli("rm", "nosuch")
+    assert r.returncode == 3 and r.stderr.strip() == 'Error: model "nosuch:latest" not found'
+
+
+def test_ollama_pull_of_the_builtin_name(oll):
+    progress = list(oll.pull("shapes", stream=True))
+    assert "built in" in progress[0].status and progress[-1].status == "success"
