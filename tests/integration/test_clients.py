@@ -185,3 +185,38 @@ def test_cli_typo_of_a_stored_model(server):
 def test_ollama_pull_of_the_builtin_name(oll):
     progress = list(oll.pull("shapes", stream=True))
     assert "built in" in progress[0].status and progress[-1].status == "success"
+
+
+# -- frontends whose requests are replayed (the apps themselves are not run here) ---------------
+
+
+def test_librechat_request_shapes(server):
+    """LibreChat's OpenAI image tool (no response_format, size/quality auto) and its SD tool."""
+    r = httpx.post(server.url + "/v1/images/generations", headers={"Authorization": "Bearer anything"}, timeout=120, json={
+        "model": "shapes", "prompt": PROMPT, "n": 1, "background": "auto", "output_format": "png", "quality": "auto",
+        "size": "auto"})
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["data"][0]["b64_json"]).size == (128, 128)
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": PROMPT, "negative_prompt": "blurry", "sampler_index": "DPM++ 2M Karras", "cfg_scale": 4.5,
+        "steps": 6, "width": 128, "height": 128})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert decode(r.json()["images"][0]).size == (128, 128)
+    assert (info["width"], info["height"], info["steps"]) == (128, 128, 6) and info["seed"] and info["infotexts"]
+
+
+def test_sillytavern_call_sequence(server):
+    """What SillyTavern's Stable Diffusion extension calls, in order."""
+    get = lambda path: httpx.get(server.url + "/sdapi/v1/" + path, timeout=30)  # noqa: E731
+    assert get("options").json()["sd_model_checkpoint"]
+    assert "shapes:latest" in [m["title"] for m in get("sd-models").json()]
+    for path in ("samplers", "schedulers", "upscalers", "latent-upscale-modes", "sd-vae"):
+        r = get(path)
+        assert r.status_code == 200 and isinstance(r.json(), list), path
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": PROMPT, "negative_prompt": "", "sampler_name": "Euler", "scheduler": "Simple", "steps": 20,
+        "cfg_scale": 7, "width": 512, "height": 512, "seed": -1, "restore_faces": False, "enable_hr": False})
+    assert r.status_code == 200 and decode(r.json()["images"][0]).size == (128, 128)
+    progress = get("progress").json()
+    assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
