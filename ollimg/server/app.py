@@ -54,12 +54,14 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        if getattr(app.state, "scheduler", None) is None:
+        owned = getattr(app.state, "scheduler", None) is None  # a scheduler passed in is its caller's to close
+        if owned:
             app.state.scheduler = Scheduler(process_factory(store))
         try:
             yield
         finally:
-            await app.state.scheduler.close()
+            if owned:
+                await app.state.scheduler.close()
 
     app = FastAPI(
         title="ollimg",

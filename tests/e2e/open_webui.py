@@ -151,7 +151,7 @@ def use_engine(webui: str, token: str, engine: str, model: str) -> None:
          f"size {cfg.get('IMAGE_SIZE')})")
 
 
-def screenshot(python: Path, webui: str, token: str, out: Path) -> None:
+def screenshot(python: Path, webui: str, out: Path) -> None:
     """Generates from Open WebUI's images page in headless Chromium and saves a screenshot."""
     script = f"""
 import re
@@ -160,8 +160,11 @@ with sync_playwright() as p:
     browser = p.chromium.launch(executable_path={CHROMIUM!r}, args=["--no-sandbox"])
     page = browser.new_page(viewport={{"width": 1280, "height": 900}})
     try:
-        page.goto({webui!r} + "/auth")
-        page.evaluate("token => localStorage.setItem('token', token)", {token!r})
+        page.goto({webui!r} + "/auth")  # sign in as a user does
+        page.get_by_placeholder(re.compile("email", re.I)).fill({ADMIN["email"]!r})
+        page.get_by_placeholder(re.compile("password", re.I)).fill({ADMIN["password"]!r})
+        page.get_by_role("button", name=re.compile("sign in", re.I)).click()
+        page.wait_for_url(lambda url: "/auth" not in url, timeout=60000)
         page.goto({webui!r} + "/playground/images")
         box = page.get_by_placeholder(re.compile("Describe the image", re.I))
         box.wait_for(timeout=60000)
@@ -237,7 +240,7 @@ def main() -> None:
         use_engine(webui, token, "openai", "shapes")
         generate(webui, token, "OpenAI engine with the model set to shapes")
         args.out.mkdir(parents=True, exist_ok=True)
-        screenshot(python, webui, token, args.out / "open-webui-images.png")
+        screenshot(python, webui, args.out / "open-webui-images.png")
         step("PASSED")
     finally:
         webui_proc.stop()

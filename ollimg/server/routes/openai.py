@@ -56,7 +56,7 @@ def _model_object(m: Model) -> api.OpenAIModel:
     responses={
         200: {"description": "With stream: server-sent events (progress, image_generation.partial_image, "
                              "image_generation.completed).",
-              "content": {SSE: {"schema": {"type": "string"}}}},
+              "content": {SSE: {"schema": {"type": "object", "description": "one event's data: {type, ...}"}}}},
         **ERRORS,
     },
 )
