@@ -152,7 +152,7 @@ def test_openai_n2_each_its_own_seed(oai, runtime):
 def test_openai_stream(oai, runtime):
     events = list(oai.images.generate(
         model=MODEL, prompt="a star", size="32x32", stream=True, partial_images=1, output_format="jpeg",
-        extra_body={"steps": 3},
+        extra_body={"steps": 3, "progress": True},  # step events only when asked
     ))
     types = [e.type for e in events]
     assert types.count("progress") == 3
