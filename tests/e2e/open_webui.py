@@ -177,8 +177,8 @@ with sync_playwright() as p:
             page.wait_for_timeout(500)
         box.click()
         box.fill({PROMPT!r})
-        page.keyboard.press("Enter")
-        page.wait_for_selector("img[src*='/api/v1/files/']", timeout=300000)
+        page.keyboard.press("Control+Enter")  # the page's own shortcut for its Generate button
+        page.wait_for_selector("img[src*='/files/']", timeout=300000)
         page.wait_for_timeout(1000)
         page.screenshot(path={str(out)!r}, full_page=True)
     except Exception:
