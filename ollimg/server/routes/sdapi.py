@@ -74,10 +74,10 @@ class Named(BaseModel):
 
 @dataclass
 class _State:
-    """What the A1111 endpoints remember: the default model and the txt2img jobs in flight."""
+    """The txt2img jobs in flight, for progress and interrupt (the default model: server/defaults.py)."""
 
     jobs: list[Job] = field(default_factory=list)
-    interrupted: set[int] = field(default_factory=set)  # id() of the jobs /interrupt stopped
+    interrupted: set[Job] = field(default_factory=set)  # the jobs /interrupt stopped
     step: int = 0
     steps: int = 0
     started: float = 0.0
@@ -119,13 +119,13 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
     try:
         _, result = await job.until("done")
     except Cancelled:
-        if id(job) not in state.interrupted:
+        if job not in state.interrupted:
             raise
         return _interrupted(body, model)
     finally:
         job.close()
         state.jobs.remove(job)
-        state.interrupted.discard(id(job))
+        state.interrupted.discard(job)
     name = model.name.display()
     info = {
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": result.seeds[0],
@@ -180,7 +180,7 @@ def progress(request: Request) -> dict:
 def interrupt(request: Request) -> dict:
     state = _state(request)
     for job in list(state.jobs):
-        state.interrupted.add(id(job))
+        state.interrupted.add(job)
         job.close()
     return {}
 
