@@ -106,11 +106,9 @@ def write_sharded(folder: Path, stem: str, shapes: dict[str, tuple[int, ...]], d
 
 def text_encoder_all_shapes(config) -> dict[str, tuple[int, ...]]:
     """Every tensor of the Qwen3 checkpoint (`model.` prefix), the last layer and final norm included."""
-    from dataclasses import replace
+    from ollimg.runtime.components.qwen3.weights import shapes
 
-    from ollimg.runtime.models.zimage.weights import text_encoder_shapes
-
-    full = text_encoder_shapes(replace(config, num_hidden_layers=config.num_hidden_layers + 1))
+    full = shapes(config, config.num_hidden_layers)
     full["norm.weight"] = (config.hidden_size,)
     return {"model." + k: v for k, v in full.items()}
 
@@ -119,7 +117,8 @@ def write_model(out: Path, tiny: bool, device: str) -> None:
     from diffusers import AutoencoderKL
     from make_tiny_zimage import MODEL_INDEX, SCHEDULER, make_tokenizer
 
-    from ollimg.runtime.models.zimage.config import TextEncoderConfig, TransformerConfig
+    from ollimg.runtime.components.qwen3.config import Qwen3Config as TextEncoderConfig
+    from ollimg.runtime.models.zimage.config import TransformerConfig
     from ollimg.runtime.models.zimage.weights import transformer_shapes
 
     transformer = {**TRANSFORMER, **(TINY["transformer"] if tiny else {})}
@@ -212,7 +211,7 @@ def _time_ollimg(name: str, models_dir: Path, args, dtype: str) -> dict:
 def time_diffusers(path: Path, args, dtype: str) -> dict:
     from diffusers import ZImagePipeline
 
-    from ollimg.runtime.models.zimage import layout
+    from ollimg.runtime.noise import noise
 
     reset_peak()
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
@@ -225,14 +224,14 @@ def time_diffusers(path: Path, args, dtype: str) -> dict:
     runs = []
     for i in range(args.runs + 1):
         reset_peak()
-        noise = torch.from_numpy(layout.noise(i, 1, (16, args.size // 8, args.size // 8))).to(args.device)
+        start_latents = torch.from_numpy(noise(i, 1, (16, args.size // 8, args.size // 8))).to(args.device)
         with torch.no_grad():
             t0 = time.perf_counter()
             embeds, _ = pipe.encode_prompt(PROMPT, device=pipe._execution_device, do_classifier_free_guidance=False)
             sync()
             t1 = time.perf_counter()
             latents = pipe(prompt_embeds=embeds, height=args.size, width=args.size, num_inference_steps=args.steps,
-                           guidance_scale=0.0, latents=noise, output_type="latent").images
+                           guidance_scale=0.0, latents=start_latents, output_type="latent").images
             sync()
             t2 = time.perf_counter()
             z = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor

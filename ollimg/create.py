@@ -1,12 +1,9 @@
 """`create`: import a Hugging Face diffusers-layout model into the store.
 
-Accepts a diffusers directory, a Hugging Face cache snapshot (`.../snapshots/<rev>`, files are
-symlinks into `blobs/`) or a cache repo directory (`models--org--name`: refs/main picks the
-snapshot). `model_index.json` says which component directories belong to the model. Every
-tensor of every safetensors shard becomes its own blob (a one-tensor safetensors file), every
-other file of a component (configs, tokenizer files) and the top-level model_index.json,
-ollimg.json, README.md and LICENSE become file layers. Shard index files are not imported: they
-name shards the store does not keep.
+The directory (a diffusers dir or a Hugging Face cache layout) is read by `ollimg.diffusers_dir`.
+Every tensor of every safetensors shard becomes its own blob (a one-tensor safetensors file),
+every other file it lists (configs, tokenizer files, model_index.json, ollimg.json, README.md,
+LICENSE) a file layer.
 
 Everything is read and checked before the first write (headers, shards, JSON), so bad input
 leaves the store untouched. Tensors are hashed in place (mmap) and copied by the kernel in a
@@ -22,16 +19,16 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ollimg.blobs import BlobWriter, TensorRef, read_header, tensor_blob_header
-from ollimg.errors import Busy, Cancelled, InvalidInput, InvalidModel, OllimgError
+from ollimg.blobs import BlobWriter, TensorRef, tensor_blob_header
+from ollimg.errors import Busy, Cancelled, InvalidInput, OllimgError
+from ollimg.diffusers_dir import Source, read_source
 from ollimg.manifest import Manifest, Model, Name, Store
 from ollimg.manifest.manifest import CONFIG_TYPE, Descriptor, file_layer, tensor_layer
 from ollimg.progress import OnProgress, Progress
@@ -41,26 +38,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 QUANTIZE = ("fp8",)
 DTYPES = ("bf16",)
-TOP_LEVEL_FILES = ("model_index.json", "ollimg.json", "README.md")
-OTHER_WEIGHTS = {".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".gguf"}
-SKIP_DIRS = {".cache", ".git", ".huggingface"}
 RESERVED = {"format_version", "architecture", "components", "parameters", "quantization", "dtype", "source",
             "created", "capabilities", "size"}
-_SHARD = re.compile(r"(.+)-(\d+)-of-(\d+)\.safetensors")
-
-
-@dataclass
-class Source:
-    """What `create` imports, all of it read and checked before anything is written."""
-
-    root: Path
-    origin: dict
-    index: dict
-    components: dict[str, list]
-    files: dict[str, Path] = field(default_factory=dict)
-    tensors: dict[str, TensorRef] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-    license: str | None = None
 
 
 def create(
@@ -76,10 +55,11 @@ def create(
     progress = on_progress or (lambda p: None)
     progress(Progress(f"reading {source}"))
     src = read_source(Path(source))
+    fp8 = _fp8_set(src) if quantize == "fp8" else None
     pending: list[BlobWriter] = []  # every blob this call writes; they land together before the manifest
     try:
         with store.lock():
-            return _import(store, name, src, quantize, dtype, progress, pending)
+            return _import(store, name, src, fp8, dtype, progress, pending)
     except BaseException:
         for writer in pending:
             writer.abort()  # a blob that has not landed yet is only a temp file
@@ -87,134 +67,11 @@ def create(
         raise
 
 
-def read_source(path: Path) -> Source:
-    """Resolve `path` to a model directory and read its layout, headers and JSON files."""
-    root, origin = _resolve(path.expanduser())
-    index = _read_json(root / "model_index.json")
-    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
-        raise InvalidModel(f"{root}/model_index.json has no _class_name: not a diffusers pipeline")
-    src = Source(root, origin, index, {})
-    for key in TOP_LEVEL_FILES:
-        if (root / key).is_file():
-            src.files[key] = root / key
-    for lic in sorted(root.glob("LICENSE*")):
-        if lic.is_file():
-            src.files[lic.name] = lic
-    for component, value in index.items():
-        if component.startswith("_") or not isinstance(value, list) or len(value) != 2 or value == [None, None]:
-            continue
-        cdir = root / component
-        if not cdir.is_dir():
-            raise InvalidModel(f"model_index.json lists {component!r} but {cdir} is missing")
-        src.components[component] = value
-        _read_component(src, component, cdir)
-    if not src.tensors:
-        raise InvalidModel(f"{root} holds no safetensors weights")
-    if "ollimg.json" in src.files:
-        src.extra = _read_json(src.files["ollimg.json"])
-        if not isinstance(src.extra, dict) or not isinstance(src.extra.get("defaults", {}), dict):
-            raise InvalidModel(f"{src.files['ollimg.json']}: expected an object with an optional 'defaults' object")
-    src.license = src.extra.get("license") or _readme_license(src.files.get("README.md"))
-    return src
+def _fp8_set(src: Source) -> dict:
+    """The family's FP8 set: which weights of which component `--quantize fp8` may store as float8."""
+    from ollimg.runtime import families
 
-
-def _resolve(path: Path) -> tuple[Path, dict]:
-    if not path.exists():
-        raise InvalidInput(f"{path} does not exist")
-    if not path.is_dir():
-        raise InvalidModel(f"{path} is not a directory; give the model's diffusers directory")
-    path = path.absolute()
-    if (path / "snapshots").is_dir() and (path / "refs").is_dir():
-        ref = path / "refs" / "main"
-        if not ref.is_file():
-            raise InvalidModel(f"{path} is a Hugging Face cache directory without refs/main; give a snapshots/<rev> dir")
-        revision = ref.read_text().strip()
-        origin = {"kind": "hf-cache", "path": str(path), "repo": _repo(path.name), "revision": revision}
-        path = path / "snapshots" / revision
-    elif path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        origin = {"kind": "hf-cache", "path": str(path), "repo": _repo(path.parent.parent.name), "revision": path.name}
-    else:
-        origin = {"kind": "diffusers", "path": str(path)}
-    if not (path / "model_index.json").is_file():
-        raise InvalidModel(f"{path} is not a diffusers model directory: it has no model_index.json")
-    return path, origin
-
-
-def _repo(dirname: str) -> str | None:
-    parts = dirname.split("--")
-    return "/".join(parts[1:]) if parts[0] == "models" and len(parts) > 1 else None
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidModel(f"{path}: not valid JSON ({e})") from None
-
-
-def _read_component(src: Source, component: str, cdir: Path) -> None:
-    weights: list[Path] = []
-    indexes: list[Path] = []
-    for path in sorted(cdir.rglob("*")):
-        rel = path.relative_to(cdir)
-        if any(part in SKIP_DIRS or part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if path.name.endswith(".safetensors.index.json"):
-            indexes.append(path)
-        elif path.suffix == ".safetensors":
-            weights.append(path)
-        elif path.suffix not in OTHER_WEIGHTS:
-            if path.suffix == ".json":
-                _read_json(path)
-            src.files[f"{component}/{rel.as_posix()}"] = path
-    # Variants (`model.fp16.safetensors`) are alternatives to the plain weights; take the plain ones.
-    plain = [w for w in weights if "." not in w.name[: -len(".safetensors")]] or weights
-    if weights and len(plain) < len(weights):
-        log.info("%s: skipping variant weights %s", component, [w.name for w in weights if w not in plain])
-    if not weights and any(p.suffix in OTHER_WEIGHTS for p in cdir.iterdir()):
-        raise InvalidModel(f"{cdir} has weights only in a non-safetensors format; ollimg imports safetensors only")
-    _check_shards(cdir, plain, [i for i in indexes if "." not in i.name[: -len(".safetensors.index.json")]])
-    for path in plain:
-        tensors, _ = read_header(path)
-        for tname, ref in tensors.items():
-            title = f"{component}/{tname}"
-            if title in src.tensors:
-                raise InvalidModel(f"{cdir}: tensor {tname!r} appears in two files ({src.tensors[title].path.name}, {path.name})")
-            src.tensors[title] = ref
-
-
-def _check_shards(cdir: Path, weights: list[Path], indexes: list[Path]) -> None:
-    """Every shard an index names, or a `-0000k-of-0000n` series implies, is there and matches."""
-    present = {w.name for w in weights}
-    for match in filter(None, (_SHARD.fullmatch(n) for n in present)):
-        total = int(match.group(3))
-        for k in range(1, total + 1):
-            shard = f"{match.group(1)}-{k:0{len(match.group(2))}d}-of-{match.group(3)}.safetensors"
-            if shard not in present:
-                raise InvalidModel(f"{cdir}: shard {shard} is missing ({total} shards expected)")
-    for index in indexes:
-        data = _read_json(index)
-        weight_map = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(weight_map, dict):
-            raise InvalidModel(f"{index}: no weight_map")
-        by_shard: dict[str, set[str]] = {}
-        for tname, shard in weight_map.items():
-            by_shard.setdefault(shard, set()).add(tname)
-        for shard, names in sorted(by_shard.items()):
-            if shard not in present:
-                raise InvalidModel(f"{cdir}: shard {shard} named in {index.name} is missing")
-            missing = names - set(read_header(cdir / shard)[0])
-            if missing:
-                raise InvalidModel(f"{cdir / shard}: lacks {len(missing)} tensors that {index.name} puts there, e.g. {sorted(missing)[0]!r}")
-
-
-def _readme_license(readme: Path | None) -> str | None:
-    if readme is None:
-        return None
-    text = readme.read_text(encoding="utf-8", errors="replace")
-    front = re.match(r"---\s*\n(.*?)\n---", text, re.S)
-    found = front and re.search(r"^license:\s*['\"]?([^'\"\n]+?)['\"]?\s*$", front.group(1), re.M)
-    return found.group(1) if found else None
+    return families.weights(src.index["_class_name"], f"{src.root}: --quantize fp8").FP8
 
 
 class _Meter:
@@ -254,18 +111,20 @@ class _Stored:
         return self.writer is not None and self.writer.new
 
 
-def _store_tensor(store: Store, title: str, ref: TensorRef, quantize: str | None, dtype: str | None,
+def _store_tensor(store: Store, title: str, ref: TensorRef, fp8: dict | None, dtype: str | None,
                   meter: _Meter, pending: list[BlobWriter]) -> list[_Stored]:
-    stored = _convert(store, title, ref, quantize, dtype, meter)
+    stored = _convert(store, title, ref, fp8, dtype, meter)
     pending.extend(s.writer for s in stored if s.writer)  # list.extend is atomic: threads share `pending`
     return stored
 
 
-def _convert(store: Store, title: str, ref: TensorRef, quantize: str | None, dtype: str | None, meter: _Meter) -> list[_Stored]:
-    if quantize == "fp8":
+def _convert(store: Store, title: str, ref: TensorRef, fp8_set: dict | None, dtype: str | None,
+             meter: _Meter) -> list[_Stored]:
+    """`ref` as stored: quantized when `fp8_set` (the family's FP8 set) names it, else cast or copied."""
+    if fp8_set is not None:
         from ollimg.quantize import fp8
 
-        if fp8.quantizes(title, ref):
+        if fp8.quantizes(title, ref, fp8_set):
             q = fp8.quantize_tensor(store.blobs, ref, meter.add)
             return [
                 _Stored(title, *q.weight, fp8.DTYPE, ref.shape, error=(q.error_sq, q.norm_sq)),
@@ -285,11 +144,11 @@ def _workers() -> int:
     return min(8, (os.cpu_count() or 2) + 1)
 
 
-def _import(store: Store, name: Name, src: Source, quantize: str | None, dtype: str | None,
+def _import(store: Store, name: Name, src: Source, fp8: dict | None, dtype: str | None,
             progress: OnProgress, pending: list[BlobWriter]) -> Model:
     files = _import_files(store, src, pending)
-    stored = _import_tensors(store, src, quantize, dtype, progress, pending)
-    config = _config(src, stored, quantize, dtype)
+    stored = _import_tensors(store, src, fp8, dtype, progress, pending)
+    config = _config(src, stored, fp8, dtype)
     with store.blobs.writer() as w:
         w.write(json.dumps(config, indent=1, sort_keys=True).encode())
         config_digest, config_size = w.commit(sync=False), w.size
@@ -316,16 +175,16 @@ def _import_files(store: Store, src: Source, pending: list[BlobWriter]) -> list[
     return files
 
 
-def _import_tensors(store: Store, src: Source, quantize: str | None, dtype: str | None,
+def _import_tensors(store: Store, src: Source, fp8: dict | None, dtype: str | None,
                     progress: OnProgress, pending: list[BlobWriter]) -> list[_Stored]:
     """Every tensor in a pool of threads, biggest first (no long tail); sorted by title."""
-    if quantize or dtype:
+    if fp8 is not None or dtype:
         import ollimg.quantize.cast  # noqa: F401  (import torch once, before the threads)
         import ollimg.quantize.fp8  # noqa: F401
     meter = _Meter(progress, f"importing {src.root.name}", sum(ref.nbytes for ref in src.tensors.values()))
     jobs = sorted(src.tensors.items(), key=lambda item: -item[1].nbytes)
     with ThreadPoolExecutor(_workers(), thread_name_prefix="ollimg-create") as pool:
-        futures = [pool.submit(_store_tensor, store, title, ref, quantize, dtype, meter, pending) for title, ref in jobs]
+        futures = [pool.submit(_store_tensor, store, title, ref, fp8, dtype, meter, pending) for title, ref in jobs]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
             failed = next((f for f in futures if f.done() and f.exception() is not None), None)
@@ -339,7 +198,7 @@ def _import_tensors(store: Store, src: Source, quantize: str | None, dtype: str 
     return sorted((s for future in futures for s in future.result()), key=lambda s: s.title)
 
 
-def _config(src: Source, stored: list[_Stored], quantize: str | None, dtype: str | None) -> dict:
+def _config(src: Source, stored: list[_Stored], fp8: dict | None, dtype: str | None) -> dict:
     components = {}
     for component, (library, class_name) in src.components.items():
         info = {"library": library, "class_name": class_name}
@@ -358,7 +217,7 @@ def _config(src: Source, stored: list[_Stored], quantize: str | None, dtype: str
         "architecture": src.index["_class_name"],
         "components": components,
         "parameters": sum(c.get("parameters", 0) for c in components.values()),
-        "quantization": _quantization(stored) if quantize else None,
+        "quantization": _quantization(stored, fp8) if fp8 is not None else None,
         "dtype": dtype,
         "source": src.origin,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -369,7 +228,7 @@ def _config(src: Source, stored: list[_Stored], quantize: str | None, dtype: str
     return config
 
 
-def _quantization(stored: list[_Stored]) -> dict:
+def _quantization(stored: list[_Stored], fp8_set: dict) -> dict:
     from ollimg.quantize import fp8
 
     errors = {s.title: s.error for s in stored if s.error is not None}
@@ -383,7 +242,7 @@ def _quantization(stored: list[_Stored]) -> dict:
         "scale_suffix": fp8.SCALE_SUFFIX,
         "granularity": "per_output_channel",
         "dequantize": "weight = fp8.float() * scale[:, None]",
-        "rule": fp8.RULE,
+        "rule": {component: pattern.pattern for component, pattern in sorted(fp8_set.items())},
         "tensors": sorted(errors),
         "rel_rms_error": math.sqrt(error_sq / norm_sq) if norm_sq > 0 else 0.0,
         "max_rel_rms_error": max(per_tensor.values(), default=0.0),

@@ -20,6 +20,9 @@ DTYPE_SIZES = {
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1,
 }
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+# A float8 weight: `X.weight` of dtype F8_E4M3 comes with `X.weight_scale`, F32 [out_features].
+FP8_DTYPE = "F8_E4M3"
+FP8_SCALE_SUFFIX = "_scale"
 MAX_HEADER = 100 * 1024 * 1024
 
 

@@ -11,10 +11,10 @@ The stored format (the runtime reads exactly this):
   names (`tensors`, path-style like `transformer/layers.0.attention.to_q.weight`) and the measured
   relative RMS error ||W - dequant(W)|| / ||W||, over all of them and per tensor.
 
-Which tensors are quantized is the data in RULE (the one place it lives): 2-D `.weight` tensors
-of float dtype in the listed components, unless the name contains one of the `keep` parts:
-norms, embeddings (embed_tokens, x/t/cap embedders), pad tokens, final layer, adaLN modulation,
-lm_head. Everything else (biases, the VAE, the tokenizer, ...) is imported unchanged.
+Which tensors are quantized is the model family's FP8 set (`ollimg/runtime/models/<family>/
+weights.py`, the one definition the loader reads too): per component, a pattern of the linear
+weights (names as stored) that may be float8; of those, 2-D float tensors are quantized.
+Everything else (biases, norms, embeddings, the VAE, the tokenizer, ...) is imported unchanged.
 
 Quantization streams a tensor in chunks of whole rows, so memory stays far below its size.
 Imports torch (allowed in quantize/ only).
@@ -23,40 +23,30 @@ Imports torch (allowed in quantize/ only).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ollimg.blobs import BlobStore, BlobWriter, TensorRef, tensor_blob_header
+from ollimg.blobs import FP8_DTYPE, FP8_SCALE_SUFFIX, BlobStore, BlobWriter, TensorRef, tensor_blob_header
 from ollimg.errors import InvalidModel
 from ollimg.quantize.source import row_chunks
 
 SCHEME = "fp8_e4m3"
-DTYPE = "F8_E4M3"
+DTYPE = FP8_DTYPE
 SCALE_DTYPE = "F32"
-SCALE_SUFFIX = "_scale"
+SCALE_SUFFIX = FP8_SCALE_SUFFIX
 FP8_MAX = 448.0
 
-RULE = {
-    "components": ["transformer", "text_encoder"],
-    "suffix": ".weight",
-    "ndim": 2,
-    "dtypes": ["F32", "F16", "BF16", "F64"],
-    "keep": ["norm", "embed", "pad_token", "final_layer", "adaLN_modulation", "lm_head"],
-}
+FLOATS = {"F32", "F16", "BF16", "F64"}
 
 
-def quantizes(title: str, ref: TensorRef) -> bool:
-    """Whether the tensor `component/name` becomes FP8 under RULE."""
+def quantizes(title: str, ref: TensorRef, fp8: dict[str, re.Pattern]) -> bool:
+    """Whether the tensor `component/name` becomes FP8 under the family's FP8 set `fp8`."""
     component, _, name = title.partition("/")
-    return (
-        component in RULE["components"]
-        and name.endswith(RULE["suffix"])
-        and len(ref.shape) == RULE["ndim"]
-        and ref.dtype in RULE["dtypes"]
-        and not any(part in name for part in RULE["keep"])
-    )
+    pattern = fp8.get(component)
+    return pattern is not None and bool(pattern.fullmatch(name)) and len(ref.shape) == 2 and ref.dtype in FLOATS
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ lazy weight loading, and the Backend protocol of `ollimg/runtime/backend.py`.
 Weights come from `mx.load` on each blob (or shard). MLX 0.32 does not memory-map the file: it
 reads a tensor lazily, once, when the module first evaluates it, straight into the one buffer MLX
 holds (unified memory on Apple Silicon), so there is no second full copy in host RAM.
-float8 E4M3 weights arrive as uint8 with their float32 `_scale` and are dequantized by the
-component builder (`models/zimage/mlx`).
+float8 E4M3 weights arrive as uint8 with their float32 `_scale` and are dequantized once, when a
+module is loaded (`load_module`). Also the building blocks every family's MLX files use:
+`evaluate`, `set_weights`, `load_module`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import logging
 from collections import defaultdict
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
 
 from ollimg import config
-from ollimg.blobs import TensorRef, read_header
-from ollimg.errors import InvalidInput, InvalidModel
+from ollimg.blobs import FP8_SCALE_SUFFIX, TensorRef, read_header
+from ollimg.errors import InvalidInput, InvalidModel, OutOfMemory
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,61 @@ class MlxBackend:
                     out[name] = tensor
         return out
 
-    def build(self, config, source):
-        from ollimg.runtime.models.zimage.mlx import build
 
-        return build(self, config, source)
+
+def evaluate(*arrays) -> None:
+    """mx.eval, with MLX's allocation failures (a RuntimeError naming malloc) raised as OutOfMemory."""
+    try:
+        mx.eval(*arrays)
+    except RuntimeError as e:
+        if "malloc" in str(e) or "allocate" in str(e):
+            raise OutOfMemory(f"out of memory on MLX: {str(e).splitlines()[0]}; try a smaller size or fewer "
+                              "images") from None
+        raise
+
+
+def set_weights(module: nn.Module, tensors: dict[str, mx.array], component: str, dtype: mx.Dtype) -> None:
+    """Load `tensors` into `module` cast to `dtype`; every parameter must be given exactly once."""
+    expected = dict(tree_flatten(module.parameters()))
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise InvalidModel(f"{component}: missing weight {missing[0]!r} ({len(missing)} missing in all)")
+    if unexpected:
+        raise InvalidModel(f"{component}: unexpected weight {unexpected[0]!r} ({len(unexpected)} in all)")
+    for name, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise InvalidModel(
+                f"{component}: weight {name!r} has shape {tuple(value.shape)}, "
+                f"expected {tuple(expected[name].shape)}"
+            )
+    cast = []
+    for name, value in tensors.items():
+        value = value if value.dtype == dtype else value.astype(dtype)
+        evaluate(value)  # one tensor at a time: the stored and the converted copy never all coexist
+        cast.append((name, value))
+    module.load_weights(cast, strict=True)
+
+
+def dequantize(tensors: dict[str, mx.array], dtype: mx.Dtype) -> dict[str, mx.array]:
+    """float8 E4M3 weights (uint8) with a float32 per-output-channel `_scale` -> `dtype`."""
+    out = {}
+    for name, value in tensors.items():
+        if name.endswith(FP8_SCALE_SUFFIX):
+            continue
+        scale = tensors.get(name + FP8_SCALE_SUFFIX)
+        if scale is not None:
+            value = (mx.from_fp8(value, dtype=mx.float32) * scale[:, None]).astype(dtype)
+        out[name] = value
+    return out
+
+
+def load_module(backend: MlxBackend, module: nn.Module, refs: dict[str, TensorRef], where: str,
+                layout=None) -> nn.Module:
+    """`module` with the tensors of `refs` set (fp8 dequantized once, `layout(name, array)` applied)."""
+    tensors = dequantize(backend.load_tensors(refs), backend.mx_dtype)
+    if layout is not None:
+        tensors = {k: layout(k, v) for k, v in tensors.items()}
+    set_weights(module, tensors, where, backend.mx_dtype)
+    backend.weight_bytes += sum(v.nbytes for _, v in tree_flatten(module.parameters()))
+    return module

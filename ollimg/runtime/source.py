@@ -1,9 +1,12 @@
 """Where a model's files and tensors come from: a store model or a diffusers directory.
 
-Both give the same view: `json(path)` for config files, `file(path)` for tokenizer files and
-`tensors(component)` -> {upstream name without the component prefix: TensorRef}. `select()` checks
-those refs against a key map (names, shapes, dtypes, fp8 scales) so that a model that does not
-match fails with one clear InvalidModel before any weight is read. Imports no torch or mlx.
+Both give the same view: `json(path)` for config files, `file(path)` for tokenizer files,
+`tensors(component)` -> {upstream name without the component prefix: TensorRef} and `defaults()`.
+A directory is read by `ollimg.diffusers_dir.read_source`, the one reader of diffusers directories (the
+same rules for `create` and for running a directory: HF cache layouts, variants, shard checks).
+`select()` checks refs against a key map (names, shapes, dtypes, fp8 scales) so that a model that
+does not match fails with one clear InvalidModel before any weight is read. Knows no model
+family; imports no torch or mlx.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ollimg.blobs import TensorRef, read_header
+from ollimg.blobs import FP8_DTYPE, FP8_SCALE_SUFFIX, TensorRef
+from ollimg.diffusers_dir import read_source
 from ollimg.errors import InvalidModel
-from ollimg.runtime.models.zimage.weights import FP8_SCALE_SUFFIX, Shapes
 
 FLOATS = {"F32", "F16", "BF16"}
+Shapes = dict[str, tuple[int, ...]]
 
 
 @dataclass
@@ -39,12 +43,8 @@ class ModelSource:
 
     @classmethod
     def from_dir(cls, root: Path) -> "ModelSource":
-        root = Path(root)
-        if not (root / "model_index.json").is_file():
-            raise InvalidModel(f"{root}: not a diffusers model directory (no model_index.json)")
-        files = {p.relative_to(root).as_posix(): p for p in root.rglob("*")
-                 if p.is_file() and p.suffix != ".safetensors" and ".cache" not in p.relative_to(root).parts}
-        return cls(str(root), None, files, _root=root)
+        src = read_source(Path(root))
+        return cls(str(src.root), None, dict(src.files), _tensors=dict(src.tensors), _root=src.root)
 
     def has(self, path: str) -> bool:
         return path in self._files
@@ -63,38 +63,28 @@ class ModelSource:
 
     def tensors(self, component: str) -> dict[str, TensorRef]:
         """{name inside the component: ref} for `component` ("transformer", "text_encoder", "vae")."""
+        prefix = component + "/"
+        found = self._model.tensors(prefix) if self._model is not None else self._tensors
+        return {title[len(prefix):]: ref for title, ref in found.items() if title.startswith(prefix)}
+
+    def extra(self) -> dict:
+        """What the model's `ollimg.json` says ("defaults", "license", ...): from the store config,
+        where `create` copied it, or from the directory's file."""
         if self._model is not None:
-            prefix = component + "/"
-            return {title[len(prefix):]: ref for title, ref in self._model.tensors(prefix).items()}
-        return _dir_tensors(self._root / component, self.name)
+            return self._model.config
+        return self.json("ollimg.json") if self.has("ollimg.json") else {}
 
-
-def _dir_tensors(folder: Path, name: str) -> dict[str, TensorRef]:
-    """Tensors of one component folder: shards named by an index file, else the safetensors files there."""
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
-    if indexes:
-        try:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise InvalidModel(f"model {name}: {indexes[0].name} is not a valid index") from None
-        shards = sorted(set(weight_map.values()))
-    else:
-        shards = [p.name for p in sorted(folder.glob("*.safetensors"))]
-    if not shards:
-        raise InvalidModel(f"model {name}: no safetensors weights in {folder}")
-    refs: dict[str, TensorRef] = {}
-    for shard in shards:
-        path = folder / shard
-        if not path.is_file():
-            raise InvalidModel(f"model {name}: shard {path} named by the index is missing")
-        found, _ = read_header(path)
-        refs.update(found)
-    return refs
+    def defaults(self) -> dict:
+        """The model's recommended settings (`ollimg.json`'s "defaults")."""
+        return self.extra().get("defaults") or {}
 
 
 def select(refs: dict[str, TensorRef], shapes: Shapes, ignored: re.Pattern, fp8: re.Pattern,
            where: str, strip: str = "") -> dict[str, TensorRef]:
-    """The refs named by `shapes` (and fp8 scales), checked; anything missing or unexpected is InvalidModel."""
+    """The refs named by `shapes` (and fp8 scales), checked; anything missing or unexpected is InvalidModel.
+
+    Names lose the `strip` prefix; `ignored` matches names without it, `fp8` (the family's set of
+    weights that may be float8) names as stored, with it."""
     if strip:
         refs = {(k[len(strip):] if k.startswith(strip) else k): v for k, v in refs.items()}
     chosen: dict[str, TensorRef] = {}
@@ -104,7 +94,7 @@ def select(refs: dict[str, TensorRef], shapes: Shapes, ignored: re.Pattern, fp8:
             raise InvalidModel(f"{where}: weight {strip}{name} is missing")
         if tuple(ref.shape) != tuple(shape):
             raise InvalidModel(f"{where}: weight {strip}{name} has shape {list(ref.shape)}, expected {list(shape)}")
-        if ref.dtype == "F8_E4M3" and fp8.match(name):
+        if ref.dtype == FP8_DTYPE and fp8.fullmatch(strip + name):
             scale = refs.get(name + FP8_SCALE_SUFFIX)
             if scale is None or scale.dtype != "F32" or tuple(scale.shape) != (shape[0],):
                 raise InvalidModel(f"{where}: float8 weight {strip}{name} needs a float32 "

@@ -185,14 +185,17 @@ class TorchBackend:
         free, _ = torch.cuda.mem_get_info(self.device)
         return offloadable + resident + ACTIVATION_ROOM > free
 
-    def build(self, config, source):
-        from ollimg.runtime.models.zimage.torch import build
-
-        return build(self, config, source)
-
     def empty_cache(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def load_module(backend: TorchBackend, module_cls, args: tuple, refs: dict[str, TensorRef], where: str,
+                resident: bool = True) -> nn.Module:
+    """`module_cls(*args)` built on the meta device with the loaded tensors assigned, in eval mode."""
+    with torch.device("meta"):
+        module = module_cls(*args)
+    return assign(module, backend.load_tensors(refs, resident=resident), where).eval()
 
 
 def mapped(ref: TensorRef) -> torch.Tensor:

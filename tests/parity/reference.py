@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ollimg.runtime.models.zimage import layout
+from ollimg.runtime.noise import noise
 
 
 def reference_pipe(path, dtype, device="cpu"):
@@ -38,7 +38,7 @@ def run_reference(pipe, prompts, *, width, height, steps, guidance, latents, neg
 def compare(ours, reference, prompts, *, width=64, height=64, steps=3, guidance=0.0, negative=None, n=1,
             seed=7, latent_rtol=1e-4, levels=1, **extra):
     total = len(prompts) * n
-    latents = layout.noise(seed, total, (16, height // 8, width // 8))
+    latents = noise(seed, total, (16, height // 8, width // 8))
     ref_latents, ref_pixels = run_reference(reference, prompts, width=width, height=height, steps=steps,
                                             guidance=guidance, latents=latents, negative=negative, n=n, **extra)
     ours_extra = {k: v for k, v in extra.items() if k in ("cfg_truncation", "cfg_normalization", "max_sequence_length")}

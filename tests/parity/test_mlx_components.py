@@ -44,9 +44,9 @@ def close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> None:
 def test_vae_decoder_matches_diffusers():
     from diffusers import AutoencoderKL
 
-    from ollimg.runtime.models.zimage.mlx import set_weights
-    from ollimg.runtime.models.zimage.config import VaeConfig
-    from ollimg.runtime.models.zimage.mlx.vae import VAE, mlx_layout
+    from ollimg.runtime.mlx_backend import set_weights
+    from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig as VaeConfig
+    from ollimg.runtime.components.autoencoder_kl.mlx import VaeDecoder as VAE, mlx_layout
 
     ref = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(32, 64),
@@ -68,8 +68,8 @@ def test_vae_decoder_matches_diffusers():
 
 def test_set_weights_refuses_missing_and_misshapen():
     from ollimg.errors import InvalidModel
-    from ollimg.runtime.models.zimage.mlx import set_weights
-    from ollimg.runtime.models.zimage.mlx.vae import ResnetBlock
+    from ollimg.runtime.mlx_backend import set_weights
+    from ollimg.runtime.components.autoencoder_kl.mlx import ResnetBlock
 
     block = ResnetBlock(8, 16, 4)
     from mlx.utils import tree_flatten
@@ -102,7 +102,7 @@ def tiny_dit():
     ids=["square", "non-square-batch-of-lengths", "tiny-full-pads"],
 )
 def test_transformer_matches_diffusers(size, cap_lens):
-    from ollimg.runtime.models.zimage.mlx import set_weights
+    from ollimg.runtime.mlx_backend import set_weights
     from ollimg.runtime.models.zimage.config import TransformerConfig
     from ollimg.runtime.models.zimage.mlx.transformer import ZImageTransformer
 
@@ -128,10 +128,10 @@ def test_transformer_matches_diffusers(size, cap_lens):
 def test_text_encoder_matches_transformers_hidden_states_minus_2():
     from transformers import Qwen3Config, Qwen3Model
 
-    from ollimg.runtime.models.zimage.mlx import set_weights
-    from ollimg.runtime.models.zimage.config import TextEncoderConfig
-    from ollimg.runtime.models.zimage.mlx.text_encoder import TextEncoder
-    from ollimg.runtime.models.zimage.weights import text_encoder_ignored
+    from ollimg.runtime.mlx_backend import set_weights
+    from ollimg.runtime.components.qwen3.config import Qwen3Config as TextEncoderConfig
+    from ollimg.runtime.components.qwen3.mlx import TextEncoder
+    from ollimg.runtime.components.qwen3 import weights as qwen3_weights
 
     cfg = dict(
         vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
@@ -140,8 +140,8 @@ def test_text_encoder_matches_transformers_hidden_states_minus_2():
     )
     ref = Qwen3Model(Qwen3Config(**cfg)).eval()
     weights = randomise(ref, 4)
-    enc = TextEncoder(TextEncoderConfig.from_json(cfg))
-    kept = {k: mx.array(v) for k, v in weights.items() if not text_encoder_ignored(enc.cfg).match(k)}
+    enc = TextEncoder(TextEncoderConfig.from_json(cfg), outputs=(2,))  # hidden_states[-2] of 3 layers
+    kept = {k: mx.array(v) for k, v in weights.items() if not qwen3_weights.ignored(enc.cfg, 2).match(k)}
     assert len(kept) == len(weights) - 12
     set_weights(enc, kept, "text_encoder", mx.float32)
 
@@ -157,15 +157,19 @@ def test_text_encoder_matches_transformers_hidden_states_minus_2():
         hidden = ref(
             input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True
         ).hidden_states[-2].numpy()
-    actual = np.array(enc(mx.array(ids)))
+    actual = enc([ids[i, :n] for i, n in enumerate(lens)])
     for i, n in enumerate(lens):
-        close(actual[i, :n], hidden[i, :n])
+        close(np.array(actual[i]), hidden[i, :n])
+    # Padded to a length with an attention mask, as FLUX.2 conditions on it: the pad rows too.
+    padded = enc([ids[i, :n] for i, n in enumerate(lens)], length=37, pad_id=299)
+    for i in range(2):
+        close(np.array(padded[i]), hidden[i])
 
 
 def test_mlx_allocation_failure_is_out_of_memory(monkeypatch):
     """MLX reports a failed allocation as a RuntimeError naming malloc; the runtime needs OutOfMemory."""
     from ollimg.errors import OutOfMemory
-    from ollimg.runtime.models.zimage import mlx as zmlx
+    from ollimg.runtime import mlx_backend as zmlx
 
     def fail(*arrays):
         raise RuntimeError("[metal::malloc] Attempting to allocate 90000000000 bytes which is greater than the "

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from ollimg.errors import InvalidModel  # noqa: E402
 from ollimg.runtime import load  # noqa: E402
-from ollimg.runtime.models.zimage import layout  # noqa: E402
+from ollimg.runtime.noise import noise  # noqa: E402
 from tests.parity.reference import CASES, compare, compare_case, reference_pipe  # noqa: E402
 
 pytestmark = pytest.mark.mlx
@@ -132,7 +132,7 @@ def test_tiled_vae_matches_torch_tiling_and_untiled(ours, tiny_zimage_dir):
     backend (within fp32 noise). How far tiling strays from untiled decoding is the torch tests' bound."""
     vae = ours.components.modules["vae"]
     torch_vae = load(tiny_zimage_dir, backend="torch", device="cpu").components.modules["vae"]
-    z = layout.noise(5, 1, (16, 12, 16))
+    z = noise(5, 1, (16, 12, 16))
     full = np.array(vae.decode(mx.array(z)))
     vae.tile, vae.overlap = torch_vae.tile, torch_vae.overlap = 8, 4
     try:

@@ -12,7 +12,7 @@ import torch
 
 from ollimg.errors import InvalidInput, InvalidModel
 from ollimg.runtime import load
-from ollimg.runtime.models.zimage import layout
+from ollimg.runtime.noise import noise
 from tests.parity.reference import CASES, compare, compare_case, reference_pipe
 
 
@@ -96,7 +96,7 @@ def test_same_seed_same_image_and_seed_returned(ours):
 
 
 def test_given_latents_replace_the_noise(ours):
-    latents = layout.noise(99, 1, (16, 4, 4))
+    latents = noise(99, 1, (16, 4, 4))
     a = ours.generate("a cat", width=32, height=32, steps=2, latents=latents, seed=1)
     b = ours.generate("a cat", width=32, height=32, steps=2, seed=99)
     assert np.array_equal(a.latents, b.latents)
@@ -113,7 +113,7 @@ def test_bad_sizes_are_refused_before_any_work(ours, size):
 def test_tiled_vae_places_and_blends_tiles_exactly(ours):
     """With a local decoder (nearest upsampling) tiling is exact: tiles land in place, weights sum to 1."""
     vae = ours.components.modules["vae"]
-    z = torch.from_numpy(layout.noise(5, 2, (16, 20, 29)))
+    z = torch.from_numpy(noise(5, 2, (16, 20, 29)))
     local = lambda latents: torch.nn.functional.interpolate(latents[:, :3], scale_factor=8, mode="nearest")
     vae.forward, vae.tile, vae.overlap = local, 8, 3
     try:
@@ -133,7 +133,7 @@ def test_tiled_vae_matches_untiled_within_bound(ours):
     99th percentile under 20 levels.
     """
     vae = ours.components.modules["vae"]
-    z = torch.from_numpy(layout.noise(5, 1, (16, 48, 64))) * 0.5
+    z = torch.from_numpy(noise(5, 1, (16, 48, 64))) * 0.5
     with torch.inference_mode():
         full = vae(z)
         vae.tile, vae.overlap = 32, 16

@@ -8,8 +8,11 @@ import pytest
 from ollimg.errors import InvalidInput, InvalidModel
 from ollimg.runtime import backend
 from ollimg.runtime.models.zimage import layout
-from ollimg.runtime.models.zimage.config import SchedulerConfig, TextEncoderConfig, TransformerConfig
-from ollimg.runtime.scheduler import model_time, schedule
+from ollimg.runtime.noise import noise
+from ollimg.runtime.components.qwen3.config import Qwen3Config as TextEncoderConfig
+from ollimg.runtime.models.zimage.config import TransformerConfig
+from ollimg.runtime.flow_match import FlowMatchConfig as SchedulerConfig, schedule
+from ollimg.runtime.models.zimage.pipeline import model_time
 
 QWEN3_4B = {  # the real text_encoder/config.json keys (transformers 4.51 form: rope_theta at the top)
     "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
@@ -43,8 +46,27 @@ def test_scheduler_matches_the_reference_grid():
     np.testing.assert_allclose(sigmas, [1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3, 0.0], atol=1e-4)
     np.testing.assert_allclose(schedule(9, config)[0][:4], [1.0, 0.96, 0.9130, 0.8571], atol=1e-4)
     assert timesteps.dtype == np.float32 and model_time(timesteps[0]) == 0.0
-    with pytest.raises(InvalidModel, match="use_dynamic_shifting"):
-        SchedulerConfig.from_json({"use_dynamic_shifting": True})
+    with pytest.raises(InvalidModel, match="shift_terminal"):
+        SchedulerConfig.from_json({"shift_terminal": 0.02})
+    with pytest.raises(InvalidModel, match="time_shift_type"):
+        SchedulerConfig.from_json({"use_dynamic_shifting": True, "time_shift_type": "cubic"})
+    with pytest.raises(ValueError, match="mu"):
+        schedule(4, SchedulerConfig.from_json({"use_dynamic_shifting": True}))
+
+
+def test_dynamically_shifted_schedule_equals_diffusers():
+    """A time shift by mu over a pipeline's own float64 grid, as FLUX-style pipelines set it."""
+    diffusers = pytest.importorskip("diffusers")
+
+    for kind in ("exponential", "linear"):
+        ref = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type=kind)
+        config = SchedulerConfig.from_json(dict(ref.config))
+        for steps, mu in ((1, 0.5), (4, 1.9), (28, 2.3), (50, 0.7)):
+            grid = np.linspace(1.0, 1 / steps, steps)
+            ref.set_timesteps(sigmas=grid, mu=mu)
+            sigmas, timesteps = schedule(steps, config, sigmas=grid, mu=mu)
+            np.testing.assert_array_equal(sigmas, ref.sigmas.numpy())
+            np.testing.assert_array_equal(timesteps, ref.timesteps.numpy())
 
 
 def test_scheduler_equals_diffusers():
@@ -91,11 +113,11 @@ def test_positions_and_padding():
 
 
 def test_noise_is_per_image_seeded_and_stable():
-    a = layout.noise(42, 3, (16, 2, 2))
+    a = noise(42, 3, (16, 2, 2))
     assert a.dtype == np.float32 and a.shape == (3, 16, 2, 2)
-    np.testing.assert_array_equal(a[1], layout.noise(43, 1, (16, 2, 2))[0])
+    np.testing.assert_array_equal(a[1], noise(43, 1, (16, 2, 2))[0])
     # pinned: the same seed must give the same image on every backend and release
-    np.testing.assert_allclose(layout.noise(0, 1, (4,))[0], np.random.Generator(np.random.PCG64(0)).standard_normal(
+    np.testing.assert_allclose(noise(0, 1, (4,))[0], np.random.Generator(np.random.PCG64(0)).standard_normal(
         (4,), dtype=np.float32))
 
 

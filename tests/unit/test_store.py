@@ -13,7 +13,9 @@ from safetensors import safe_open
 from tests.synthetic_model import listing, make_model
 
 from ollimg import models
-from ollimg.create import create, read_source
+from ollimg.create import create
+from ollimg.diffusers_dir import read_source
+from ollimg.runtime.models.zimage.weights import FP8 as ZIMAGE_FP8
 from ollimg.errors import InvalidModel, InvalidName, ModelNotFound
 from ollimg.manifest import Manifest, Name, Store
 from ollimg.manifest.manifest import CONFIG_TYPE, FILE_TYPE, TENSOR_TYPE
@@ -201,7 +203,7 @@ def test_fp8_transformer_is_at_most_055_of_bf16_at_real_zimage_shapes():
         for name, tensor in module.state_dict().items():
             ref = TensorRef(Path("x"), 0, tensor.numel() * 4, "F32", tuple(tensor.shape))
             bf16_bytes += tensor.numel() * 2
-            if fp8.quantizes(f"{component}/{prefix}{name}", ref):
+            if fp8.quantizes(f"{component}/{prefix}{name}", ref, ZIMAGE_FP8):
                 fp8_bytes += tensor.numel() + tensor.shape[0] * 4
                 quantized += 1
             else:
@@ -216,7 +218,7 @@ def test_fp8_rule_keeps_precision_critical_tensors():
     from ollimg.quantize import fp8
 
     def q(title, shape=(64, 64), dtype="F32"):
-        return fp8.quantizes(title, TensorRef(Path("x"), 0, 0, dtype, shape))
+        return fp8.quantizes(title, TensorRef(Path("x"), 0, 0, dtype, shape), ZIMAGE_FP8)
 
     assert q("transformer/layers.0.attention.to_q.weight")
     assert q("transformer/noise_refiner.0.feed_forward.w2.weight")

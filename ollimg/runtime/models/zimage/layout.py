@@ -1,5 +1,4 @@
-"""Z-Image sequence layout in numpy: padding to 32, 3-axis position ids, RoPE angles, noise shapes,
-and where the VAE's tiles go and how they blend.
+"""Z-Image sequence layout in numpy: padding to 32, 3-axis position ids, RoPE angles.
 
 Shared by the torch and mlx backends. Imports no torch or mlx.
 """
@@ -45,31 +44,3 @@ class Rope:
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         return np.concatenate([table[ids[:, i]] for i, table in enumerate(self.tables)], axis=1)
-
-
-def noise(seed: int, n: int, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 [n, *shape]: image i from PCG64(seed + i), the same on every backend."""
-    return np.stack([np.random.Generator(np.random.PCG64(seed + i)).standard_normal(shape, dtype=np.float32)
-                     for i in range(n)])
-
-
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """First cells of the tiles along one side: every `stride`, the last one flush with the end."""
-    if size <= tile:
-        return [0]
-    return list(range(0, size - tile, stride)) + [size - tile]
-
-
-def tile_ramp(h: int, w: int, overlap: int, top: bool, left: bool, bottom: bool, right: bool) -> np.ndarray:
-    """float32 blend weights (h, w): rising over the overlap on the sides that have a neighbour."""
-
-    def axis(n: int, start: bool, end: bool) -> np.ndarray:
-        r = np.ones(n, dtype=np.float32)
-        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        if start:
-            r[:overlap] = ramp
-        if end:
-            r[n - overlap:] = np.minimum(r[n - overlap:], ramp[::-1])
-        return r
-
-    return axis(h, top, bottom)[:, None] * axis(w, left, right)[None, :]

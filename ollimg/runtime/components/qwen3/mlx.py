@@ -1,16 +1,17 @@
-"""The Qwen3 text encoder (transformers' Qwen3Model) on MLX, returning Z-Image's caption features.
+"""The Qwen3 text encoder (transformers' Qwen3Model) on MLX, cut to the hidden states a family uses.
+Same as torch.py: the same classes, the same split of the forward.
 
-Z-Image conditions on `hidden_states[-2]`: the output of the second-to-last decoder layer, before
-the final norm. So this module holds every layer but the last and no final norm (the key map in
+It holds the layers up to the last hidden state in `outputs` and no final norm (the key map in
 `weights.py` lists the stored weights it leaves out). Parameter names are Qwen3Model's. Qwen3
-RoPE rotates halves (not pairs, unlike the DiT); GQA attention is causal, and with right padding
-the real tokens never see the pads, so pad rows need no mask of their own.
+RoPE rotates halves (not pairs, unlike the DiTs); GQA attention is causal, and with right padding
+the real tokens never see the pads; with `length`, rows are padded to it and no query sees a pad key.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 
 class RMSNorm(nn.Module):
@@ -40,13 +41,13 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
 
-    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array, mask: mx.array | str) -> mx.array:
         b, l, _ = x.shape  # (B, L, hidden)
         q = self.q_norm(self.q_proj(x).reshape(b, l, self.heads, -1)).transpose(0, 2, 1, 3)  # (B, H, L, Dh)
         k = self.k_norm(self.k_proj(x).reshape(b, l, self.kv_heads, -1)).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(b, l, self.kv_heads, -1).transpose(0, 2, 1, 3)
         q, k = rotate_half(q, cos, sin), rotate_half(k, cos, sin)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, mask="causal")
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, mask=mask)
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, l, -1))
 
 
@@ -69,26 +70,51 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def __call__(self, x: mx.array, cos: mx.array, sin: mx.array, mask: mx.array | str = "causal") -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, cfg):
+    """Qwen3 up to the last hidden state in `outputs` (indices into transformers' hidden_states)."""
+
+    def __init__(self, cfg, outputs: tuple[int, ...]):
         super().__init__()
-        self.cfg = cfg  # a TextEncoderConfig: silu, no attention bias (checked when it was read)
+        self.cfg, self.outputs = cfg, tuple(outputs)  # a Qwen3Config: silu, no attention bias (checked when read)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers - 1)]
+        self.layers = [DecoderLayer(cfg) for _ in range(max(self.outputs))]
         dim = cfg.head_dim
         self._inv_freq = 1.0 / (cfg.rope_theta ** (mx.arange(0, dim, 2, dtype=mx.float32) / dim))
 
-    def __call__(self, input_ids: mx.array) -> mx.array:
-        """(B, L) token ids, right-padded -> (B, L, hidden) features (rows past a prompt's end are junk)."""
-        x = self.embed_tokens(input_ids)
-        angles = mx.arange(input_ids.shape[1], dtype=mx.float32)[:, None] * self._inv_freq[None]
+    def __call__(self, ids: list[np.ndarray], length: int | None = None, pad_id: int = 0) -> list[mx.array]:
+        """Token ids of each prompt -> features (L_i, len(outputs) * hidden) in the weights' dtype;
+        L_i is the prompt's length, or `length` when given (the padded rows included)."""
+        x, cos, sin, mask = self.embed(ids, length=length, pad_id=pad_id)
+        states = {}
+        for k, layer in enumerate(self.layers, start=1):
+            x = layer(x, cos, sin, mask)
+            if k in self.outputs:
+                states[k] = x
+        return self.features(states, ids, length)
+
+    def features(self, states: dict[int, mx.array], ids: list[np.ndarray], length: int | None) -> list[mx.array]:
+        """The hidden states in `outputs` (by layer count), concatenated, cut to each prompt's rows."""
+        x = mx.concatenate([states[k] for k in self.outputs], axis=-1)  # (B, L, F)
+        return [x[i] if length else x[i, : len(item)] for i, item in enumerate(ids)]
+
+    def embed(self, ids: list[np.ndarray], length: int | None = None, pad_id: int = 0):
+        """The right-padded batch's embeddings (B, L, hidden), RoPE tables and attention mask."""
+        longest = length or max(len(i) for i in ids)
+        batch = np.full((len(ids), longest), pad_id, dtype=np.int32)
+        for row, item in zip(batch, ids):
+            row[: len(item)] = item[:longest]
+        x = self.embed_tokens(mx.array(batch))
+        angles = mx.arange(longest, dtype=mx.float32)[:, None] * self._inv_freq[None]
         angles = mx.concatenate([angles, angles], axis=-1)  # (L, Dh)
         cos, sin = mx.cos(angles).astype(x.dtype), mx.sin(angles).astype(x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        return x
+        mask = "causal"
+        if length:
+            real = np.arange(longest)[None, :] < np.array([len(i) for i in ids])[:, None]
+            causal = np.tril(np.ones((longest, longest), dtype=bool))
+            mask = mx.array(causal[None] & real[:, None, :])[:, None]  # (B, 1, L, L)
+        return x, cos, sin, mask

@@ -1,10 +1,10 @@
-"""The FLUX VAE decoder (diffusers' AutoencoderKL.decode) on MLX.
+"""The AutoencoderKL decoder (diffusers' AutoencoderKL.decode) on MLX. Same as torch.py.
 
 Parameter names are diffusers' `decoder.*` (and `post_quant_conv.*` when the config uses one), so
 the stored names load as they are; only conv kernels change layout (torch OIHW -> MLX OHWI, see
 `mlx_layout`). MLX convolutions are channels-last: the decoder takes channels-first latents like the reference
 and returns channels-last pixels, the layout images have. GroupNorm statistics are computed in
-float32 whatever the weight dtype (the FLUX VAE is unusable in half precision otherwise).
+float32 whatever the weight dtype (such VAEs are unusable in half precision otherwise).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from ollimg.runtime.models.zimage.layout import tile_ramp, tile_starts
-from ollimg.runtime.models.zimage.mlx import evaluate
+from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig
+from ollimg.runtime.components.autoencoder_kl.tiles import tile_ramp, tile_starts
+from ollimg.runtime.mlx_backend import evaluate
 
 
 class GroupNorm(nn.Module):
@@ -113,7 +114,7 @@ class UpBlock(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        chans = list(reversed(cfg.block_out_channels))
+        chans = list(reversed(cfg.decoder_channels))
         groups = cfg.norm_num_groups
         self.conv_in = nn.Conv2d(cfg.latent_channels, chans[0], 3, padding=1)
         self.mid_block = MidBlock(chans[0], groups, cfg.mid_block_add_attention)
@@ -131,7 +132,7 @@ class Decoder(nn.Module):
         return self.conv_out(nn.silu(self.conv_norm_out(x)))
 
 
-class VAE(nn.Module):
+class VaeDecoder(nn.Module):
     """`decode(z)`: latents already unscaled (z / scaling_factor + shift_factor) -> pixels in [-1, 1].
 
     Latents larger than `tile` cells a side are decoded in overlapping tiles blended with linear
@@ -145,7 +146,7 @@ class VAE(nn.Module):
         self.decoder = Decoder(cfg)
         if cfg.use_post_quant_conv:
             self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
-        self.tile = 128  # latent cells per tile side (1024 pixels for the FLUX VAE)
+        self.tile = 128  # latent cells per tile side (1024 pixels at 8 pixels a cell)
         self.overlap = 16  # latent cells shared by neighbouring tiles
 
     def decode(self, z: mx.array) -> mx.array:  # (B, 16, h, w) -> (B, 8h, 8w, 3), channels last

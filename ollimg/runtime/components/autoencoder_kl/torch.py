@@ -1,4 +1,4 @@
-"""The FLUX VAE decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
+"""The AutoencoderKL decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
 
 Large latents are decoded in overlapping tiles whose outputs are blended linearly across the
 overlap, so peak memory depends on the tile size, not the image size. GroupNorm statistics are
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ollimg.runtime.models.zimage.config import VaeConfig
-from ollimg.runtime.models.zimage.layout import tile_ramp, tile_starts
+from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig
+from ollimg.runtime.components.autoencoder_kl.tiles import tile_ramp, tile_starts
 
 
 class GroupNorm(nn.GroupNorm):
@@ -29,7 +29,7 @@ class Conv(nn.Conv2d):
         self.bias.requires_grad_(False)
 
 
-class Resnet(nn.Module):
+class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
         self.norm1 = GroupNorm(groups, cin)
@@ -53,7 +53,7 @@ class Linear(nn.Linear):
         self.bias.requires_grad_(False)
 
 
-class MidAttention(nn.Module):
+class Attention(nn.Module):
     """Single-head self-attention over all pixels, with a residual."""
 
     def __init__(self, channels: int, groups: int):
@@ -74,8 +74,8 @@ class MidAttention(nn.Module):
 class MidBlock(nn.Module):
     def __init__(self, channels: int, groups: int, attention: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([Resnet(channels, channels, groups), Resnet(channels, channels, groups)])
-        self.attentions = nn.ModuleList([MidAttention(channels, groups)]) if attention else None
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)])
+        self.attentions = nn.ModuleList([Attention(channels, groups)]) if attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x)
@@ -98,7 +98,7 @@ class Upsample(nn.Module):
 class UpBlock(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, groups: int, upsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([Resnet(cin if j == 0 else cout, cout, groups) for j in range(layers)])
+        self.resnets = nn.ModuleList([ResnetBlock(cin if j == 0 else cout, cout, groups) for j in range(layers)])
         self.upsamplers = nn.ModuleList([Upsample(cout)]) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,9 +110,9 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, c: VaeConfig):
+    def __init__(self, c: AutoencoderKLConfig):
         super().__init__()
-        channels = list(reversed(c.block_out_channels))
+        channels = list(reversed(c.decoder_channels))
         g = c.norm_num_groups
         self.conv_in = Conv(c.latent_channels, channels[0], 3)
         self.mid_block = MidBlock(channels[0], g, c.mid_block_add_attention)
@@ -120,8 +120,8 @@ class Decoder(nn.Module):
             UpBlock(channels[max(i - 1, 0)], cout, c.layers_per_block + 1, g, upsample=i < len(channels) - 1)
             for i, cout in enumerate(channels)
         ])
-        self.conv_norm_out = GroupNorm(g, c.block_out_channels[0])
-        self.conv_out = Conv(c.block_out_channels[0], c.out_channels, 3)
+        self.conv_norm_out = GroupNorm(g, c.decoder_channels[0])
+        self.conv_out = Conv(c.decoder_channels[0], c.out_channels, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.mid_block(self.conv_in(z))
@@ -133,12 +133,12 @@ class Decoder(nn.Module):
 class VaeDecoder(nn.Module):
     """Latents -> pixels in [-1, 1] (before clamping); `decode` tiles when the latent is large."""
 
-    def __init__(self, c: VaeConfig):
+    def __init__(self, c: AutoencoderKLConfig):
         super().__init__()
         self.config = c
         self.decoder = Decoder(c)
         self.post_quant_conv = Conv(c.latent_channels, c.latent_channels, 1) if c.use_post_quant_conv else None
-        self.tile = 128  # latent cells per tile side (1024 pixels for the FLUX VAE)
+        self.tile = 128  # latent cells per tile side (1024 pixels at 8 pixels a cell)
         self.overlap = 16  # latent cells shared by neighbouring tiles
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

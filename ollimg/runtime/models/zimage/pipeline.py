@@ -1,0 +1,156 @@
+"""The Z-Image pipeline: prompts through the chat template and Qwen3 (hidden_states[-2]), the
+DiT with Z-Image's classifier-free guidance (truncation, renormalisation), the FLUX VAE decode.
+
+The loop itself is the shared Euler loop (`ollimg/runtime/pipeline.py`); this module gives it
+the velocity. Backend-neutral: numpy plus backend arrays touched only with arithmetic operators
+and the Backend protocol. Imports no torch or mlx.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ollimg.errors import InvalidInput
+from ollimg.runtime import pipeline as shared
+from ollimg.runtime.flow_match import schedule
+from ollimg.runtime.models.zimage.config import ZImageConfig
+from ollimg.runtime.noise import noise
+from ollimg.runtime.tokenizer import PromptTokenizer
+
+
+@dataclass
+class Components:
+    """What a backend's `build.py` makes of the weights."""
+
+    encode: Callable[[list[np.ndarray]], list[Any]]
+    """token ids of each prompt (unpadded, int64) -> caption features [L_i, hidden] in the compute dtype"""
+    transformer: Callable[[Any, np.ndarray, list[Any]], Any]
+    """x float32 [B, C, H/8, W/8], t float32 [B] (`model_time`), B caption features -> the raw DiT
+    output as float32 [B, C, H/8, W/8] (the velocity is its negative)"""
+    decode: Callable[[Any], np.ndarray]
+    """the final float32 latents -> uint8 [B, H, W, 3] pixels (unscaled by z / scaling_factor +
+    shift_factor, decoded in the compute dtype, round half to even of clamp(x/2+0.5, 0, 1) * 255)"""
+    modules: dict = field(default_factory=dict)
+
+
+def model_time(timestep: np.float32) -> np.float32:
+    """What the DiT gets for a timestep: (1000 - t) / 1000 in float32 (0 is pure noise)."""
+    return (np.float32(1000) - np.float32(timestep)) / np.float32(1000)
+
+
+class ZImagePipeline:
+    """A loaded Z-Image model. `generate` is the one entry point; not thread-safe (one at a time)."""
+
+    def __init__(self, name: str, digest: str | None, config: ZImageConfig, tokenizer: PromptTokenizer,
+                 backend: Any, components: Components):
+        self.name, self.digest, self.config = name, digest, config
+        self.tokenizer, self.backend, self.components = tokenizer, backend, components
+        vae = config.vae
+        self.flux_vae = (vae.latent_channels, vae.scaling_factor, vae.shift_factor) == FLUX_VAE
+        self.load_seconds = 0.0
+
+    @property
+    def defaults(self):
+        return self.config.defaults
+
+    def generate(self, prompt: str | list[str], *, negative_prompt: str | list[str] | None = None,
+                 width: int | None = None, height: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int | None = None, n: int = 1,
+                 latents: np.ndarray | None = None, on_step: shared.OnStep | None = None,
+                 cfg_truncation: float | None = None, cfg_normalization: float | None = None,
+                 max_sequence_length: int | None = None, previews: int = 0,
+                 on_preview: shared.OnPreview | None = None) -> shared.Result:
+        """Images for `prompt` (a list gives a batch; each prompt makes `n` images, in prompt order).
+
+        `latents`: float32 [n, 16, height/8, width/8] instead of the seeded noise."""
+        d = self.defaults
+        req = shared.request(d, prompt, negative_prompt, width, height, steps, guidance, seed, n)
+        cfg_truncation = d.cfg_truncation if cfg_truncation is None else float(cfg_truncation)
+        cfg_normalization = d.cfg_normalization if cfg_normalization is None else float(cfg_normalization)
+        max_len = max_sequence_length or d.max_sequence_length
+        if not isinstance(max_len, int) or max_len < 1:
+            raise InvalidInput(f"invalid max_sequence_length {max_len!r}")
+        shape = (req.total, self.config.transformer.in_channels, req.height // 8, req.width // 8)
+        x0 = shared.initial_latents(latents, shape, lambda: noise(req.seed, req.total, shape[1:]))
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        caps, neg_caps = self._encode(req.prompts, req.negatives if req.guidance > 0 else None, req.n, max_len)
+        self.backend.synchronize()
+        timings["text_encode"] = time.perf_counter() - start
+        sigmas, timesteps = schedule(req.steps, self.config.scheduler)
+        velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization)
+        x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings, on_step=on_step,
+                           previews=previews, on_preview=on_preview, to_rgb=self.preview)
+        mark = time.perf_counter()
+        final = self.backend.to_numpy(x)
+        pixels = self.components.decode(x)
+        timings["decode"] = time.perf_counter() - mark
+        images = shared.to_images(pixels)
+        timings["total"] = time.perf_counter() - start
+        return shared.Result(images, req.seed, [req.seed + i for i in range(req.total)], req.width, req.height,
+                             req.steps, req.guidance, timings, final)
+
+    def preview(self, latents) -> np.ndarray:
+        """uint8 [n, h, w, 3] of latents (a backend array): the FLUX.1 VAE's linear map (a pixel per
+        latent cell), else this model's own VAE decode (full size; cheap for the small VAEs it is)."""
+        if self.flux_vae:
+            return flux_vae_rgb(self.backend.to_numpy(latents))
+        return self.components.decode(latents)
+
+    def _encode(self, prompts, negatives, n, max_len):
+        ids = self.tokenizer.encode(prompts + (negatives or []), max_len)
+        feats = self.components.encode(ids)
+        caps = [f for f in feats[: len(prompts)] for _ in range(n)]
+        neg = [f for f in feats[len(prompts):] for _ in range(n)] if negatives is not None else None
+        return caps, neg
+
+    def _velocity(self, caps, neg_caps, timesteps, guidance, cfg_truncation, cfg_normalization):
+        """velocity(x, i) for the Euler loop: minus the (guided) DiT output."""
+        total, transformer = len(caps), self.components.transformer
+
+        def velocity(x, i: int):
+            t = model_time(timesteps[i])
+            if guidance > 0 and not (cfg_truncation <= 1 and t > cfg_truncation):
+                out = transformer(self.backend.concat([x, x]), np.full(2 * total, t, np.float32), caps + neg_caps)
+                pos, neg = out[:total], out[total:]
+                pred = pos + guidance * (pos - neg)
+                if cfg_normalization > 0:
+                    pred = self._renormalise(pred, pos, cfg_normalization)
+            else:
+                pred = transformer(x, np.full(total, t, np.float32), caps)
+            return -pred
+
+        return velocity
+
+    def _renormalise(self, pred, pos, k: float):
+        """Scale each image's guided prediction down to at most k times the norm of its positive one."""
+        rows = []
+        for j in range(len(pos)):
+            p, q = pos[j: j + 1], pred[j: j + 1]
+            limit, norm = self.backend.norm(p) * k, self.backend.norm(q)
+            rows.append(q * (limit / norm) if norm > limit else q)
+        return self.backend.concat(rows)
+
+
+# Approximate latent -> RGB for previews: the linear map ComfyUI uses for the FLUX.1 VAE's latents
+# in the denoiser's (scaled) space (comfy/latent_formats.py, class Flux: latent_rgb_factors and
+# _bias). Z-Image-Turbo ships that VAE, known by its latent channels, scaling and shift; any other
+# VAE (the built-in model's was trained here) previews through its own decoder instead.
+FLUX_VAE = (16, 0.3611, 0.1159)  # latent_channels, scaling_factor, shift_factor
+FLUX_VAE_RGB = np.array([
+    [-0.0346, 0.0244, 0.0681], [0.0034, 0.0210, 0.0687], [0.0275, -0.0668, -0.0433], [-0.0174, 0.0160, 0.0617],
+    [0.0859, 0.0721, 0.0329], [0.0004, 0.0383, 0.0115], [0.0405, 0.0861, 0.0915], [-0.0236, -0.0185, -0.0259],
+    [-0.0245, 0.0250, 0.1180], [0.1008, 0.0755, -0.0421], [-0.0515, 0.0201, 0.0011], [0.0428, -0.0012, -0.0036],
+    [0.0817, 0.0765, 0.0749], [-0.1264, -0.0522, -0.1103], [-0.0280, -0.0881, -0.0499], [-0.1262, -0.0982, -0.0778],
+], dtype=np.float32)
+FLUX_VAE_BIAS = np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32)
+
+
+def flux_vae_rgb(latents: np.ndarray) -> np.ndarray:
+    """uint8 [n, h, w, 3] from FLUX.1-VAE latents float32 [n, 16, h, w]: one pixel per cell, no VAE."""
+    rgb = np.einsum("nchw,ck->nhwk", latents, FLUX_VAE_RGB) + FLUX_VAE_BIAS
+    return ((rgb + 1) * 127.5).clip(0, 255).round().astype(np.uint8)

@@ -1,0 +1,47 @@
+"""Builds the torch Z-Image components (Qwen3 text encoder, DiT, VAE decoder) from a ModelSource."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ollimg.runtime.components.autoencoder_kl.torch import VaeDecoder
+from ollimg.runtime.components.qwen3.torch import TextEncoder, streamed_encoder
+from ollimg.runtime.models.zimage import weights
+from ollimg.runtime.models.zimage.config import ZImageConfig
+from ollimg.runtime.models.zimage.pipeline import Components
+from ollimg.runtime.models.zimage.torch.transformer import ZImageTransformer
+from ollimg.runtime.torch_backend import TorchBackend, load_module
+
+log = logging.getLogger(__name__)
+
+
+def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
+    te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
+    offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
+    if offload:
+        log.info("the text encoder streams its layers to the device for each prompt (OLLIMG_OFFLOAD)")
+        text_encoder, encode = None, streamed_encoder(backend, config.text_encoder, config.text_encoder_outputs, te_refs)
+    else:
+        text_encoder = load_module(backend, TextEncoder, (config.text_encoder, config.text_encoder_outputs), te_refs,
+                                   "text_encoder")
+        encode = torch.inference_mode()(text_encoder)
+    transformer = load_module(backend, ZImageTransformer, (config.transformer,), dit_refs, "transformer")
+    vae = load_module(backend, VaeDecoder, (config.vae,), vae_refs, "vae")
+    vae_config = config.vae
+
+    @torch.inference_mode()
+    def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor]) -> torch.Tensor:
+        return transformer(x, t, caps)
+
+    @torch.inference_mode()
+    def decode(latents: torch.Tensor) -> np.ndarray:
+        z = latents.to(backend.torch_dtype) / vae_config.scaling_factor + vae_config.shift_factor
+        pixels = vae.decode(z).float()
+        pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        return (pixels * 255).round().astype(np.uint8)
+
+    modules = {"text_encoder": text_encoder, "transformer": transformer, "vae": vae}
+    return Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules)
