@@ -65,7 +65,7 @@ class Parameters:
 
 def _model_field(name: str) -> str:
     """The name as A1111 writes a checkpoint name: no `:` (infotext readers split `key: value` on it,
-    even quoted), so `shapes:latest` is `shapes` and `z-image:turbo` is `z-image-turbo`."""
+    even quoted), so `shapes:latest` is `shapes` and `model:tag` is `model-tag`."""
     name = name.removesuffix(":latest")
     return name.replace(":", "-")
 
