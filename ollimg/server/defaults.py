@@ -104,8 +104,9 @@ def without_stock(model: Model, s: Settings) -> Settings:
 
 
 def distilled(model: Model) -> bool:
-    """Recommended guidance 0 (stated in the model's defaults; a model stating none is a Z-Image one,
-    whose default is 0)."""
+    """Recommended guidance 0, as the model's `ollimg.json` defaults state it. A model stating no
+    guidance counts as distilled: true of the one family ollimg runs (Z-Image, default 0); a family
+    with classifier-free guidance by default must state it, or be read from the family's defaults."""
     try:
         defaults = model.config.get("defaults") or {}
     except OllimgError:
