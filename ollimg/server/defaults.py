@@ -7,10 +7,10 @@ Frontends cannot always name a model or settings that suit it:
   the A1111 checkpoint last chosen through `/sdapi/v1/options` (kept across restarts in
   `<data dir>/sdapi-options.json`), else the most recently created or pulled model, else the built-in.
 - Settings: AUTOMATIC1111 clients always send their stock settings (webuiapi: 20 steps, CFG 7,
-  512x512; Open WebUI: 50 steps, 512x512). On a distilled model (recommended guidance 0, such as
-  Z-Image-Turbo and shapes), those values give a broken image several times slower, so they are
-  replaced by the model's recommended defaults, on every interface (native, /v1, /sdapi). Any
-  other value is used as sent. The answer reports the settings used.
+  512x512; Open WebUI: 50 steps, 512x512). On a distilled model (`distilled()`: Z-Image-Turbo,
+  shapes, FLUX.2 klein's distilled models), those values give a broken image several times
+  slower, so they are replaced by the model's recommended defaults, on every interface (native,
+  /v1, /sdapi). Any other value is used as sent. The answer reports the settings used.
 
 Imports the store, builtin and config; never fastapi or torch.
 """
@@ -104,14 +104,31 @@ def without_stock(model: Model, s: Settings) -> Settings:
 
 
 def distilled(model: Model) -> bool:
-    """Recommended guidance 0, as the model's `ollimg.json` defaults state it. A model stating no
-    guidance counts as distilled: true of the one family ollimg runs (Z-Image, default 0); a family
-    with classifier-free guidance by default must state it, or be read from the family's defaults."""
+    """Whether the model is guidance-distilled, from what it states: its `ollimg.json` defaults
+    (`distilled`, else a recommended guidance of 0), else its model_index.json's `is_distilled`
+    (diffusers' flag, which FLUX.2 klein models carry). A model stating none of these counts as
+    distilled: Z-Image's family default is guidance 0, and Z-Image-Turbo states nothing."""
     try:
         defaults = model.config.get("defaults") or {}
     except OllimgError:
         return False
+    if isinstance(defaults.get("distilled"), bool):
+        return defaults["distilled"]
+    index = _model_index(model)
+    if isinstance(index.get("is_distilled"), bool):
+        return index["is_distilled"]
+    if "guidance" in defaults:
+        try:
+            return float(defaults["guidance"]) == 0.0
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+def _model_index(model: Model) -> dict:
+    path = model.files().get("model_index.json")
     try:
-        return float(defaults.get("guidance", 0.0)) == 0.0
-    except (TypeError, ValueError):
-        return False
+        index = json.loads(path.read_bytes()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}

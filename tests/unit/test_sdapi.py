@@ -132,3 +132,28 @@ def test_stock_a1111_settings_give_way_to_a_distilled_models_defaults(tmp_path):
     assert (base["steps"], base["cfg_scale"], base["width"]) == (20, 7.0, 512)
     assert (native["steps"], native["guidance"], native["width"]) == (4, 0.0, 64)
     assert v1["size"] == "64x64"
+
+
+def test_which_models_count_as_distilled(tmp_path):
+    import json as _json
+
+    from ollimg.manifest import Manifest, Name, Store
+    from ollimg.manifest.manifest import CONFIG_TYPE, Descriptor, file_layer
+    from ollimg.server.defaults import distilled
+
+    store = Store(tmp_path / "store")
+
+    def model(defaults: dict, index: dict):
+        cfg = _json.dumps({"defaults": defaults}).encode()
+        data = _json.dumps(index).encode()
+        manifest = Manifest(config=Descriptor(mediaType=CONFIG_TYPE, digest=store.blobs.put_bytes(cfg), size=len(cfg)),
+                            layers=[file_layer("model_index.json", store.blobs.put_bytes(data), len(data))])
+        return store.put_manifest(Name.parse(f"m{len(store.models())}"), manifest.dump())
+
+    zimage = {"_class_name": "ZImagePipeline"}
+    assert distilled(model({"steps": 8, "guidance": 0.0}, zimage))  # shapes
+    assert distilled(model({}, zimage))  # Z-Image-Turbo straight from Hugging Face: the family's guidance 0
+    assert not distilled(model({"guidance": 3.5}, zimage))
+    assert not distilled(model({}, {"_class_name": "Flux2KleinPipeline", "is_distilled": False}))  # klein base
+    assert distilled(model({}, {"_class_name": "Flux2KleinPipeline", "is_distilled": True}))
+    assert not distilled(model({"distilled": False, "guidance": 0.0}, zimage))  # said outright
