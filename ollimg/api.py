@@ -33,6 +33,9 @@ class Error(BaseModel):
 # -- native: generate ---------------------------------------------------------------------------
 
 
+_TEACACHE_HELP = "TeaCache threshold (default: off); the model must be calibrated (ollimg calibrate)"
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -49,6 +52,7 @@ class GenerateRequest(BaseModel):
     compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality")
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
     stream: bool = True
+    teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
     options: dict[str, Any] | None = Field(
         None, description="ollama's spelling: seed, steps, width, height, guidance, negative_prompt, n here "
                           "count when the top-level field is absent")
@@ -270,6 +274,7 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, le=100)
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
     progress: bool | None = Field(False, description="with stream: also send an `event: progress` per step")
+    teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
 
 
 class ImageData(BaseModel):

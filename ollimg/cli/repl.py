@@ -27,6 +27,7 @@ class Settings:
     negative: str | None
     n: int
     format: str
+    teacache: float | None = None
     verbose: bool = False
 
 
@@ -35,6 +36,7 @@ REPL_HELP = """Type a prompt to draw it. Commands:
   /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
   /set parameter NAME VALUE   the same, in ollama's form (/set parameter seed 42)
   /set verbose | quiet        show timings after each image, or not
+  /set teacache X | teacache off   step caching (the model must be calibrated: ollimg calibrate)
   /show        the settings in use
   /clear       back to the settings `run` started with
   /bye         exit (or Ctrl-D); Ctrl-C stops a generation"""
@@ -129,6 +131,11 @@ class Repl:
                 s.n = _positive(value, key)
             elif key == "format":
                 s.format = self.parse_format(value)
+            elif key == "teacache":
+                threshold = None if value.lower() in ("off", "") else float(value)
+                if threshold is not None and not 0 <= threshold <= 100:  # checked first: a bad line changes nothing
+                    raise InvalidInput("teacache is a threshold from 0 to 100, or off")
+                s.teacache = threshold
             else:
                 raise InvalidInput(f"unknown setting {key!r}; /? lists them")
         except ValueError:

@@ -53,6 +53,9 @@ def run_command(
     fmt: str = typer.Option(None, "--format", help="png, jpeg or webp (default: from -o, else png); json as in "
                                                    "ollama: the same as --json."),
     keep_alive: str = typer.Option(None, "--keep-alive", "--keepalive", help="How long the model stays loaded, e.g. 10m."),
+    teacache: float = typer.Option(None, "--teacache", min=0, max=100,
+                                   help="TeaCache threshold: reuse the transformer's work on steps that change "
+                                        "little (default: off; run ollimg calibrate MODEL first)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     verbose: bool = typer.Option(False, "--verbose", help="Show timings after each generation (on stderr)."),
 ) -> None:
@@ -67,7 +70,7 @@ def run_command(
     if interactive and output is not None:
         raise InvalidInput("-o needs a prompt; typed prompts are saved as <prompt>-<time>.<ext> here")
     width, height = api.parse_size(size)
-    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), verbose)
+    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), teacache, verbose)
     console = Console(stderr=True)
     client = ensure_server(lambda text: console.print(text, style="dim", highlight=False, soft_wrap=True))
     with client:
@@ -85,7 +88,7 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
         result = client.generate(
             model, prompt, on_step=bar, width=settings.width, height=settings.height, steps=settings.steps,
             seed=settings.seed, guidance=settings.guidance, negative_prompt=settings.negative, n=settings.n,
-            format=settings.format, keep_alive=keep_alive,
+            format=settings.format, keep_alive=keep_alive, teacache=settings.teacache,
         )
     paths = _write(result, prompt, output, settings.format)
     if settings.verbose:

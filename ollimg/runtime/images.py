@@ -48,10 +48,15 @@ class Parameters:
     height: int
     model: str
     model_digest: str | None = None
+    teacache: float | None = None  # the TeaCache threshold, when caching was on
+    steps_reused: int = 0  # steps whose block stack TeaCache reused
 
     def text(self) -> str:
         fields = {"Steps": self.steps, "Sampler": "Euler", "Schedule type": "Simple", "CFG scale": self.guidance,
                   "Seed": self.seed, "Size": f"{self.width}x{self.height}"}
+        if self.teacache is not None:
+            fields["TeaCache"] = self.teacache
+            fields["TeaCache steps"] = f"{self.steps - self.steps_reused} run, {self.steps_reused} reused"
         if self.model_digest:
             fields["Model hash"] = self.model_digest.split(":")[-1][:10]
         fields["Model"] = _model_field(self.model)

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 @dataclass
 class GenerateRequest:
-    """width/height/steps/guidance None means the model's defaults; image i uses seed + i."""
+    """width/height/steps/guidance None means the model's defaults; image i uses seed + i;
+    teacache: a TeaCache threshold (None: off)."""
 
     prompt: str
     negative_prompt: str | None = None
@@ -26,6 +27,7 @@ class GenerateRequest:
     compression: int | None = None
     previews: int = 0
     model_name: str | None = None
+    teacache: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -114,3 +114,23 @@ def test_verbose_timings_text():
     assert timings_text(result).splitlines() == [
         "total duration:     3.600s", "load duration:      2.000s", "text_encode duration:50.0ms",
         "denoise duration:   1.500s", "size:               128x96, 8 steps, guidance 0.0"]
+
+
+def test_repl_set_teacache():
+    from rich.console import Console
+
+    from ollimg.cli.repl import Repl, Settings
+    from ollimg.cli.run import _format
+
+    settings = Settings(None, None, None, None, None, None, 1, "png")
+    repl = Repl(settings, lambda line: None, lambda v: _format(v, None), Console(stderr=True))
+    assert settings.teacache is None  # off unless asked for
+    repl.command("/set teacache 0.3")
+    assert settings.teacache == 0.3
+    for bad, message in (("/set teacache -1", "0 to 100"), ("/set teacache lots", "not a number")):
+        with pytest.raises(InvalidInput, match=message):
+            repl.command(bad)
+    assert settings.teacache == 0.3
+    repl.command("/set teacache off")
+    assert settings.teacache is None
+

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ollimg import api
+from ollimg.calibrate import check_teacache
 from ollimg.errors import OllimgError
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
@@ -50,7 +51,7 @@ async def generate(body: api.GenerateRequest, request: Request):
     req = GenerateRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, width=asked.width, height=asked.height,
         steps=asked.steps, guidance=asked.guidance, seed=body.seed, n=body.n, format=body.format,
-        compression=body.compression, model_name=name,
+        compression=body.compression, model_name=name, teacache=check_teacache(model, body.teacache),
     )
 
     async def work(emit):

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ollimg import api
+from ollimg.calibrate import check_teacache
 from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Model
 from ollimg.progress import Step
@@ -76,6 +77,7 @@ async def generations(body: api.ImageGenerationRequest, request: Request):
         prompt=body.prompt, negative_prompt=body.negative_prompt, width=asked.width, height=asked.height,
         steps=asked.steps, guidance=asked.guidance, seed=body.seed, n=body.n or 1, format=fmt, compression=body.output_compression,
         previews=(body.partial_images or 0) if stream else 0, model_name=model.name.display(),
+        teacache=check_teacache(model, body.teacache),
     )
 
     async def work(emit):

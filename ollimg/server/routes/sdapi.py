@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ollimg import api
+from ollimg.calibrate import check_teacache
 from ollimg.errors import Cancelled, InvalidInput
 from ollimg.manifest import Model
 from ollimg.runtime.images import Parameters
@@ -105,6 +106,7 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
         prompt=body.prompt, negative_prompt=body.negative_prompt or None, width=asked.width,
         height=asked.height, steps=asked.steps, guidance=asked.guidance,
         seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(),
+        teacache=check_teacache(model, body.override_settings.get("teacache")),
     )
 
     def on_step(step):

@@ -16,6 +16,7 @@ import numpy as np
 
 from ollimg.errors import InvalidInput
 from ollimg.runtime import pipeline as shared
+from ollimg.runtime import teacache as step_cache
 from ollimg.runtime.flow_match import schedule
 from ollimg.runtime.models.zimage.config import ZImageConfig
 from ollimg.runtime.noise import noise
@@ -28,9 +29,9 @@ class Components:
 
     encode: Callable[[list[np.ndarray]], list[Any]]
     """token ids of each prompt (unpadded, int64) -> caption features [L_i, hidden] in the compute dtype"""
-    transformer: Callable[[Any, np.ndarray, list[Any]], Any]
-    """x float32 [B, C, H/8, W/8], t float32 [B] (`model_time`), B caption features -> the raw DiT
-    output as float32 [B, C, H/8, W/8] (the velocity is its negative)"""
+    transformer: Callable[..., Any]
+    """x float32 [B, C, H/8, W/8], t float32 [B] (`model_time`), B caption features, a TeaCache
+    StepCache or None -> the raw DiT output as float32 [B, C, H/8, W/8] (the velocity is its negative)"""
     decode: Callable[[Any], np.ndarray]
     """the final float32 latents -> uint8 [B, H, W, 3] pixels (unscaled by z / scaling_factor +
     shift_factor, decoded in the compute dtype, round half to even of clamp(x/2+0.5, 0, 1) * 255)"""
@@ -52,6 +53,7 @@ class ZImagePipeline:
         vae = config.vae
         self.flux_vae = (vae.latent_channels, vae.scaling_factor, vae.shift_factor) == FLUX_VAE
         self.load_seconds = 0.0
+        self.calibration: step_cache.Calibration | None = None  # set by `ollimg.runtime.load`
 
     @property
     def defaults(self):
@@ -63,10 +65,13 @@ class ZImagePipeline:
                  latents: np.ndarray | None = None, on_step: shared.OnStep | None = None,
                  cfg_truncation: float | None = None, cfg_normalization: float | None = None,
                  max_sequence_length: int | None = None, previews: int = 0,
-                 on_preview: shared.OnPreview | None = None) -> shared.Result:
+                 on_preview: shared.OnPreview | None = None, teacache: float | None = None,
+                 teacache_record: bool = False) -> shared.Result:
         """Images for `prompt` (a list gives a batch; each prompt makes `n` images, in prompt order).
 
-        `latents`: float32 [n, 16, height/8, width/8] instead of the seeded noise."""
+        `latents`: float32 [n, 16, height/8, width/8] instead of the seeded noise. `teacache`: a
+        TeaCache threshold (None: off; the model must be calibrated); `teacache_record`: run every
+        step and record TeaCache's calibration trace in `Result.cache`."""
         d = self.defaults
         req = shared.request(d, prompt, negative_prompt, width, height, steps, guidance, seed, n)
         cfg_truncation = d.cfg_truncation if cfg_truncation is None else float(cfg_truncation)
@@ -74,6 +79,7 @@ class ZImagePipeline:
         max_len = max_sequence_length or d.max_sequence_length
         if not isinstance(max_len, int) or max_len < 1:
             raise InvalidInput(f"invalid max_sequence_length {max_len!r}")
+        cache = step_cache.start(self, req.steps, teacache, teacache_record)
         shape = (req.total, self.config.transformer.in_channels, req.height // 8, req.width // 8)
         x0 = shared.initial_latents(latents, shape, lambda: noise(req.seed, req.total, shape[1:]))
         timings: dict[str, float] = {}
@@ -82,7 +88,7 @@ class ZImagePipeline:
         self.backend.synchronize()
         timings["text_encode"] = time.perf_counter() - start
         sigmas, timesteps = schedule(req.steps, self.config.scheduler)
-        velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization)
+        velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization, cache)
         x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings, on_step=on_step,
                            previews=previews, on_preview=on_preview, to_rgb=self.preview)
         mark = time.perf_counter()
@@ -91,8 +97,10 @@ class ZImagePipeline:
         timings["decode"] = time.perf_counter() - mark
         images = shared.to_images(pixels)
         timings["total"] = time.perf_counter() - start
+        if cache is not None:
+            timings.update(cache.counts())
         return shared.Result(images, req.seed, [req.seed + i for i in range(req.total)], req.width, req.height,
-                             req.steps, req.guidance, timings, final)
+                             req.steps, req.guidance, timings, final, cache)
 
     def preview(self, latents) -> np.ndarray:
         """uint8 [n, h, w, 3] of latents (a backend array): the FLUX.1 VAE's linear map (a pixel per
@@ -108,20 +116,21 @@ class ZImagePipeline:
         neg = [f for f in feats[len(prompts):] for _ in range(n)] if negatives is not None else None
         return caps, neg
 
-    def _velocity(self, caps, neg_caps, timesteps, guidance, cfg_truncation, cfg_normalization):
-        """velocity(x, i) for the Euler loop: minus the (guided) DiT output."""
+    def _velocity(self, caps, neg_caps, timesteps, guidance, cfg_truncation, cfg_normalization, cache):
+        """velocity(x, i) for the Euler loop: minus the (guided) DiT output (through TeaCache if `cache`)."""
         total, transformer = len(caps), self.components.transformer
 
         def velocity(x, i: int):
             t = model_time(timesteps[i])
             if guidance > 0 and not (cfg_truncation <= 1 and t > cfg_truncation):
-                out = transformer(self.backend.concat([x, x]), np.full(2 * total, t, np.float32), caps + neg_caps)
+                out = transformer(self.backend.concat([x, x]), np.full(2 * total, t, np.float32), caps + neg_caps,
+                                  cache and cache.step(i, ("cond", "uncond")))
                 pos, neg = out[:total], out[total:]
                 pred = pos + guidance * (pos - neg)
                 if cfg_normalization > 0:
                     pred = self._renormalise(pred, pos, cfg_normalization)
             else:
-                pred = transformer(x, np.full(total, t, np.float32), caps)
+                pred = transformer(x, np.full(total, t, np.float32), caps, cache and cache.step(i, ("cond",)))
             return -pred
 
         return velocity
