@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ollimg.errors import InvalidInput
 
@@ -57,13 +57,33 @@ class GenerateRequest(BaseModel):
     previews: int = Field(0, ge=0, le=50, description="with stream: this many GeneratePreview lines (PNGs of the "
                                                        "image forming) at evenly spaced steps")
     gallery: bool = Field(False, description="keep the images in the server's gallery (GET /api/gallery)")
+    options: dict[str, Any] | None = Field(
+        None, description="ollama's spelling: seed, steps, width, height, guidance, negative_prompt, n here "
+                          "count when the top-level field is absent")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_options(cls, data: Any) -> Any:
+        """ollama clients send settings as `options` (`generate(options={"seed": 42})`)."""
+        if isinstance(data, dict) and isinstance(data.get("options"), dict):
+            merged = {k: v for k, v in data["options"].items() if k in _OPTION_FIELDS and v is not None}
+            data = {**merged, **{k: v for k, v in data.items() if v is not None}}
+        if isinstance(data, dict) and data.get("format") in ("", None):
+            data = {k: v for k, v in data.items() if k != "format"}  # ollama's "no JSON mode"
+        return data
+
+
+_OPTION_FIELDS = ("seed", "steps", "width", "height", "guidance", "negative_prompt", "n")
 
 
 class GenerateStep(BaseModel):
-    """One NDJSON progress line of a streamed generate: a finished denoising step."""
+    """One NDJSON progress line of a streamed generate: a finished denoising step (`completed` of
+    `total` is the same count under the names the ollama client reads)."""
 
     model: str
+    created_at: str = ""
     step: int
+    completed: int = 0
     total: int
     elapsed: float = 0.0
     done: Literal[False] = False
@@ -84,6 +104,7 @@ class GenerateResponse(BaseModel):
     model: str
     created_at: str
     images: list[str] = Field(default_factory=list, description="base64 of the encoded images")
+    image: str | None = Field(None, description="the first of `images` (what the ollama client reads)")
     format: Format = "png"
     seed: int | None = None
     seeds: list[int] = Field(default_factory=list)
@@ -166,7 +187,7 @@ class ShowResponse(BaseModel):
     modified_at: str
     details: ModelDetails
     capabilities: list[str]
-    parameters: dict[str, Any] = Field(default_factory=dict, description="generation defaults")
+    parameters: str = Field("", description='generation defaults in ollama\'s text form ("steps 8\\nguidance 0")')
     license: str = ""
     description: str = ""
     model_info: dict[str, Any] = Field(default_factory=dict, description="the config blob")
@@ -185,7 +206,8 @@ class CreateRequest(ModelRequest):
 
 
 class PullRequest(ModelRequest):
-    insecure: bool | None = Field(None, description="plain HTTP; default: only for loopback registries")
+    insecure: bool | None = Field(None, description="true: plain HTTP; false or absent: automatic (plain HTTP only "
+                                                    "for loopback registries, which is what ollama's client means by false)")
     stream: bool = True
 
 
@@ -307,6 +329,7 @@ class ImageGenerationRequest(BaseModel):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
     guidance_scale: float | None = Field(None, ge=0, le=100)
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
+    progress: bool | None = Field(False, description="with stream: also send an `event: progress` per step")
     teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
 
 
@@ -348,19 +371,27 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorBody
 
 
-def parse_size(size: str | None) -> tuple[int | None, int | None]:
-    """`auto` (None, None: the model's default) or `WxH` with multiples of 16 from 16 to 4096."""
+def parse_size(size: str | None, round16: bool = False) -> tuple[int | None, int | None]:
+    """`auto` (None, None: the model's default) or `WxH` with multiples of 16 from 16 to 4096;
+    `round16` rounds other sizes to the nearest multiple of 16 (what frontends' free-form sizes need)."""
     if size is None or size.strip().lower() == "auto":
         return None, None
     match = re.fullmatch(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*", size)
     if not match:
         raise _bad_size(f"Invalid size {size!r}: use WxH (such as 1024x1024) or auto.")
     width, height = int(match.group(1)), int(match.group(2))
+    if round16:
+        width, height = round16_half_up(width), round16_half_up(height)
     if width % 16 or height % 16:
         raise _bad_size(f"Invalid size {size!r}: width and height must be multiples of 16.")
     if not (MIN_SIZE <= width <= MAX_SIZE and MIN_SIZE <= height <= MAX_SIZE):
         raise _bad_size(f"Invalid size {size!r}: width and height must be from {MIN_SIZE} to {MAX_SIZE}.")
     return width, height
+
+
+def round16_half_up(value: int) -> int:
+    """The nearest multiple of 16, halves up (100 -> 96, 104 -> 112), at least 16."""
+    return max(MIN_SIZE, int(value / 16 + 0.5) * 16)
 
 
 def _bad_size(message: str) -> InvalidInput:

@@ -7,12 +7,15 @@ store layers (manifest, blobs): no httpx, fastapi, rich, torch or mlx.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ollimg.errors import ModelNotFound
 from ollimg.manifest import Model, Name, Store
 from ollimg.progress import OnProgress, Progress
 
@@ -58,11 +61,26 @@ class Removed:
     bytes: int = 0
 
 
+def not_found(name: Name, known: Iterable[str], pull: bool = True) -> ModelNotFound:
+    """The error for a model the store lacks: a close known name if there is one (a typo), else,
+    with `pull`, how to pull it."""
+    message = f'model "{name.display()}" not found'
+    close = difflib.get_close_matches(name.display(), list(known), n=1, cutoff=0.75)
+    if close:
+        return ModelNotFound(f'{message}; did you mean "{close[0]}"?')
+    return ModelNotFound(f"{message}; run: ollimg pull {name.display()}" if pull else message)
+
+
 def remove(store: Store, names: list[Name]) -> Removed:
     """Remove the manifests, then every blob that no remaining manifest names. All names must exist."""
     result = Removed()
     with store.lock(exclusive=True):
-        models = [store.get(name) for name in names]  # ModelNotFound before anything is removed
+        try:
+            models = [store.get(name) for name in names]  # ModelNotFound before anything is removed
+        except ModelNotFound:
+            stored = [m.name.display() for m in store.models()]
+            missing = next(n for n in names if n.display() not in stored)
+            raise not_found(missing, stored, pull=False) from None
         for model in models:
             store.remove_manifest(model.name)
             result.names.append(model.name.display())

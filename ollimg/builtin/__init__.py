@@ -16,6 +16,7 @@ from ollimg import config
 from ollimg.errors import ModelNotFound
 from ollimg.manifest import Model, Name, Store
 from ollimg.manifest.name import DEFAULT_NAMESPACE, DEFAULT_TAG
+from ollimg.progress import OnProgress, Progress
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).resolve().parent
@@ -54,3 +55,10 @@ def get_or_import(store: Store, name: Name) -> Model:
 
     log.info("importing the built-in model %s from %s", name.display(), path)
     return create(store, name, path)
+
+
+def pull(store: Store, name: Name, *, on_progress: OnProgress | None = None) -> Model:
+    """`pull` of a built-in name: it ships with ollimg, so it is imported (if missing), not downloaded."""
+    if on_progress:
+        on_progress(Progress(f"{name.display()} is built in: importing it from the ollimg package"))
+    return get_or_import(store, name)

@@ -27,9 +27,18 @@ app = typer.Typer(
 _debug = False
 
 
+def _version(value: bool) -> None:
+    if value:
+        import ollimg
+
+        typer.echo(f"ollimg version is {ollimg.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     debug: bool = typer.Option(False, "--debug", help="Show debug logs and full tracebacks."),
+    version: bool = typer.Option(False, "--version", "-v", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     global _debug
     _debug = debug or config.debug()
@@ -42,6 +51,11 @@ def _register() -> None:
     for module in (create, models, pull, push, save, load, login, serve, run, ps, stop, calibrate):
         module.register(app)
 
+    @app.command("help")
+    def help_command(command: list[str] = typer.Argument(None, help="The command to explain.")) -> None:
+        """Help about any command (`ollimg help run`)."""
+        main([*(command or []), "--help"])
+
 
 def fail(message: str, code: int) -> None:
     sys.stderr.write(f"Error: {message}\n")
@@ -52,20 +66,19 @@ def fail(message: str, code: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="ollimg", standalone_mode=False)
         # Outside standalone mode typer returns an exit code instead of raising: Ctrl-C gives 130
         # (typer turns KeyboardInterrupt into Exit(130)), `raise typer.Exit(n)` gives n.
         if code == 130:
             fail("interrupted", 130)
         if isinstance(code, int) and code:
             raise SystemExit(code)
-    except click.exceptions.Exit as e:
+    except _EXITS as e:
         raise SystemExit(e.exit_code) from None
-    except click.exceptions.Abort:
+    except _ABORTS:
         fail("interrupted", 130)
-    except click.ClickException as e:
-        e.show()
-        raise SystemExit(e.exit_code) from None
+    except _USAGE_ERRORS as e:  # one line, without click's class names
+        fail(e.format_message() + _help_hint(e), e.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except OllimgError as e:
@@ -76,6 +89,28 @@ def main(argv: list[str] | None = None) -> None:
         if _debug or config.debug():
             raise
         fail(f"{type(e).__name__}: {e} (run with --debug for the traceback)", 1)
+
+
+def _help_hint(e: Exception) -> str:
+    ctx = getattr(e, "ctx", None)
+    return f" (see: {ctx.command_path} --help)" if ctx is not None and e.exit_code == 2 else ""
+
+
+def _click_classes(name: str) -> tuple[type, ...]:
+    """click's class and typer's vendored twin (typer >= 0.20 ships its own copy of click)."""
+    classes = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored
+
+        classes.append(getattr(vendored, name))
+    except (ImportError, AttributeError):
+        pass
+    return tuple(classes)
+
+
+_EXITS = _click_classes("Exit") + (typer.Exit,)
+_ABORTS = _click_classes("Abort") + (typer.Abort,)
+_USAGE_ERRORS = _click_classes("ClickException")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from rich.table import Table
 from ollimg import models
 from ollimg.cli.connect import running_client
 from ollimg.cli.format import ago, byte_bar, human_bytes
-from ollimg.errors import DigestMismatch
+from ollimg.errors import DigestMismatch, ModelNotFound
 from ollimg.manifest import Name, Store
 
 
@@ -69,7 +69,11 @@ def show_command(
         with client:
             data = client.show(name).info
     else:
-        data = models.info(Store().get(Name.parse(name)))
+        store = Store()
+        try:
+            data = models.info(store.get(Name.parse(name)))
+        except ModelNotFound:
+            raise models.not_found(Name.parse(name), [m.name.display() for m in store.models()]) from None
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -114,8 +118,10 @@ def rm_command(names: list[str] = typer.Argument(..., help="Model names.")) -> N
     client = running_client()
     if client is not None:  # through the server, which also unloads them
         with client:
-            for n in parsed:
-                client.show(n.display())  # ModelNotFound before anything is removed
+            stored = [m.name for m in client.tags()]
+            for n in parsed:  # ModelNotFound before anything is removed
+                if n.display() not in stored:
+                    raise models.not_found(n, stored, pull=False)
             results = [client.delete(n.display()) for n in parsed]
         deleted = [d for r in results for d in r.deleted]
         blobs, freed = sum(r.blobs for r in results), sum(r.bytes for r in results)

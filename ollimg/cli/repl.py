@@ -5,7 +5,7 @@ caused are printed and the loop goes on; a lost server ends it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import typer
@@ -28,13 +28,17 @@ class Settings:
     n: int
     format: str
     teacache: float | None = None
+    verbose: bool = False
 
 
 REPL_HELP = """Type a prompt to draw it. Commands:
   /set size WxH | width N | height N | steps N | seed N | seed random
   /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
+  /set parameter NAME VALUE   the same, in ollama's form (/set parameter seed 42)
+  /set verbose | quiet        show timings after each image, or not
   /set teacache X | teacache off   step caching (the model must be calibrated: ollimg calibrate)
   /show        the settings in use
+  /clear       back to the settings `run` started with
   /bye         exit (or Ctrl-D); Ctrl-C stops a generation"""
 
 
@@ -44,6 +48,7 @@ class Repl:
     def __init__(self, settings: Settings, generate: Callable[[str], None], parse_format: Callable[[str], str],
                  console: Console):
         self.settings, self.generate, self.parse_format, self.console = settings, generate, parse_format, console
+        self.initial = replace(settings)
 
     def loop(self) -> None:
         try:
@@ -83,6 +88,18 @@ class Repl:
         elif words[0] == "/show":
             shown = {**vars(self.settings), "seed": "random" if self.settings.seed is None else self.settings.seed}
             typer.echo("\n".join(f"  {k:<9}{'(model default)' if v is None else v}" for k, v in shown.items()))
+        elif words[0] == "/clear":
+            for key, value in vars(self.initial).items():
+                setattr(self.settings, key, value)
+            typer.echo("Cleared: the settings are back to the start.")
+        elif words[0] == "/set" and len(words) >= 2 and words[1].lower() in ("verbose", "quiet") and len(words) == 2:
+            self.settings.verbose = words[1].lower() == "verbose"
+            typer.echo(f"Set '{words[1].lower()}' mode.")
+        elif words[0] == "/set" and len(words) >= 2 and words[1].lower() == "parameter":
+            name, _, value = (words[2] if len(words) > 2 else "").partition(" ")
+            if not name:
+                raise InvalidInput("usage: /set parameter NAME VALUE (such as /set parameter seed 42)")
+            self.set(name.lower(), value.strip())
         elif words[0] == "/set" and len(words) >= 2:
             self.set(words[1].lower(), words[2].strip() if len(words) > 2 else "")
         else:
@@ -116,7 +133,7 @@ class Repl:
                 s.format = self.parse_format(value)
             elif key == "teacache":
                 threshold = None if value.lower() in ("off", "") else float(value)
-                if threshold is not None and not 0 <= threshold <= 100:
+                if threshold is not None and not 0 <= threshold <= 100:  # checked first: a bad line changes nothing
                     raise InvalidInput("teacache is a threshold from 0 to 100, or off")
                 s.teacache = threshold
             else:

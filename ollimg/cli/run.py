@@ -50,14 +50,18 @@ def run_command(
     negative: str = typer.Option(None, "--negative", help="Negative prompt."),
     n: int = typer.Option(1, "-n", min=1, max=10, help="Number of images."),
     output: Path = typer.Option(None, "-o", "--output", help="Output file (default: <prompt>-<time>.<ext> here)."),
-    fmt: str = typer.Option(None, "--format", help="png, jpeg or webp (default: from -o, else png)."),
-    keep_alive: str = typer.Option(None, "--keep-alive", help="How long the model stays loaded, e.g. 10m."),
+    fmt: str = typer.Option(None, "--format", help="png, jpeg or webp (default: from -o, else png); json as in "
+                                                   "ollama: the same as --json."),
+    keep_alive: str = typer.Option(None, "--keep-alive", "--keepalive", help="How long the model stays loaded, e.g. 10m."),
     teacache: float = typer.Option(None, "--teacache", min=0, max=100,
                                    help="TeaCache threshold: reuse the transformer's work on steps that change "
                                         "little (default: off; run ollimg calibrate MODEL first)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show timings after each generation (on stderr)."),
 ) -> None:
     """Generate images from a prompt, or from prompts typed one per line."""
+    if fmt is not None and fmt.lower() == "json":  # ollama's --format json asks for JSON output
+        fmt, as_json = None, True
     interactive = prompt is None and sys.stdin.isatty()
     if prompt is None and not interactive:
         prompt = sys.stdin.read()
@@ -66,7 +70,7 @@ def run_command(
     if interactive and output is not None:
         raise InvalidInput("-o needs a prompt; typed prompts are saved as <prompt>-<time>.<ext> here")
     width, height = api.parse_size(size)
-    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), teacache)
+    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), teacache, verbose)
     console = Console(stderr=True)
     client = ensure_server(lambda text: console.print(text, style="dim", highlight=False, soft_wrap=True))
     with client:
@@ -87,6 +91,8 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
             format=settings.format, keep_alive=keep_alive, teacache=settings.teacache,
         )
     paths = _write(result, prompt, output, settings.format)
+    if settings.verbose:
+        console.print(timings_text(result), highlight=False)
     if as_json:
         typer.echo(json.dumps({
             "model": result.model, "images": [{"path": str(p), "seed": s} for p, s in zip(paths, result.seeds)],
@@ -100,20 +106,34 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
         typer.echo(f"{path}  seed {image_seed}")
 
 
+def timings_text(result: api.GenerateResponse) -> str:
+    """What --verbose prints, as ollama's: durations first, then each stage the runtime timed."""
+    rows = [("total duration", result.total_duration / 1e9), ("load duration", result.load_duration / 1e9)]
+    rows += [(f"{stage} duration", seconds) for stage, seconds in result.timings.items() if stage != "total"]
+    rows.append(("size", f"{result.width}x{result.height}, {result.steps} steps, guidance {result.guidance}"))
+    return "\n".join(f"{name + ':':<20}{_seconds(value) if isinstance(value, float) else value}" for name, value in rows)
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.3f}s"
+
+
 def _load(client, model: str, keep_alive: str | None, console: Console) -> None:
     """Loads the model; one the store lacks is pulled from its registry first, as `ollama run` does."""
     try:
         with _spinner(console, f"loading {model}"):
             client.load(model, keep_alive=keep_alive)
         return
-    except ModelNotFound:
-        pass
+    except ModelNotFound as e:
+        missing = e
     try:
         with TransferDisplay("pulling") as display:
             client.pull(model, on_progress=display)
     except (ModelNotFound, Cancelled):
         raise
     except OllimgError as e:
+        if "did you mean" in missing.message:  # a typo of a stored name: say that, not the pull's failure
+            raise missing from None
         raise ModelNotFound(f'model "{model}" not found in the store, and pulling it failed: {e}') from None
     with _spinner(console, f"loading {model}"):
         client.load(model, keep_alive=keep_alive)

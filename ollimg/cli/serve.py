@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sys
 
 import typer
 
 from ollimg import config
+from ollimg.errors import OllimgError
 
 
 def settings_help() -> str:
@@ -32,9 +35,26 @@ def serve_command() -> None:
     config.max_pixels(), config.max_images(), config.max_steps(), config.max_body(), config.max_generation_time()
     if not config.debug():
         logging.getLogger("ollimg").setLevel(logging.INFO)  # loads, unloads, cancels and crashes go to the log
+    sock = _bind(host, port)  # before saying "listening": a busy port is one error line
     sys.stderr.write(f"ollimg serve: listening on http://{host}:{port} (store: {config.models_dir()})\n")
     sys.stderr.flush()
-    uvicorn.run(
-        create_app(), host=host, port=port, log_level="debug" if config.debug() else "warning",
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(), log_level="debug" if config.debug() else "warning",
         timeout_graceful_shutdown=5, access_log=config.debug(),
-    )
+    ))
+    server.run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        reason = "the port is in use (is another ollimg serve running?)" if e.errno == errno.EADDRINUSE else e.strerror
+        raise OllimgError(f"cannot listen on {host}:{port}: {reason}; set OLLIMG_HOST to another address") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -122,15 +122,17 @@ class TransferDisplay:
 
 def transfer(verb: str, name: str, insecure: bool, concurrency: int | None, json_output: bool) -> None:
     """`pull` or `push` NAME: through a running server (its store), else on the local store."""
-    from ollimg import registry
+    from ollimg import builtin, registry
     from ollimg.cli.connect import running_client
-    from ollimg.manifest import Store
+    from ollimg.manifest import Name, Store
 
     client = running_client()
     with TransferDisplay(f"{verb}ing", json_output) as display:
         if client is not None:  # the server transfers with its own store and concurrency setting
             with client:
                 getattr(client, verb)(name, insecure=insecure or None, on_progress=display)
+        elif verb == "pull" and builtin.source(Name.parse(name)) is not None:
+            builtin.pull(Store(), Name.parse(name), on_progress=display)
         else:
             getattr(registry, verb)(Store(), name, insecure=insecure or None, concurrency=concurrency,
                                     on_progress=display)

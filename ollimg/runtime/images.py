@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from dataclasses import dataclass
 
 from PIL import Image
@@ -58,13 +59,20 @@ class Parameters:
             fields["TeaCache steps"] = f"{self.steps - self.steps_reused} run, {self.steps_reused} reused"
         if self.model_digest:
             fields["Model hash"] = self.model_digest.split(":")[-1][:10]
-        fields["Model"] = self.model
+        fields["Model"] = _model_field(self.model)
         fields["Version"] = f"ollimg {VERSION}"
         line = ", ".join(f"{k}: {_quote(str(v))}" for k, v in fields.items())
         lines = [self.prompt]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
         return "\n".join(lines + [line])
+
+
+def _model_field(name: str) -> str:
+    """The name as A1111 writes a checkpoint name: no `:` (infotext readers split `key: value` on it,
+    even quoted), so `shapes:latest` is `shapes` and `model:tag` is `model-tag`."""
+    name = name.removesuffix(":latest")
+    return name.replace(":", "-")
 
 
 def _quote(value: str) -> str:
@@ -93,12 +101,19 @@ def encode(image: Image.Image, params: Parameters | None, format: str = "png", c
         level = 6 if compression is None else round(compression * 9 / 100)
         image.save(out, "PNG", pnginfo=info, compress_level=level)
     else:
-        exif = Image.Exif()
-        if params is not None:
-            exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + params.text().encode("utf-16-be")
+        exif = _exif(b"UNICODE\0" + params.text().encode("utf-16-be")) if params is not None else b""
         quality = 90 if compression is None else max(1, 100 - compression)
-        image.save(out, format.upper(), quality=quality, exif=exif.tobytes(), xmp=xmp().encode())
+        image.save(out, format.upper(), quality=quality, exif=exif, xmp=xmp().encode())
     return out.getvalue()
+
+
+def _exif(user_comment: bytes) -> bytes:
+    """An EXIF block holding one UserComment typed UNDEFINED (7), as the EXIF standard and A1111
+    (piexif) write it; Pillow would type raw bytes BYTE (1), which readers such as sd-prompt-reader skip.
+    Little-endian TIFF: IFD0 at 8 with the Exif IFD pointer, the Exif IFD at 26, the comment at 44."""
+    ifd0 = struct.pack("<2sHI", b"II", 42, 8) + struct.pack("<HHHII", 1, EXIF_IFD, 4, 1, 26) + struct.pack("<I", 0)
+    exif_ifd = struct.pack("<HHHII", 1, USER_COMMENT, 7, len(user_comment), 44) + struct.pack("<I", 0)
+    return b"Exif\0\0" + ifd0 + exif_ifd + user_comment
 
 
 def read_parameters(data: bytes) -> str | None:

@@ -57,12 +57,14 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        if getattr(app.state, "scheduler", None) is None:
+        owned = getattr(app.state, "scheduler", None) is None  # a scheduler passed in is its caller's to close
+        if owned:
             app.state.scheduler = Scheduler(process_factory(store))
         try:
             yield
         finally:
-            await app.state.scheduler.close()
+            if owned:
+                await app.state.scheduler.close()
 
     app = FastAPI(
         title="ollimg",
@@ -95,6 +97,7 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
 
     app.add_middleware(BodyLimit, error_response=error_response)
     app.add_middleware(ApiKey, error_response=error_response)
+    app.add_middleware(_JsonBody)
     app.add_middleware(
         _Cors,
         allow_origin_regex=_origin_regex(LOCAL_ORIGINS + config.origins()),
@@ -148,9 +151,19 @@ async def _validation_error(request: Request, e: Exception) -> JSONResponse:
     return error_response(request.url.path, InvalidInput(f"invalid request: {message}"), param=field or None)
 
 
+NOT_IMAGES = ("/api/chat", "/api/embed", "/api/embeddings", "/v1/chat/completions", "/v1/completions",
+              "/v1/embeddings", "/v1/responses")
+
+
 async def _http_error(request: Request, e: Exception) -> JSONResponse:
     assert isinstance(e, HTTPException)
-    err = OllimgError(str(e.detail), code="not_found" if e.status_code == 404 else "http_error")
+    message = str(e.detail)
+    if e.status_code == 404 and message == "Not Found":  # no such route: say what there is
+        path = request.url.path.rstrip("/")
+        message = (f"{path}: ollimg makes images and has no chat or embeddings; use /api/generate or "
+                   "/v1/images/generations" if path in NOT_IMAGES else
+                   f"no endpoint {request.method} {path}; the API is listed at /docs")
+    err = OllimgError(message, code="not_found" if e.status_code == 404 else "http_error")
     err.http_status = e.status_code
     response = error_response(request.url.path, err)
     response.headers.update(e.headers or {})
@@ -203,6 +216,22 @@ class _HostAllowlist:
         except ValueError:
             return False
         return ip.is_loopback or ip.is_private or ip.is_unspecified or ip.is_link_local
+
+
+class _JsonBody:
+    """Bodies sent to /api and /sdapi without a JSON Content-Type are read as JSON, as ollama does:
+    its documented `curl .../api/generate -d '{...}'` sends application/x-www-form-urlencoded."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(("/api/", "/sdapi/")):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            given = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+            if given in (b"", b"application/x-www-form-urlencoded", b"text/plain"):
+                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 def _origin_regex(patterns: list[str]) -> str:

@@ -83,6 +83,39 @@ def test_repl_set_and_errors(capsys):
     assert settings == Settings(768, 512, 4, None, 1.5, None, 2, "jpeg") and drawn == []  # bad lines changed nothing
 
 
+def test_repl_speaks_ollamas_commands():
+    """`/set parameter seed 42`, `/set verbose` and `/clear` as in `ollama run`."""
+    from rich.console import Console
+
+    from ollimg.cli.repl import Repl, Settings
+    from ollimg.cli.run import _format
+
+    settings = Settings(None, None, 8, None, None, None, 1, "png")
+    repl = Repl(settings, lambda line: None, lambda v: _format(v, None), Console(stderr=True))
+    repl.command("/set parameter seed 42")
+    repl.command("/set parameter steps 4")
+    repl.command("/set verbose")
+    assert (settings.seed, settings.steps, settings.verbose) == (42, 4, True)
+    repl.command("/set quiet")
+    assert settings.verbose is False
+    with pytest.raises(InvalidInput, match="usage: /set parameter NAME VALUE"):
+        repl.command("/set parameter")
+    repl.command("/clear")
+    assert settings == Settings(None, None, 8, None, None, None, 1, "png")
+
+
+def test_verbose_timings_text():
+    from ollimg import api
+    from ollimg.cli.run import timings_text
+
+    result = api.GenerateResponse(model="m", created_at="", width=128, height=96, steps=8, guidance=0.0,
+                                  timings={"text_encode": 0.05, "denoise": 1.5, "total": 1.6},
+                                  load_duration=2_000_000_000, total_duration=3_600_000_000)
+    assert timings_text(result).splitlines() == [
+        "total duration:     3.600s", "load duration:      2.000s", "text_encode duration:50.0ms",
+        "denoise duration:   1.500s", "size:               128x96, 8 steps, guidance 0.0"]
+
+
 def test_repl_set_teacache():
     from rich.console import Console
 
@@ -100,3 +133,4 @@ def test_repl_set_teacache():
     assert settings.teacache == 0.3
     repl.command("/set teacache off")
     assert settings.teacache is None
+

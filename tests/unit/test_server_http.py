@@ -34,7 +34,7 @@ def test_images_generations_stream(tmp_path):
     async def fn(c, _):
         r = await c.post("/v1/images/generations", json={
             "model": "tiny", "prompt": "a cat", "n": 2, "stream": True, "partial_images": 1, "steps": 4,
-            "output_format": "webp",
+            "output_format": "webp", "progress": True,
         })
         return r.status_code, r.headers["content-type"], r.text
 
@@ -49,10 +49,77 @@ def test_images_generations_stream(tmp_path):
     assert [d["image_index"] for d in done] == [0, 1] and done[0]["output_format"] == "webp"
 
 
+def test_images_stream_has_no_progress_events_unless_asked(tmp_path):
+    """The openai SDK reads every event as an image event: step events would be empty partial images."""
+    async def fn(c, _):
+        r = await c.post("/v1/images/generations", json={"model": "tiny", "prompt": "a cat", "stream": True, "steps": 4})
+        return r.text
+
+    assert [e for e, _ in sse_events(call(tmp_path, fn))] == ["image_generation.completed"]
+
+
+def test_images_openai_model_names_and_free_sizes(tmp_path):
+    """Open WebUI's OpenAI engine offers only dall-e/gpt-image names and lets users type any size."""
+    async def fn(c, _):
+        return [await c.post("/v1/images/generations", json={"prompt": "x", **extra}) for extra in (
+            {"model": "dall-e-2", "size": "100x100"}, {"model": "gpt-image-1", "size": "1000x1000"}, {})]
+
+    dalle, gpt, unnamed = call(tmp_path, fn, models=("tiny",))
+    assert dalle.status_code == 200 and dalle.json()["size"] == "96x96"
+    assert gpt.status_code == 200 and gpt.json()["size"] == "1008x1008"
+    assert unnamed.status_code == 200
+
+
+def test_v1_model_retrieve(tmp_path):
+    async def fn(c, _):
+        return await c.get("/v1/models/tiny"), await c.get("/v1/models/nope")
+
+    found, missing = call(tmp_path, fn)
+    assert found.status_code == 200 and found.json()["id"] == "tiny:latest" and found.json()["object"] == "model"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_routes_ollimg_lacks_say_so(tmp_path):
+    async def fn(c, _):
+        return [await c.post(p, json={"model": "tiny"}) for p in ("/api/chat", "/api/embed", "/api/nothing")]
+
+    chat, embed, other = call(tmp_path, fn)
+    assert chat.status_code == 404 and "no chat" in chat.json()["error"] and "/api/generate" in chat.json()["error"]
+    assert embed.status_code == 404 and "no chat or embeddings" in embed.json()["error"]
+    assert other.status_code == 404 and other.json()["error"] == "no endpoint POST /api/nothing; the API is listed at /docs"
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded"])
+def test_json_without_a_json_content_type(tmp_path, content_type):
+    """ollama's documented `curl http://localhost:11434/api/generate -d '{...}'` form."""
+    headers = {"Content-Type": content_type} if content_type else {}
+
+    async def fn(c, _):
+        native = await c.post("/api/generate", content=b'{"model": "tiny", "prompt": "x", "stream": false}',
+                              headers=headers)
+        return native, await c.post("/sdapi/v1/txt2img", content=b'{"prompt": "x"}', headers=headers)
+
+    native, sdapi = call(tmp_path, fn)
+    assert native.status_code == 200 and native.json()["images"], native.text
+    assert sdapi.status_code == 200 and sdapi.json()["images"], sdapi.text
+
+
+def test_native_generate_speaks_ollamas_fields(tmp_path):
+    """The ollama client reads `image` and progress `completed`/`total`, and sends the seed as options.seed."""
+    async def fn(c, _):
+        whole = await c.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False, "options": {"seed": 42}})
+        streamed = await c.post("/api/generate", json={"model": "tiny", "prompt": "x", "steps": 3, "format": ""})
+        return whole.json(), [json.loads(line) for line in streamed.text.splitlines()]
+
+    whole, lines = call(tmp_path, fn)
+    assert whole["seed"] == 42 and whole["image"] == whole["images"][0]
+    assert [(x["completed"], x["total"]) for x in lines[:-1]] == [(1, 3), (2, 3), (3, 3)]
+    assert lines[-1]["done"] and lines[-1]["image"]
+
+
 @pytest.mark.parametrize(
     "body, status, param",
     [
-        ({"model": "tiny", "prompt": "x", "size": "1000x1000"}, 400, "size"),
         ({"model": "tiny", "prompt": "x", "size": "big"}, 400, "size"),
         ({"model": "tiny", "prompt": "x", "size": "8192x16"}, 400, "size"),
         ({"model": "tiny", "prompt": "x", "n": 0}, 400, "n"),

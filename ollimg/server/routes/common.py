@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import Request
 
 import ollimg
-from ollimg import api, builtin, config
-from ollimg.errors import InvalidInput, OllimgError
+from ollimg import api, builtin, config, models
+from ollimg.errors import InvalidInput, ModelNotFound, OllimgError
 from ollimg.manifest import Model, Name, Store
 from ollimg.server.scheduler import Scheduler
 
@@ -30,9 +30,16 @@ def scheduler(request: Request) -> Scheduler:
 def get_model(request: Request, text: str) -> Model:
     """The stored model a request names (InvalidName 400, ModelNotFound 404).
 
-    A built-in model (`shapes`) that is not in the store yet is imported on first use.
+    A built-in model (`shapes`) that is not in the store yet is imported on first use. A typo gets
+    the close name in the message.
     """
-    return builtin.get_or_import(store(request), Name.parse(text))
+    name = Name.parse(text)
+    try:
+        return builtin.get_or_import(store(request), name)
+    except ModelNotFound:
+        known = [m.name.display() for m in store(request).models()]
+        known += [Name.parse(b).display() for b in builtin.builtin_models()]
+        raise models.not_found(name, known) from None
 
 
 def line(obj: Any) -> bytes:

@@ -16,6 +16,7 @@ from ollimg.calibrate import check_teacache
 from ollimg.errors import OllimgError
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
+from ollimg.server import defaults
 from ollimg.server.jobs import Job
 from ollimg.server.routes import gallery
 from ollimg.server.routes.common import NDJSON, error_line, get_model, line, now, scheduler
@@ -49,9 +50,10 @@ async def generate(body: api.GenerateRequest, request: Request):
         seconds = await sched.load(model, keep_alive=keep_alive)
         return api.GenerateResponse(model=name, created_at=now(), done_reason="load", load_duration=int(seconds * 1e9))
 
+    asked = defaults.without_stock(model, defaults.Settings(body.steps, body.guidance, body.width, body.height))
     req = GenerateRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
-        steps=body.steps, guidance=body.guidance, seed=body.seed, n=body.n, format=body.format,
+        prompt=body.prompt, negative_prompt=body.negative_prompt, width=asked.width, height=asked.height,
+        steps=asked.steps, guidance=asked.guidance, seed=body.seed, n=body.n, format=body.format,
         compression=body.compression, previews=body.previews if body.stream else 0, model_name=name,
         teacache=check_teacache(model, body.teacache),
     )
@@ -76,7 +78,8 @@ async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: f
         async for kind, value in job.events():
             if kind == "step":
                 assert isinstance(value, Step)
-                yield line(api.GenerateStep(model=name, step=value.step, total=value.total, elapsed=value.elapsed))
+                yield line(api.GenerateStep(model=name, created_at=now(), step=value.step, completed=value.step,
+                                            total=value.total, elapsed=value.elapsed))
             elif kind == "preview":
                 index, png = value
                 yield line(api.GeneratePreview(model=name, preview=base64.b64encode(png).decode(), index=index))
@@ -92,8 +95,9 @@ async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: f
 def _final(name: str, fmt: str, done: tuple[GenerateResult, list[str]], load_seconds: float,
            started: float) -> api.GenerateResponse:
     result, gallery_ids = done
+    images = [base64.b64encode(b).decode() for b in result.images]
     return api.GenerateResponse(
-        model=name, created_at=now(), images=[base64.b64encode(b).decode() for b in result.images], format=fmt,
+        model=name, created_at=now(), images=images, image=images[0] if images else None, format=fmt,
         seed=result.seeds[0] if result.seeds else None, seeds=list(result.seeds), width=result.width,
         height=result.height, steps=result.steps, guidance=result.guidance, timings=dict(result.timings),
         load_duration=int(load_seconds * 1e9), total_duration=int((time.monotonic() - started) * 1e9),

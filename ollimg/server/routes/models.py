@@ -15,6 +15,7 @@ from ollimg.create import create as create_model
 from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Name
 from ollimg.progress import Progress
+from ollimg.server import defaults
 from ollimg.server.jobs import Job
 from ollimg.server.routes.common import NDJSON, details, error_line, get_model, iso, line, scheduler, store, without_paths
 from ollimg.server.scheduler import key
@@ -37,7 +38,7 @@ def tags(request: Request) -> api.TagsResponse:
             name=m.name.display(), model=m.name.display(), modified_at=iso(m.modified), size=m.size,
             digest=m.digest, details=details(m),
         )
-        for m in store(request).models()
+        for m in defaults.listed_models(store(request))
     ])
 
 
@@ -74,7 +75,7 @@ def show(body: api.ShowRequest, request: Request) -> api.ShowResponse:
     return api.ShowResponse(
         name=model.name.display(), digest=model.digest, size=model.size, modified_at=iso(model.modified),
         details=details(model), capabilities=list(cfg.get("capabilities") or ["image"]),
-        parameters=dict(cfg.get("defaults") or {}), license=str(cfg.get("license") or ""),
+        parameters=_parameters_text(cfg.get("defaults") or {}), license=str(cfg.get("license") or ""),
         description=str(cfg.get("description") or ""), model_info=without_paths(cfg) if body.verbose else {},
         tensors=len(model.manifest.tensor_layers()), files=sorted(model.files()), info=without_paths(models.info(model)),
     )
@@ -105,13 +106,18 @@ async def create(body: api.CreateRequest, request: Request):
 
 @router.post("/api/pull", response_model=api.ProgressResponse, responses=PROGRESS)
 async def pull(body: api.PullRequest, request: Request):
-    call = functools.partial(registry.pull, store(request), Name.parse(_required(body)), insecure=body.insecure)
+    name = Name.parse(_required(body))
+    if builtin.source(name) is not None:
+        return await _progress(request, functools.partial(builtin.pull, store(request), name), body.stream)
+    # `insecure: false` (the ollama client always sends it) means automatic, as for ollama: plain HTTP
+    # for loopback registries only
+    call = functools.partial(registry.pull, store(request), name, insecure=body.insecure or None)
     return await _progress(request, call, body.stream)
 
 
 @router.post("/api/push", response_model=api.ProgressResponse, responses=PROGRESS)
 async def push(body: api.PushRequest, request: Request):
-    call = functools.partial(registry.push, store(request), Name.parse(_required(body)), insecure=body.insecure)
+    call = functools.partial(registry.push, store(request), Name.parse(_required(body)), insecure=body.insecure or None)
     return await _progress(request, call, body.stream)
 
 
@@ -158,6 +164,11 @@ def _success(result: Any) -> api.ProgressResponse:
         status="success", digest=getattr(result, "digest", None),
         new_bytes=getattr(result, "new_bytes", None), deduplicated_bytes=getattr(result, "deduplicated_bytes", None),
     )
+
+
+def _parameters_text(defaults: dict) -> str:
+    """ollama's `parameters` form: one `name value` per line (`steps 8\nguidance 0`)."""
+    return "\n".join(f"{k} {v}" for k, v in defaults.items())
 
 
 def _required(body: api.ModelRequest) -> str:

@@ -1,8 +1,11 @@
-"""OpenAI-compatible routes: `GET /v1/models` and `POST /v1/images/generations` (JSON or SSE).
+"""OpenAI-compatible routes: `GET /v1/models[/{id}]` and `POST /v1/images/generations` (JSON or SSE).
 
-Streaming sends `event: progress` per step (`{"type": "progress", "step", "total"}`),
-`image_generation.partial_image` when `partial_images` > 0, and one `image_generation.completed`
-per image. `response_format: url` is refused (400): images are returned inline only.
+Streaming sends `image_generation.partial_image` when `partial_images` > 0 and one
+`image_generation.completed` per image; `event: progress` per step (`{"type": "progress", "step",
+"total"}`) only when the request asks with the extra `"progress": true` (the openai SDK would
+read them as empty partial images). `response_format: url` is refused (400): images are returned
+inline only. No model, or one of OpenAI's names (dall-e-*, gpt-image-*), means the default model;
+sizes are rounded to multiples of 16 as /sdapi does (the answer's `size` says what was made).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Model
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
+from ollimg.server import defaults
 from ollimg.server.jobs import Job
 from ollimg.server.routes.common import get_model, openai_error, scheduler, store
 
@@ -35,9 +39,16 @@ USAGE = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
 
 @router.get("/v1/models", response_model=api.OpenAIModelList, responses=ERRORS)
 def models(request: Request) -> api.OpenAIModelList:
-    return api.OpenAIModelList(data=[
-        api.OpenAIModel(id=m.name.display(), created=int(m.modified.timestamp())) for m in store(request).models()
-    ])
+    return api.OpenAIModelList(data=[_model_object(m) for m in defaults.listed_models(store(request))])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=api.OpenAIModel, responses=ERRORS)
+def model(model_id: str, request: Request) -> api.OpenAIModel:
+    return _model_object(_model(request, model_id))
+
+
+def _model_object(m: Model) -> api.OpenAIModel:
+    return api.OpenAIModel(id=m.name.display(), created=int(m.modified.timestamp()))
 
 
 @router.post(
@@ -46,13 +57,13 @@ def models(request: Request) -> api.OpenAIModelList:
     responses={
         200: {"description": "With stream: server-sent events (progress, image_generation.partial_image, "
                              "image_generation.completed).",
-              "content": {SSE: {"schema": {"type": "string"}}}},
+              "content": {SSE: {"schema": {"type": "object", "description": "one event's data: {type, ...}"}}}},
         **ERRORS,
     },
 )
 async def generations(body: api.ImageGenerationRequest, request: Request):
     model = _model(request, body.model)
-    width, height = api.parse_size(body.size)
+    width, height = api.parse_size(body.size, round16=True)
     if body.response_format == "url":
         raise _invalid("response_format 'url' is not supported: ollimg returns images inline; use b64_json", "response_format")
     if body.background == "transparent":
@@ -61,9 +72,10 @@ async def generations(body: api.ImageGenerationRequest, request: Request):
     keep_alive = sched.keep_alive(body.keep_alive)
     fmt = body.output_format or "png"
     stream = bool(body.stream)
+    asked = defaults.without_stock(model, defaults.Settings(body.steps, body.guidance_scale, width, height))
     req = GenerateRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, width=width, height=height, steps=body.steps,
-        guidance=body.guidance_scale, seed=body.seed, n=body.n or 1, format=fmt, compression=body.output_compression,
+        prompt=body.prompt, negative_prompt=body.negative_prompt, width=asked.width, height=asked.height,
+        steps=asked.steps, guidance=asked.guidance, seed=body.seed, n=body.n or 1, format=fmt, compression=body.output_compression,
         previews=(body.partial_images or 0) if stream else 0, model_name=model.name.display(),
         teacache=check_teacache(model, body.teacache),
     )
@@ -78,20 +90,17 @@ async def generations(body: api.ImageGenerationRequest, request: Request):
     _, result = await job.begin("load", stream)
     if not stream:
         return JSONResponse(_response(result, fmt, body.quality).model_dump(exclude_none=True))
-    return StreamingResponse(_events(job, fmt, body.quality), media_type=SSE, headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(_events(job, fmt, body.quality, bool(body.progress)), media_type=SSE, headers={"Cache-Control": "no-cache"})
 
 
 def _model(request: Request, name: str | None) -> Model:
-    if name:
-        try:
-            return get_model(request, name)
-        except OllimgError as e:
-            e.param = "model"
-            raise
-    stored = store(request).models()
-    if len(stored) == 1:
-        return stored[0]
-    raise _invalid("model is required: this server has " + ("no models" if not stored else "several models"), "model")
+    if not name or defaults.is_openai_name(name):
+        return defaults.default_model(store(request))
+    try:
+        return get_model(request, name)
+    except OllimgError as e:
+        e.param = "model"
+        raise
 
 
 def _invalid(message: str, param: str) -> InvalidInput:
@@ -112,13 +121,13 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _events(job: Job, fmt: str, quality: str | None) -> AsyncIterator[bytes]:
+async def _events(job: Job, fmt: str, quality: str | None, progress: bool) -> AsyncIterator[bytes]:
     common = {"quality": quality or "auto", "background": "opaque"}
     try:
         async for kind, value in job.events(keepalive=KEEPALIVE_SECONDS):
             if kind == "keepalive":
                 yield b": keepalive\n\n"
-            elif kind == "step":
+            elif kind == "step" and progress:
                 assert isinstance(value, Step)
                 yield _sse("progress", {"type": "progress", "step": value.step, "total": value.total})
             elif kind == "preview":

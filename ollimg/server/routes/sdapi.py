@@ -3,8 +3,10 @@
 `txt2img` maps prompt, negative_prompt, seed (-1 = random), steps, cfg_scale (guidance),
 width/height (rounded to multiples of 16), batch_size x n_iter (at most 10 images) and
 override_settings.sd_model_checkpoint; samplers, hires fix and scripts are ignored. Absent
-steps/cfg_scale/size take the model's defaults (not A1111's 50 steps, CFG 7, 512x512).
-`options` holds the default model; `progress` and `interrupt` see the txt2img requests in flight.
+steps/cfg_scale/size take the model's defaults (not A1111's 50 steps, CFG 7, 512x512), and so do
+those stock values on a distilled model (server/defaults.py). `options` holds the default model
+(kept across restarts); `progress` sees the txt2img requests in flight; `interrupt` stops them,
+and each answers normally with what it has (no images), as A1111 clients expect.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ollimg import api
 from ollimg.calibrate import check_teacache
-from ollimg.errors import InvalidInput
+from ollimg.errors import Cancelled, InvalidInput
 from ollimg.manifest import Model
+from ollimg.runtime.images import Parameters
 from ollimg.runtime.request import GenerateRequest
+from ollimg.server import defaults
 from ollimg.server.jobs import Job
 from ollimg.server.routes.common import get_model, scheduler, store
 
@@ -71,10 +75,10 @@ class Named(BaseModel):
 
 @dataclass
 class _State:
-    """What the A1111 endpoints remember: the default model and the txt2img jobs in flight."""
+    """The txt2img jobs in flight, for progress and interrupt (the default model: server/defaults.py)."""
 
-    checkpoint: str | None = None
     jobs: list[Job] = field(default_factory=list)
+    interrupted: set[Job] = field(default_factory=set)  # the jobs /interrupt stopped
     step: int = 0
     steps: int = 0
     started: float = 0.0
@@ -89,16 +93,18 @@ def _state(request: Request) -> _State:
 @router.post("/txt2img", response_model=Txt2ImgResponse, responses=ERRORS)
 async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
     state = _state(request)
-    model = _model(request, body.override_settings.get("sd_model_checkpoint") or state.checkpoint)
+    model = _model(request, body.override_settings.get("sd_model_checkpoint"))
     n = body.batch_size * body.n_iter
     if n > 10:
         raise InvalidInput(f"batch_size x n_iter is {n}; at most 10 images per request")
     if not body.prompt:
         raise InvalidInput("prompt is empty")
     sched = scheduler(request)
+    asked = defaults.without_stock(model, defaults.Settings(body.steps, body.cfg_scale, _round16(body.width),
+                                                            _round16(body.height)))
     req = GenerateRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt or None, width=_round16(body.width),
-        height=_round16(body.height), steps=body.steps, guidance=body.cfg_scale,
+        prompt=body.prompt, negative_prompt=body.negative_prompt or None, width=asked.width,
+        height=asked.height, steps=asked.steps, guidance=asked.guidance,
         seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(),
         teacache=check_teacache(model, body.override_settings.get("teacache")),
     )
@@ -114,16 +120,22 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
     state.jobs.append(job)
     try:
         _, result = await job.until("done")
+    except Cancelled:
+        if job not in state.interrupted:
+            raise
+        return _interrupted(body, model)
     finally:
         job.close()
         state.jobs.remove(job)
+        state.interrupted.discard(job)
     name = model.name.display()
     info = {
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": result.seeds[0],
         "all_seeds": result.seeds, "width": result.width, "height": result.height, "steps": result.steps,
         "cfg_scale": result.guidance, "sd_model_name": name, "sd_model_hash": model.digest.split(":")[-1][:10],
         "batch_size": body.batch_size, "n_iter": body.n_iter,
-        "infotexts": [_infotext(body, result, seed, name) for seed in result.seeds],
+        "infotexts": [Parameters(body.prompt, body.negative_prompt or None, result.steps, result.guidance, seed,
+                                 result.width, result.height, name, model.digest).text() for seed in result.seeds],
     }
     return Txt2ImgResponse(
         images=[base64.b64encode(img).decode() for img in result.images],
@@ -133,17 +145,13 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
 
 @router.get("/options", response_model=Options, responses=ERRORS)
 def get_options(request: Request) -> Options:
-    checkpoint = _state(request).checkpoint
-    if checkpoint is None:
-        models = store(request).models()
-        checkpoint = models[0].name.display() if len(models) == 1 else None
-    return Options(sd_model_checkpoint=checkpoint)
+    return Options(sd_model_checkpoint=defaults.default_model(store(request)).name.display())
 
 
 @router.post("/options", responses=ERRORS)
 def set_options(body: Options, request: Request) -> dict:
     if body.sd_model_checkpoint:
-        _state(request).checkpoint = _model(request, body.sd_model_checkpoint).name.display()
+        defaults.save_checkpoint(_model(request, body.sd_model_checkpoint).name.display())
     return {}
 
 
@@ -153,7 +161,7 @@ def sd_models(request: Request) -> list[SdModel]:
         SdModel(title=m.name.display(), model_name=m.name.display(), hash=m.digest.split(":")[-1][:10],
                 sha256=m.digest.split(":")[-1],
                 filename=store(request).manifest_path(m.name).relative_to(store(request).root).as_posix())
-        for m in store(request).models()
+        for m in defaults.listed_models(store(request))
     ]
 
 
@@ -173,7 +181,9 @@ def progress(request: Request) -> dict:
 
 @router.post("/interrupt", responses=ERRORS)
 def interrupt(request: Request) -> dict:
-    for job in list(_state(request).jobs):
+    state = _state(request)
+    for job in list(state.jobs):
+        state.interrupted.add(job)
         job.close()
     return {}
 
@@ -193,21 +203,15 @@ router.get("/sd-vae", response_model=list[Named])(_names("Automatic"))
 
 
 def _model(request: Request, name: str | None) -> Model:
-    if name:
-        return get_model(request, name)
-    models = store(request).models()
-    if len(models) == 1:
-        return models[0]
-    raise InvalidInput("no model chosen: set sd_model_checkpoint in /sdapi/v1/options or override_settings")
+    return get_model(request, name) if name else defaults.default_model(store(request))
 
 
 def _round16(value: int | None) -> int | None:
-    return None if value is None else max(16, int(value / 16 + 0.5) * 16)  # half up, as people expect
+    return None if value is None else api.round16_half_up(value)
 
 
-def _infotext(body: Txt2ImgRequest, result, seed: int, name: str) -> str:
-    text = body.prompt
-    if body.negative_prompt:
-        text += f"\nNegative prompt: {body.negative_prompt}"
-    return text + (f"\nSteps: {result.steps}, Sampler: Euler, Schedule type: Simple, CFG scale: {result.guidance}, "
-                   f"Seed: {seed}, Size: {result.width}x{result.height}, Model: {name}, Version: ollimg")
+def _interrupted(body: Txt2ImgRequest, model: Model) -> Txt2ImgResponse:
+    """What an interrupted txt2img answers: no images, and an info that says so."""
+    info = {"prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "sd_model_name": model.name.display(),
+            "all_seeds": [], "infotexts": [], "interrupted": True}
+    return Txt2ImgResponse(images=[], parameters=body.model_dump(), info=json.dumps(info))
