@@ -35,3 +35,21 @@ def tiny_zimage_dir(tmp_path_factory) -> Path:
     from make_tiny_zimage import make_tiny_zimage
 
     return make_tiny_zimage(tmp_path_factory.mktemp("tiny-zimage") / "model", dtype="float32", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_klein_dir(tmp_path_factory) -> Path:
+    """A tiny random FLUX.2 klein model (distilled, fp32) in the diffusers layout, built once per session."""
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from make_tiny_klein import make_tiny_klein
+
+    return make_tiny_klein(tmp_path_factory.mktemp("tiny-klein") / "model", distilled=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_klein_base_dir(tmp_path_factory) -> Path:
+    """The undistilled ("base") variant of `tiny_klein_dir`: same weights, is_distilled false (CFG)."""
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    from make_tiny_klein import make_tiny_klein
+
+    return make_tiny_klein(tmp_path_factory.mktemp("tiny-klein-base") / "model", distilled=False, seed=0)

@@ -14,6 +14,7 @@ from ollimg.errors import InvalidModel
 
 FAMILIES = {
     "ZImagePipeline": "zimage",
+    "Flux2KleinPipeline": "flux2",
 }
 
 

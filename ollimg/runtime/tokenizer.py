@@ -43,15 +43,17 @@ class PromptTokenizer:
         pad = self.special["pad_token"]
         self.pad_id = self.tokenizer.token_to_id(pad) if pad else None
 
-    def render(self, prompt: str) -> str:
+    def render(self, prompt: str, enable_thinking: bool = True) -> str:
         return self.template.render(
-            messages=[{"role": "user", "content": prompt}], add_generation_prompt=True, enable_thinking=True,
-            **self.special,
+            messages=[{"role": "user", "content": prompt}], add_generation_prompt=True,
+            enable_thinking=enable_thinking, **self.special,
         )
 
-    def encode(self, prompts: list[str], max_length: int) -> list[np.ndarray]:
-        """Token ids (int64) of each templated prompt, truncated to `max_length`, unpadded."""
-        encodings = self.tokenizer.encode_batch([self.render(p) for p in prompts], add_special_tokens=True)
+    def encode(self, prompts: list[str], max_length: int, enable_thinking: bool = True) -> list[np.ndarray]:
+        """Token ids (int64) of each templated prompt, truncated to `max_length`, unpadded.
+        `enable_thinking` is the chat template's option; the family picks it."""
+        encodings = self.tokenizer.encode_batch([self.render(p, enable_thinking) for p in prompts],
+                                                add_special_tokens=True)
         return [np.asarray(e.ids[:max_length], dtype=np.int64) for e in encodings]
 
 

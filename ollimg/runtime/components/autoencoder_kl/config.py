@@ -1,6 +1,6 @@
 """`vae/config.json` of AutoencoderKL (and of its variants with the same decoder) as a frozen dataclass.
 
-Only what the decoder needs. Imports no torch or mlx.
+What the decoder needs, and the encoder (`in_channels`, `use_quant_conv`). Imports no torch or mlx.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ class AutoencoderKLConfig:
     mid_block_add_attention: bool = True
     use_post_quant_conv: bool = True
     decoder_block_out_channels: tuple[int, ...] | None = None
+    in_channels: int = 3
+    use_quant_conv: bool = True
     scaling_factor: float | None = None  # the family decides whether it needs them
     shift_factor: float | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any], where: str = "vae/config.json") -> "AutoencoderKLConfig":
         config = from_json(cls, raw, where, optional=("act_fn", "mid_block_add_attention", "use_post_quant_conv",
-                                                      "decoder_block_out_channels", "scaling_factor", "shift_factor"))
+                                                      "decoder_block_out_channels", "scaling_factor", "shift_factor",
+                                                      "in_channels", "use_quant_conv"))
         if config.act_fn != "silu":
             raise InvalidModel(f"{where}: act_fn {config.act_fn!r} is not supported")
         if any(c % config.norm_num_groups for c in config.decoder_channels):

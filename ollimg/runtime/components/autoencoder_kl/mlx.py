@@ -1,4 +1,5 @@
-"""The AutoencoderKL decoder (diffusers' AutoencoderKL.decode) on MLX. Same as torch.py.
+"""The AutoencoderKL decoder (diffusers' AutoencoderKL.decode) on MLX, and its encoder
+(channels-last pixels in, channels-first latents out). Same as torch.py.
 
 Parameter names are diffusers' `decoder.*` (and `post_quant_conv.*` when the config uses one), so
 the stored names load as they are; only conv kernels change layout (torch OIHW -> MLX OHWI, see
@@ -176,6 +177,70 @@ class VaeDecoder(nn.Module):
                 weight[ys, xs] += ramp
                 evaluate(out, weight)  # one tile at a time
         return out / weight
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv after padding one zero row and column at the bottom and right (diffusers' Downsample2D, padding 0)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def __call__(self, x: mx.array) -> mx.array:  # (B, H, W, C) -> (B, H/2, W/2, C)
+        return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
+
+
+class DownBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, downsample: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock(cin if j == 0 else cout, cout, groups) for j in range(layers)]
+        self.downsamplers = [Downsample(cout)] if downsample else []
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for resnet in self.resnets:
+            x = resnet(x)
+        for down in self.downsamplers:
+            x = down(x)
+        return x
+
+
+class Encoder(nn.Module):
+    """diffusers' vae.Encoder with double_z: pixels -> (mean, logvar) of the latent."""
+
+    def __init__(self, c: AutoencoderKLConfig):
+        super().__init__()
+        channels, g = list(c.block_out_channels), c.norm_num_groups
+        self.conv_in = nn.Conv2d(c.in_channels, channels[0], 3, padding=1)
+        self.down_blocks = [
+            DownBlock(channels[max(i - 1, 0)], cout, c.layers_per_block, g, downsample=i < len(channels) - 1)
+            for i, cout in enumerate(channels)
+        ]
+        self.mid_block = MidBlock(channels[-1], g, c.mid_block_add_attention)
+        self.conv_norm_out = GroupNorm(g, channels[-1])
+        self.conv_out = nn.Conv2d(channels[-1], 2 * c.latent_channels, 3, padding=1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        return self.conv_out(nn.silu(self.conv_norm_out(self.mid_block(x))))
+
+
+class VaeEncoder(nn.Module):
+    """Pixels (B, H, W, 3) in [-1, 1] -> the latent distribution's mode (its mean), (B, latent, H/8, W/8)."""
+
+    def __init__(self, c: AutoencoderKLConfig):
+        super().__init__()
+        self.latent_channels = c.latent_channels
+        self.encoder = Encoder(c)
+        if c.use_quant_conv:
+            self.quant_conv = nn.Conv2d(2 * c.latent_channels, 2 * c.latent_channels, 1)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        moments = self.encoder(x.astype(self.encoder.conv_in.weight.dtype))
+        if "quant_conv" in self:
+            moments = self.quant_conv(moments)
+        return moments[..., : self.latent_channels].transpose(0, 3, 1, 2)
 
 
 def mlx_layout(name: str, value: mx.array) -> mx.array:

@@ -1,4 +1,5 @@
-"""The AutoencoderKL decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding.
+"""The AutoencoderKL decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding,
+and its encoder (for input images).
 
 Large latents are decoded in overlapping tiles whose outputs are blended linearly across the
 overlap, so peak memory depends on the tile size, not the image size. GroupNorm statistics are
@@ -169,3 +170,67 @@ class VaeDecoder(nn.Module):
                 out[:, :, ys, xs] += tile * ramp
                 weight[:, :, ys, xs] += ramp
         return out / weight
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv after padding one zero row and column at the bottom and right (diffusers' Downsample2D, padding 0)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class DownBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, downsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(cin if j == 0 else cout, cout, groups) for j in range(layers)])
+        self.downsamplers = nn.ModuleList([Downsample(cout)]) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+        return x
+
+
+class Encoder(nn.Module):
+    """diffusers' vae.Encoder with double_z: pixels -> (mean, logvar) of the latent."""
+
+    def __init__(self, c: AutoencoderKLConfig):
+        super().__init__()
+        channels, g = list(c.block_out_channels), c.norm_num_groups
+        self.conv_in = Conv(c.in_channels, channels[0], 3)
+        self.down_blocks = nn.ModuleList([
+            DownBlock(channels[max(i - 1, 0)], cout, c.layers_per_block, g, downsample=i < len(channels) - 1)
+            for i, cout in enumerate(channels)
+        ])
+        self.mid_block = MidBlock(channels[-1], g, c.mid_block_add_attention)
+        self.conv_norm_out = GroupNorm(g, channels[-1])
+        self.conv_out = Conv(channels[-1], 2 * c.latent_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(x))))
+
+
+class VaeEncoder(nn.Module):
+    """Pixels (B, 3, H, W) in [-1, 1] -> the latent distribution's mode (its mean), (B, latent, H/8, W/8)."""
+
+    def __init__(self, c: AutoencoderKLConfig):
+        super().__init__()
+        self.config = c
+        self.encoder = Encoder(c)
+        self.quant_conv = Conv(2 * c.latent_channels, 2 * c.latent_channels, 1) if c.use_quant_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moments = self.encoder(x)
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        return moments[:, : self.config.latent_channels]
