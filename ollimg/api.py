@@ -49,6 +49,9 @@ class GenerateRequest(BaseModel):
     compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality")
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
     stream: bool = True
+    images: list[str] | None = Field(None, max_length=16, description="base64 images to start from (edits)")
+    mask: str | None = Field(None, description="base64 mask of the first image's size: white (or transparent) is redrawn")
+    strength: float | None = Field(None, gt=0, le=1, description="how much of the image is redrawn; default: the model's")
 
 
 class GenerateStep(BaseModel):
@@ -231,6 +234,13 @@ class ImageGenerationRequest(BaseModel):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
     guidance_scale: float | None = Field(None, ge=0, le=100)
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
+
+
+class ImageEditRequest(ImageGenerationRequest):
+    """The non-file fields of OpenAI's multipart `POST /v1/images/edits`, plus `strength`."""
+
+    strength: float | None = Field(None, gt=0, le=1, description="how much of the image is redrawn; default: the model's")
+    input_fidelity: str | None = Field(None, max_length=32, description="accepted, ignored")
 
 
 class ImageData(BaseModel):

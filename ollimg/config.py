@@ -149,6 +149,11 @@ def max_queue() -> int:
     return _int("OLLIMG_MAX_QUEUE", 64)
 
 
+def max_upload() -> int:
+    """Bytes an image upload (a multipart edit request, all its parts) may hold; larger is refused (413)."""
+    return _int("OLLIMG_MAX_UPLOAD", 50 * 1024 * 1024)
+
+
 def backend() -> str:
     value = _env("OLLIMG_BACKEND", "auto").lower() or "auto"
     if value not in ("auto", "torch", "mlx"):

@@ -47,10 +47,16 @@ class Parameters:
     height: int
     model: str
     model_digest: str | None = None
+    strength: float | None = None  # an edit's: A1111's "Denoising strength"
+    source_digests: tuple[str, ...] = ()  # sha256 of the images the edit started from
 
     def text(self) -> str:
         fields = {"Steps": self.steps, "Sampler": "Euler", "Schedule type": "Simple", "CFG scale": self.guidance,
                   "Seed": self.seed, "Size": f"{self.width}x{self.height}"}
+        if self.strength is not None:
+            fields["Denoising strength"] = self.strength
+        if self.source_digests:
+            fields["Source image hash"] = " ".join(d.split(":")[-1] for d in self.source_digests)
         if self.model_digest:
             fields["Model hash"] = self.model_digest.split(":")[-1][:10]
         fields["Model"] = self.model

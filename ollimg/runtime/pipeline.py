@@ -36,6 +36,7 @@ class Result:
     guidance: float
     timings: dict[str, float] = field(default_factory=dict)
     latents: np.ndarray | None = None  # float32, the final latents in the family's layout
+    strength: float | None = None  # an edit's strength (None: text to image)
 
 
 class Pipeline(Protocol):

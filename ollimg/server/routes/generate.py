@@ -1,16 +1,18 @@
-"""`POST /api/generate`: NDJSON step progress, then the images; an empty prompt loads or unloads."""
+"""`POST /api/generate`: NDJSON step progress, then the images; an empty prompt loads or unloads.
+With `images` (base64), an edit: the first image is redrawn by `strength`, inside `mask` if given."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import time
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ollimg import api
-from ollimg.errors import OllimgError
+from ollimg import api, input_images
+from ollimg.errors import InvalidInput, OllimgError
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 from ollimg.server.jobs import Job
@@ -45,10 +47,15 @@ async def generate(body: api.GenerateRequest, request: Request):
         seconds = await sched.load(model, keep_alive=keep_alive)
         return api.GenerateResponse(model=name, created_at=now(), done_reason="load", load_duration=int(seconds * 1e9))
 
+    images, mask, digests = input_images.prepare([_b64(i, "images") for i in body.images or []],
+                                                 _b64(body.mask, "mask") if body.mask else None)
+    if body.strength is not None and not images:
+        raise InvalidInput("strength needs images: send the image to edit in images")
     req = GenerateRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
         steps=body.steps, guidance=body.guidance, seed=body.seed, n=body.n, format=body.format,
-        compression=body.compression, model_name=name,
+        compression=body.compression, model_name=name, images=images, mask=mask, strength=body.strength,
+        image_digests=digests,
     )
 
     async def work(emit):
@@ -62,6 +69,14 @@ async def generate(body: api.GenerateRequest, request: Request):
     if not body.stream:
         return JSONResponse(_final(name, body.format, result, load_seconds, started).model_dump())
     return StreamingResponse(_stream(job, name, body.format, load_seconds, started), media_type=NDJSON)
+
+
+def _b64(text: str, field: str) -> bytes:
+    """Base64 (a `data:` URL prefix allowed) decoded, or a 400 naming the field."""
+    try:
+        return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{field} must be base64-encoded images") from None
 
 
 async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: float) -> AsyncIterator[bytes]:

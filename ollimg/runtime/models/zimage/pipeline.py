@@ -126,7 +126,7 @@ class ZImagePipeline:
         images = shared.to_images(pixels)
         timings["total"] = time.perf_counter() - start
         return shared.Result(images, req.seed, [req.seed + i for i in range(req.total)], req.width, req.height,
-                             req.steps, req.guidance, timings, final)
+                             req.steps, req.guidance, timings, final, edit.strength if edit is not None else None)
 
     def _edit(self, images, mask, strength) -> Edit | None:
         """The checked edit inputs, or None for text-to-image."""
