@@ -29,7 +29,7 @@ def _open(data: bytes, what: str):
     except UnidentifiedImageError:
         raise InvalidInput(f"{what} is not an image (PNG, JPEG or WebP expected)") from None
     except Image.DecompressionBombError as e:
-        raise InvalidInput(f"{what} is too large: {e}") from None
+        raise InvalidInput(f"{what} is too large (refused before decoding): {e}") from None
     w, h = image.size
     if w < 1 or h < 1 or max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
         raise InvalidInput(f"{what} is {w}x{h} pixels: at most {MAX_SIDE} a side and {MAX_PIXELS // 1_000_000} "

@@ -5,7 +5,8 @@ caused are printed and the loop goes on; a lost server ends it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import typer
@@ -27,11 +28,17 @@ class Settings:
     negative: str | None
     n: int
     format: str
+    images: list[Path] = field(default_factory=list)  # images to edit (--image, /image)
+    mask: Path | None = None  # white is redrawn (--mask, /mask)
+    strength: float | None = None  # how much of the image is redrawn (--strength, /set strength)
 
 
 REPL_HELP = """Type a prompt to draw it. Commands:
   /set size WxH | width N | height N | steps N | seed N | seed random
   /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
+  /set strength X  how much of the image is redrawn, above 0 to 1
+  /image PATH  edit this image (again: one more image); /image alone: back to text to image
+  /mask PATH   redraw only where the mask is white; /mask alone clears it
   /show        the settings in use
   /bye         exit (or Ctrl-D); Ctrl-C stops a generation"""
 
@@ -81,6 +88,17 @@ class Repl:
         elif words[0] == "/show":
             shown = {**vars(self.settings), "seed": "random" if self.settings.seed is None else self.settings.seed}
             typer.echo("\n".join(f"  {k:<9}{'(model default)' if v is None else v}" for k, v in shown.items()))
+        elif words[0] in ("/image", "/mask"):
+            path = Path(line.split(maxsplit=1)[1].strip()).expanduser() if len(words) > 1 else None
+            if path is not None and not path.is_file():
+                raise InvalidInput(f"no such file: {path}")
+            if words[0] == "/mask":
+                self.settings.mask = path
+            elif path is None:
+                self.settings.images, self.settings.mask = [], None
+            else:
+                self.settings.images.append(path)
+            typer.echo(f"{words[0][1:].capitalize()}: {path or 'none'}.")
         elif words[0] == "/set" and len(words) >= 2:
             self.set(words[1].lower(), words[2].strip() if len(words) > 2 else "")
         else:
@@ -112,6 +130,8 @@ class Repl:
                 s.n = _positive(value, key)
             elif key == "format":
                 s.format = self.parse_format(value)
+            elif key == "strength":
+                s.strength = None if not value else check_strength(float(value))
             else:
                 raise InvalidInput(f"unknown setting {key!r}; /? lists them")
         except ValueError:
@@ -124,3 +144,9 @@ def _positive(value: str, key: str, allow_zero: bool = False) -> int:
     if number < 0 or (number == 0 and not allow_zero):
         raise InvalidInput(f"{key} {value}: use a whole number {'0 or more' if allow_zero else 'above 0'}")
     return number
+
+
+def check_strength(value: float) -> float:
+    if not 0 < value <= 1:
+        raise InvalidInput(f"strength {value}: use a number above 0 and at most 1")
+    return value

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextCo
 
 from ollimg import api
 from ollimg.cli.connect import ensure_server
-from ollimg.cli.repl import Repl, Settings
+from ollimg.cli.repl import Repl, Settings, check_strength
 from ollimg.cli.transfer import TransferDisplay
 from ollimg.errors import Cancelled, InvalidInput, ModelNotFound, OllimgError
 from ollimg.progress import Step
@@ -53,6 +53,11 @@ def run_command(
     fmt: str = typer.Option(None, "--format", help="png, jpeg or webp (default: from -o, else png)."),
     keep_alive: str = typer.Option(None, "--keep-alive", help="How long the model stays loaded, e.g. 10m."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    image: list[Path] = typer.Option(None, "--image", help="Edit this image (repeat for reference images); the "
+                                                          "output takes its size unless --size says otherwise."),
+    mask: Path = typer.Option(None, "--mask", help="Redraw only where this mask is white (inpainting)."),
+    strength: float = typer.Option(None, "--strength", help="How much of the image is redrawn, above 0 to 1 "
+                                                            "(default: the model's)."),
 ) -> None:
     """Generate images from a prompt, or from prompts typed one per line."""
     interactive = prompt is None and sys.stdin.isatty()
@@ -63,7 +68,10 @@ def run_command(
     if interactive and output is not None:
         raise InvalidInput("-o needs a prompt; typed prompts are saved as <prompt>-<time>.<ext> here")
     width, height = api.parse_size(size)
-    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output))
+    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), list(image or []),
+                        mask, None if strength is None else check_strength(strength))
+    if (mask is not None or strength is not None) and not settings.images:
+        raise InvalidInput("--mask and --strength need --image")
     console = Console(stderr=True)
     client = ensure_server(lambda text: console.print(text, style="dim", highlight=False, soft_wrap=True))
     with client:
@@ -81,7 +89,8 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
         result = client.generate(
             model, prompt, on_step=bar, width=settings.width, height=settings.height, steps=settings.steps,
             seed=settings.seed, guidance=settings.guidance, negative_prompt=settings.negative, n=settings.n,
-            format=settings.format, keep_alive=keep_alive,
+            format=settings.format, keep_alive=keep_alive, images=[_read(p) for p in settings.images] or None,
+            mask=_read(settings.mask) if settings.mask else None, strength=settings.strength,
         )
     paths = _write(result, prompt, output, settings.format)
     if as_json:
@@ -95,6 +104,14 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
         if sys.stdout.isatty():
             _show_inline(base64.b64decode(data), settings.format)
         typer.echo(f"{path}  seed {image_seed}")
+
+
+def _read(path: Path) -> str:
+    """A file's bytes as base64 (the server checks that it is an image)."""
+    try:
+        return base64.b64encode(path.expanduser().read_bytes()).decode("ascii")
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
 
 
 def _load(client, model: str, keep_alive: str | None, console: Console) -> None:

@@ -146,8 +146,8 @@ def animated() -> bytes:
 
 @pytest.mark.parametrize("files, data, status, message", [
     ({"image": ("a.txt", b"hello, not an image")}, {}, 400, "image is not an image"),
-    ({"image": ("a.png", png(photo())[:200])}, {}, 400, "truncated or corrupt"),
-    ({"image": ("bomb.png", bomb())}, {}, 400, "100000x100000 pixels"),
+    ({"image": ("a.png", png(photo(300, 200))[:-300])}, {}, 400, "truncated or corrupt"),
+    ({"image": ("bomb.png", bomb())}, {}, 400, "image is too large"),
     ({"image": ("a.gif", animated())}, {}, 400, "animated (2 frames)"),
     ({"image": ("a.png", png(photo())), "mask": ("m.png", png(alpha_mask(64, 48)))}, {}, 400,
      "the mask is 64x48 but the image is 70x53"),
@@ -189,3 +189,37 @@ def test_a_model_that_cannot_edit(server):
     r = httpx.post(server.url + "/v1/images/edits", files={"image": ("a.png", png(photo()))},
                    data={"model": "noenc", "prompt": "x"}, timeout=120)
     assert r.status_code == 400 and "cannot edit images: it has no VAE encoder" in r.json()["error"]["message"]
+
+
+def test_cli_run_with_image_and_mask(server, tmp_path):
+    source, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    source.write_bytes(png(photo()))
+    m = Image.new("L", (70, 53), 0)
+    m.paste(255, (20, 10, 60, 40))
+    m.save(mask)
+    out = tmp_path / "out.png"
+    r = server.cli("run", MODEL, "a boat", "--image", str(source), "--mask", str(mask), "--strength", "0.8",
+                   "--steps", "3", "--seed", "2", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    image = Image.open(out)
+    assert image.size == (64, 48) and "Denoising strength: 0.8" in image.info["parameters"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strength", "1.5"], "strength 1.5: use a number above 0 and at most 1"),
+    (["--mask", "m.png"], "--mask and --strength need --image"),
+    (["--image", "missing.png"], "cannot read missing.png"),
+])
+def test_cli_bad_edit_arguments(server, tmp_path, args, message):
+    source = tmp_path / "in.png"
+    source.write_bytes(png(photo()))
+    first = ["--image", str(source)] if args[0] == "--strength" else []
+    r = server.cli("run", MODEL, "x", *first, *args, "--steps", "2", cwd=tmp_path)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_cli_not_an_image(server, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    r = server.cli("run", MODEL, "x", "--image", str(bad), "--steps", "2", cwd=tmp_path)
+    assert r.returncode == 2 and "image is not an image" in r.stderr, r.stderr
