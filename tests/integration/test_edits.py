@@ -223,3 +223,37 @@ def test_cli_not_an_image(server, tmp_path):
     bad.write_text("not an image")
     r = server.cli("run", MODEL, "x", "--image", str(bad), "--steps", "2", cwd=tmp_path)
     assert r.returncode == 2 and "image is not an image" in r.stderr, r.stderr
+
+
+def test_a1111_img2img_and_inpaint(server):
+    source = base64.b64encode(png(photo())).decode()
+    m = Image.new("L", (70, 53), 0)
+    m.paste(255, (20, 10, 60, 40))
+    body = {"prompt": "a boat", "init_images": ["data:image/png;base64," + source], "denoising_strength": 0.5,
+            "steps": 4, "seed": 3, "override_settings": {"sd_model_checkpoint": MODEL}}
+    r = httpx.post(server.url + "/sdapi/v1/img2img", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    import json
+
+    info = json.loads(r.json()["info"])
+    assert (info["width"], info["height"]) == (64, 48)
+    assert "Denoising strength: 0.5" in info["infotexts"][0]
+    inpaint = {**body, "mask": base64.b64encode(png(m)).decode(), "mask_blur": 4, "inpainting_fill": 1,
+               "inpainting_mask_invert": 1}
+    r = httpx.post(server.url + "/sdapi/v1/img2img", json=inpaint, timeout=120)
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0]).size == (64, 48)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"inpainting_fill": 0}, "inpainting_fill 0 is not supported"),
+    ({"inpaint_full_res": True}, "inpaint_full_res (only masked) is not supported"),
+    ({"resize_mode": 2}, "resize_mode 2 is not supported"),
+    ({"init_images": ["!!not base64!!"]}, "init_images must be base64-encoded images"),
+    ({"denoising_strength": 0}, "denoising_strength"),
+])
+def test_a1111_img2img_refuses(server, extra, message):
+    body = {"prompt": "x", "init_images": [base64.b64encode(png(photo())).decode()], "steps": 2,
+            "override_settings": {"sd_model_checkpoint": MODEL}, **extra}
+    r = httpx.post(server.url + "/sdapi/v1/img2img", json=body, timeout=60)
+    assert r.status_code in (400, 422) and message in r.text, r.text

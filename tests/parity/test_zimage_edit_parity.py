@@ -122,7 +122,7 @@ def test_output_size_and_batch(pipes):
     (dict(strength=0.0), "invalid strength 0.0"),
     (dict(strength=1.5), "invalid strength 1.5"),
     (dict(strength="0.5"), "invalid strength '0.5'"),
-    (dict(strength=0.1, steps=5), "leaves no step to run"),
+    (dict(strength=1e-17, steps=5), "leaves no step to run"),
     (dict(mask=Image.new("L", (64, 48))), "the mask is 64x48 but the image is 70x53"),
     (dict(images=[source_image(), source_image()]), "edits one image at a time"),
     (dict(images=None, strength=0.5), "mask and strength need an input image"),

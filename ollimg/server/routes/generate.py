@@ -4,7 +4,6 @@ With `images` (base64), an edit: the first image is redrawn by `strength`, insid
 from __future__ import annotations
 
 import base64
-import binascii
 import time
 from typing import AsyncIterator
 
@@ -47,8 +46,8 @@ async def generate(body: api.GenerateRequest, request: Request):
         seconds = await sched.load(model, keep_alive=keep_alive)
         return api.GenerateResponse(model=name, created_at=now(), done_reason="load", load_duration=int(seconds * 1e9))
 
-    images, mask, digests = input_images.prepare([_b64(i, "images") for i in body.images or []],
-                                                 _b64(body.mask, "mask") if body.mask else None)
+    images, mask, digests = input_images.prepare([input_images.from_base64(i, "images") for i in body.images or []],
+                                                 input_images.from_base64(body.mask, "mask") if body.mask else None)
     if body.strength is not None and not images:
         raise InvalidInput("strength needs images: send the image to edit in images")
     req = GenerateRequest(
@@ -69,14 +68,6 @@ async def generate(body: api.GenerateRequest, request: Request):
     if not body.stream:
         return JSONResponse(_final(name, body.format, result, load_seconds, started).model_dump())
     return StreamingResponse(_stream(job, name, body.format, load_seconds, started), media_type=NDJSON)
-
-
-def _b64(text: str, field: str) -> bytes:
-    """Base64 (a `data:` URL prefix allowed) decoded, or a 400 naming the field."""
-    try:
-        return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(f"{field} must be base64-encoded images") from None
 
 
 async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: float) -> AsyncIterator[bytes]:

@@ -4,7 +4,13 @@
 width/height (rounded to multiples of 16), batch_size x n_iter (at most 10 images) and
 override_settings.sd_model_checkpoint; samplers, hires fix and scripts are ignored. Absent
 steps/cfg_scale/size take the model's defaults (not A1111's 50 steps, CFG 7, 512x512).
-`options` holds the default model; `progress` and `interrupt` see the txt2img requests in flight.
+`img2img` takes the same fields plus init_images (the first is edited; base64, `data:` URLs
+allowed), denoising_strength (A1111's default 0.75), mask (white, or opaque where it has alpha, is
+redrawn), mask_blur (a Gaussian blur of the mask, in pixels), inpainting_mask_invert; absent
+width/height take the image's size. Refused with a message: inpainting_fill other than 1
+(original: the reference pipeline starts the masked area from the noised original),
+inpaint_full_res (only-masked mode), resize_mode other than 0 (just resize).
+`options` holds the default model; `progress` and `interrupt` see the requests in flight.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ollimg import api
+from ollimg import api, input_images
 from ollimg.errors import InvalidInput
 from ollimg.manifest import Model
 from ollimg.runtime.request import GenerateRequest
@@ -41,6 +47,17 @@ class Txt2ImgRequest(BaseModel):
     batch_size: int = Field(1, ge=1, le=10)
     n_iter: int = Field(1, ge=1, le=10)
     override_settings: dict = Field(default_factory=dict)
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = Field(min_length=1, max_length=16, description="base64 images; the first is edited")
+    denoising_strength: float = Field(0.75, gt=0, le=1)
+    mask: str | None = Field(None, description="base64 mask: white (or opaque) is redrawn")
+    mask_blur: float = Field(0, ge=0, le=64, description="Gaussian blur radius of the mask, in pixels")
+    inpainting_fill: int | None = Field(None, ge=0, le=3, description="only 1 (original) is supported")
+    inpaint_full_res: bool = Field(False, description="only-masked mode: not supported")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    resize_mode: int = Field(0, ge=0, le=3, description="only 0 (just resize) is supported")
 
 
 class Txt2ImgResponse(BaseModel):
@@ -87,6 +104,27 @@ def _state(request: Request) -> _State:
 
 @router.post("/txt2img", response_model=Txt2ImgResponse, responses=ERRORS)
 async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
+    return await _generate(body, request)
+
+
+@router.post("/img2img", response_model=Txt2ImgResponse, responses=ERRORS)
+async def img2img(body: Img2ImgRequest, request: Request) -> Txt2ImgResponse:
+    if body.inpainting_fill not in (None, 1):
+        raise InvalidInput(f"inpainting_fill {body.inpainting_fill} is not supported: only 1 (original) is, the "
+                           "masked area starts from the noised original image")
+    if body.inpaint_full_res:
+        raise InvalidInput("inpaint_full_res (only masked) is not supported: the whole image is inpainted; send false")
+    if body.resize_mode != 0:
+        raise InvalidInput(f"resize_mode {body.resize_mode} is not supported: only 0 (just resize)")
+    images, mask, digests = input_images.prepare(
+        [input_images.from_base64(i, "init_images") for i in body.init_images],
+        input_images.from_base64(body.mask, "mask") if body.mask else None,
+        transparent_edits=False, blur=body.mask_blur, invert=bool(body.inpainting_mask_invert))
+    return await _generate(body, request, images=images[:1], mask=mask, strength=body.denoising_strength,
+                           image_digests=digests[:1])
+
+
+async def _generate(body: Txt2ImgRequest, request: Request, **edit) -> Txt2ImgResponse:
     state = _state(request)
     model = _model(request, body.override_settings.get("sd_model_checkpoint") or state.checkpoint)
     n = body.batch_size * body.n_iter
@@ -98,7 +136,7 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
     req = GenerateRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt or None, width=_round16(body.width),
         height=_round16(body.height), steps=body.steps, guidance=body.cfg_scale,
-        seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(),
+        seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(), **edit,
     )
 
     def on_step(step):
@@ -206,5 +244,6 @@ def _infotext(body: Txt2ImgRequest, result, seed: int, name: str) -> str:
     text = body.prompt
     if body.negative_prompt:
         text += f"\nNegative prompt: {body.negative_prompt}"
+    edit = f"Denoising strength: {body.denoising_strength}, " if isinstance(body, Img2ImgRequest) else ""
     return text + (f"\nSteps: {result.steps}, Sampler: Euler, Schedule type: Simple, CFG scale: {result.guidance}, "
-                   f"Seed: {seed}, Size: {result.width}x{result.height}, Model: {name}, Version: ollimg")
+                   f"Seed: {seed}, Size: {result.width}x{result.height}, {edit}Model: {name}, Version: ollimg")
