@@ -52,6 +52,8 @@ class GenerateRequest(BaseModel):
     images: list[str] | None = Field(None, max_length=16, description="base64 images to start from (edits)")
     mask: str | None = Field(None, description="base64 mask of the first image's size: white (or transparent) is redrawn")
     strength: float | None = Field(None, gt=0, le=1, description="how much of the image is redrawn; default: the model's")
+    cfg_truncation: float | None = Field(None, ge=0, description="CFG stops above this normalised time (over 1: never)")
+    cfg_normalization: float | None = Field(None, ge=0, description="cap on the guided prediction's norm (0: off)")
 
 
 class GenerateStep(BaseModel):
@@ -234,6 +236,8 @@ class ImageGenerationRequest(BaseModel):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
     guidance_scale: float | None = Field(None, ge=0, le=100)
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
+    cfg_truncation: float | None = Field(None, ge=0, description="CFG stops above this normalised time (over 1: never)")
+    cfg_normalization: float | None = Field(None, ge=0, description="cap on the guided prediction's norm (0: off)")
 
 
 class ImageEditRequest(ImageGenerationRequest):

@@ -31,12 +31,15 @@ class Settings:
     images: list[Path] = field(default_factory=list)  # images to edit (--image, /image)
     mask: Path | None = None  # white is redrawn (--mask, /mask)
     strength: float | None = None  # how much of the image is redrawn (--strength, /set strength)
+    cfg_truncation: float | None = None  # --cfg-truncation, /set cfg_truncation
+    cfg_normalization: float | None = None  # --cfg-normalization, /set cfg_normalization
 
 
 REPL_HELP = """Type a prompt to draw it. Commands:
   /set size WxH | width N | height N | steps N | seed N | seed random
   /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
   /set strength X  how much of the image is redrawn, above 0 to 1
+  /set cfg_truncation X | cfg_normalization X   (empty: the model's)
   /image PATH  edit this image (again: one more image); /image alone: back to text to image
   /mask PATH   redraw only where the mask is white; /mask alone clears it
   /show        the settings in use
@@ -132,6 +135,10 @@ class Repl:
                 s.format = self.parse_format(value)
             elif key == "strength":
                 s.strength = None if not value else check_strength(float(value))
+            elif key in ("cfg_truncation", "cfg_normalization"):
+                if value and float(value) < 0:
+                    raise InvalidInput(f"{key} must be 0 or more")
+                setattr(s, key, float(value) if value else None)
             else:
                 raise InvalidInput(f"unknown setting {key!r}; /? lists them")
         except ValueError:

@@ -58,6 +58,10 @@ def run_command(
     mask: Path = typer.Option(None, "--mask", help="Redraw only where this mask is white (inpainting)."),
     strength: float = typer.Option(None, "--strength", help="How much of the image is redrawn, above 0 to 1 "
                                                             "(default: the model's)."),
+    cfg_truncation: float = typer.Option(None, "--cfg-truncation", min=0,
+                                         help="CFG stops above this normalised time (default: the model's)."),
+    cfg_normalization: float = typer.Option(None, "--cfg-normalization", min=0,
+                                            help="Cap on the guided prediction's norm, 0 off (default: the model's)."),
 ) -> None:
     """Generate images from a prompt, or from prompts typed one per line."""
     interactive = prompt is None and sys.stdin.isatty()
@@ -69,7 +73,8 @@ def run_command(
         raise InvalidInput("-o needs a prompt; typed prompts are saved as <prompt>-<time>.<ext> here")
     width, height = api.parse_size(size)
     settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), list(image or []),
-                        mask, None if strength is None else check_strength(strength))
+                        mask, None if strength is None else check_strength(strength), cfg_truncation,
+                        cfg_normalization)
     if (mask is not None or strength is not None) and not settings.images:
         raise InvalidInput("--mask and --strength need --image")
     console = Console(stderr=True)
@@ -91,6 +96,7 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
             seed=settings.seed, guidance=settings.guidance, negative_prompt=settings.negative, n=settings.n,
             format=settings.format, keep_alive=keep_alive, images=[_read(p) for p in settings.images] or None,
             mask=_read(settings.mask) if settings.mask else None, strength=settings.strength,
+            cfg_truncation=settings.cfg_truncation, cfg_normalization=settings.cfg_normalization,
         )
     paths = _write(result, prompt, output, settings.format)
     if as_json:

@@ -135,23 +135,28 @@ class Worker:
                               req.format.lower(), result.timings)
 
     def _edit(self, req) -> dict:
-        """The edit arguments for the pipeline (PIL images), refused when its model cannot take them."""
+        """The pipeline's edit arguments (PIL images) and per-request CFG knobs, refused when its
+        model cannot take them."""
         import inspect
         import io
 
         from PIL import Image
 
+        accepted = inspect.signature(self.pipeline.generate).parameters
+        knobs = {k: getattr(req, k) for k in ("cfg_truncation", "cfg_normalization") if getattr(req, k) is not None}
+        unknown = [k for k in knobs if k not in accepted]
+        if unknown:
+            raise InvalidInput(f"model {req.model_name or self.pipeline.name} has no {' or '.join(unknown)}")
         if not req.images:
             if req.mask is not None or req.strength is not None:
                 raise InvalidInput("mask and strength need an input image")
-            return {}
-        accepted = inspect.signature(self.pipeline.generate).parameters
+            return knobs
         wanted = ["images"] + [k for k in ("mask", "strength") if getattr(req, k) is not None]
         missing = [k for k in wanted if k not in accepted]
         if missing:
             what = "input images" if "images" in missing else " or ".join(missing)
             raise InvalidInput(f"model {req.model_name or self.pipeline.name} cannot edit images: it takes no {what}")
-        edit = {"images": [Image.open(io.BytesIO(base64.b64decode(b))) for b in req.images]}
+        edit = {**knobs, "images": [Image.open(io.BytesIO(base64.b64decode(b))) for b in req.images]}
         if req.mask is not None:
             edit["mask"] = Image.open(io.BytesIO(base64.b64decode(req.mask)))
         if req.strength is not None:

@@ -257,3 +257,30 @@ def test_a1111_img2img_refuses(server, extra, message):
             "override_settings": {"sd_model_checkpoint": MODEL}, **extra}
     r = httpx.post(server.url + "/sdapi/v1/img2img", json=body, timeout=60)
     assert r.status_code in (400, 422) and message in r.text, r.text
+
+
+def test_cfg_knobs_on_every_interface(server, oai, tmp_path):
+    """cfg_truncation 0.4 keeps CFG for the first step only; each interface passes it through (same image),
+    and it changes the image; cfg_normalization 0.01 does too."""
+    common = {"steps": 3, "seed": 8}
+    guided = oai.images.generate(model=MODEL, prompt="a kite", size="32x32", extra_body={
+        **common, "guidance_scale": 4, "negative_prompt": "blurry"})
+    truncated = oai.images.generate(model=MODEL, prompt="a kite", size="32x32", extra_body={
+        **common, "guidance_scale": 4, "negative_prompt": "blurry", "cfg_truncation": 0.4})
+    reference = decode(truncated.data[0].b64_json).tobytes()
+    assert reference != decode(guided.data[0].b64_json).tobytes()
+    body = {"model": MODEL, "prompt": "a kite", "stream": False, "width": 32, "height": 32, "guidance": 4,
+            "negative_prompt": "blurry", **common}
+    native = httpx.post(server.url + "/api/generate", timeout=120, json={**body, "cfg_truncation": 0.4}).json()
+    assert decode(native["images"][0]).tobytes() == reference
+    normalized = httpx.post(server.url + "/api/generate", timeout=120, json={**body, "cfg_normalization": 0.01}).json()
+    assert decode(normalized["images"][0]).tobytes() != decode(guided.data[0].b64_json).tobytes()
+    a1111 = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a kite", "width": 32, "height": 32, "cfg_scale": 4, "negative_prompt": "blurry",
+        "cfg_truncation": 0.4, "override_settings": {"sd_model_checkpoint": MODEL}, **common}).json()
+    assert decode(a1111["images"][0]).tobytes() == reference
+    out = tmp_path / "k.png"
+    r = server.cli("run", MODEL, "a kite", "--size", "32x32", "--guidance", "4", "--negative", "blurry",
+                   "--cfg-truncation", "0.4", "--steps", "3", "--seed", "8", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).convert("RGB").tobytes() == reference

@@ -54,7 +54,7 @@ async def generate(body: api.GenerateRequest, request: Request):
         prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
         steps=body.steps, guidance=body.guidance, seed=body.seed, n=body.n, format=body.format,
         compression=body.compression, model_name=name, images=images, mask=mask, strength=body.strength,
-        image_digests=digests,
+        image_digests=digests, cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization,
     )
 
     async def work(emit):

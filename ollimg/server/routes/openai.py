@@ -145,6 +145,7 @@ async def _images(request: Request, body: api.ImageGenerationRequest, kind: str,
         guidance=body.guidance_scale, seed=body.seed, n=body.n or 1, format=fmt, compression=body.output_compression,
         previews=(body.partial_images or 0) if stream else 0, model_name=model.name.display(),
         images=images or [], mask=mask, strength=getattr(body, "strength", None), image_digests=digests or [],
+        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization,
     )
 
     async def work(emit):

@@ -47,6 +47,8 @@ class Txt2ImgRequest(BaseModel):
     batch_size: int = Field(1, ge=1, le=10)
     n_iter: int = Field(1, ge=1, le=10)
     override_settings: dict = Field(default_factory=dict)
+    cfg_truncation: float | None = Field(None, ge=0, description="ollimg: CFG stops above this normalised time")
+    cfg_normalization: float | None = Field(None, ge=0, description="ollimg: cap on the guided norm (0: off)")
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -136,7 +138,8 @@ async def _generate(body: Txt2ImgRequest, request: Request, **edit) -> Txt2ImgRe
     req = GenerateRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt or None, width=_round16(body.width),
         height=_round16(body.height), steps=body.steps, guidance=body.cfg_scale,
-        seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(), **edit,
+        seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(),
+        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization, **edit,
     )
 
     def on_step(step):
