@@ -57,6 +57,7 @@ def write_model(out: Path, tiny: bool, device: str) -> None:
     from make_tiny_klein import SCHEDULER, model_index
     from make_tiny_zimage import make_tokenizer
 
+    from ollimg.runtime.components.qwen3.config import Qwen3Config
     from ollimg.runtime.models.flux2.config import TransformerConfig
     from ollimg.runtime.models.flux2.weights import transformer_shapes
 
@@ -74,7 +75,8 @@ def write_model(out: Path, tiny: bool, device: str) -> None:
                        transformer_shapes(TransformerConfig.from_json(transformer)), device)
     (out / "text_encoder").mkdir(exist_ok=True)
     (out / "text_encoder" / "config.json").write_text(json.dumps(text_encoder, indent=2))
-    base.write_sharded(out / "text_encoder", "model", base.text_encoder_all_shapes(text_encoder), device)
+    base.write_sharded(out / "text_encoder", "model", base.text_encoder_all_shapes(Qwen3Config.from_json(text_encoder)),
+                       device)
     torch.manual_seed(0)
     AutoencoderKLFlux2(**vae).to(torch.bfloat16).save_pretrained(out / "vae")
 
@@ -82,7 +84,7 @@ def write_model(out: Path, tiny: bool, device: str) -> None:
 def time_diffusers(path: Path, args, dtype: str) -> dict:
     from diffusers import Flux2KleinPipeline
 
-    from ollimg.runtime.models.flux2.pipeline import noise
+    from ollimg.runtime.noise import noise
 
     base.reset_peak()
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]

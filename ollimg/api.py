@@ -205,6 +205,22 @@ class ProgressResponse(BaseModel):
     deduplicated_bytes: int | None = None
 
 
+class SaveRequest(BaseModel):
+    """`POST /api/save`: the answer is the archive itself, an OCI image layout in a tar."""
+
+    models: list[str] = Field(min_length=1, max_length=1000, description="the models to save")
+    format: Literal["tar.zst", "tar"] = Field("tar.zst", description="tar.zst (zstd) or a plain tar, which has a Content-Length")
+    level: int | None = Field(None, ge=1, le=22, description="zstd level (default 3; above 19 uses much more memory)")
+
+
+class LoadResponse(BaseModel):
+    """`POST /api/load` (body: a .tar or .tar.zst archive): the models it loaded."""
+
+    models: list[str] = Field(description="display names, in the archive's order")
+    new_bytes: int = Field(description="blob bytes added to the store")
+    deduplicated_bytes: int = Field(description="blob bytes the store already had")
+
+
 class VersionResponse(BaseModel):
     version: str
 

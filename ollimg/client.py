@@ -1,14 +1,14 @@
 """The HTTP client of the native API (httpx), used by the CLI and by Python callers.
 
 Errors come back as the OllimgError subclass named by the wire `code`; a server that does not
-answer is ServerUnreachable. Streams (generate, create, pull, push) call back per line.
+answer is ServerUnreachable. Streams (generate, create, pull, push) call back per line; save and load stream archive bytes.
 Imports api, config, errors, hosts and progress; never fastapi.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import httpx
 
@@ -16,6 +16,8 @@ from ollimg import api, config
 from ollimg.errors import OllimgError, ServerUnreachable, by_code
 from ollimg.hosts import no_proxy_mounts
 from ollimg.progress import OnProgress, OnStep, Progress, Step
+
+CHUNK = 1 << 20  # archive bytes per progress report
 
 
 class Client:
@@ -98,6 +100,51 @@ class Client:
 
     def push(self, model: str, *, insecure: bool | None = None, on_progress: OnProgress | None = None) -> api.ProgressResponse:
         return self._progress("/api/push", {"model": model, "insecure": insecure}, on_progress)
+
+    def save(self, models: list[str], *, format: str = "tar.zst", level: int | None = None,
+             on_progress: OnProgress | None = None) -> Iterator[bytes]:
+        """The server's archive of `models` (POST /api/save), as it arrives. Progress: `saving`
+        with bytes received of the total (known for a plain tar, which has a Content-Length)."""
+        body = {"models": models, "format": format, "level": level}
+        try:
+            with self._http.stream("POST", "/api/save", json={k: v for k, v in body.items() if v is not None}) as response:
+                if response.status_code >= 400:
+                    raise _error(response.status_code, response.read())
+                length = response.headers.get("content-length")
+                total = int(length) if length else None
+                done = shown = 0
+                if on_progress:
+                    on_progress(Progress("saving", None, 0, total))
+                for chunk in response.iter_raw(CHUNK):
+                    yield chunk
+                    done += len(chunk)
+                    if on_progress and (done - shown >= CHUNK or done == total):
+                        shown = done
+                        on_progress(Progress("saving", None, done, total))
+        except httpx.RemoteProtocolError as e:
+            raise OllimgError(f"the server's archive stream broke off ({e}); see the server's log") from None
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+
+    def load(self, chunks: Iterable[bytes], total: int | None = None, on_progress: OnProgress | None = None) -> api.LoadResponse:
+        """Sends an archive's bytes to POST /api/load. Progress: `loading` with bytes sent (of `total`)."""
+        self.version()  # a wrong API key answers here, not as a broken pipe halfway through a large upload
+
+        def body() -> Iterator[bytes]:
+            done = shown = 0
+            if on_progress:
+                on_progress(Progress("loading", None, 0, total))
+            for chunk in chunks:
+                yield chunk
+                done += len(chunk)
+                if on_progress and (done - shown >= CHUNK or done == total):
+                    shown = done
+                    on_progress(Progress("loading", None, done, total))
+
+        headers = {"Content-Type": "application/octet-stream"}
+        if total is not None:
+            headers["Content-Length"] = str(total)
+        return api.LoadResponse.model_validate(self._request("POST", "/api/load", content=body(), headers=headers))
 
     # -- plumbing ------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """`pull` and `push` for the CLI: the transfer itself (`transfer()`, through a running server or on
-the local store) and its progress: one rich bar (bytes, rate, ETA) on a terminal's stderr, plain
+the local store) and its progress (also drawn for `save` and `load`): one rich bar (bytes, rate, ETA) on a terminal's stderr, plain
 lines on any other stderr, and with `--json` every Progress as one NDJSON line on stdout (the same
 lines the server's /api/pull and /api/push stream).
 
@@ -62,17 +62,20 @@ class TransferDisplay:
             sys.stdout.write(json.dumps(progress.to_json()) + "\n")
             sys.stdout.flush()
             return
-        if progress.digest is None or progress.status == "success":  # the server's success names the model's digest
+        # The server's success names the model's digest; a status with bytes but no digest (an
+        # archive sent to or from the server) is drawn as one item.
+        if progress.status == "success" or (progress.digest is None and progress.completed is None):
             self._status(progress.status)
             return
         if self.started is None:
             self.started = time.monotonic()
         completed, total = progress.completed or 0, progress.total or 0
+        key = progress.digest or progress.status
         if progress.status.split(" ")[0] in SKIPPED:
-            self.blobs.pop(progress.digest, None)
+            self.blobs.pop(key, None)
             self.present += total
         else:
-            entry = self.blobs.setdefault(progress.digest, [completed, completed, total])
+            entry = self.blobs.setdefault(key, [completed, completed, total])
             entry[1] = completed
         self.dirty = True
         self._draw()
@@ -86,7 +89,7 @@ class TransferDisplay:
 
     def _describe(self) -> str:
         _, _, done, count = self.totals()
-        text = f"{self.verb} {done}/{count} blobs"
+        text = f"{self.verb} {done}/{count} blobs" if all(k.startswith("sha256:") for k in self.blobs) else self.verb
         return text + (f" ({human_bytes(self.present)} already there)" if self.present else "")
 
     def _draw(self) -> None:

@@ -24,11 +24,10 @@ from ollimg.blobs.store import BlobWriter, check_digest
 from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound, RegistryError, StoreError
 from ollimg.manifest import Descriptor, Manifest, Model, Name, Store
 from ollimg.manifest.manifest import MAX_MANIFEST_BYTES
-from ollimg.progress import OnProgress
+from ollimg.progress import OnProgress, Reporter
 from ollimg.registry.client import MANIFEST_ACCEPT, HttpxBody, Registry, check, retrying
 from ollimg.registry.direct import Body
 from ollimg.registry.parallel import run_all
-from ollimg.registry.reporter import Reporter
 
 log = logging.getLogger(__name__)
 

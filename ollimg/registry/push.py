@@ -17,10 +17,9 @@ import httpx
 from ollimg import config
 from ollimg.errors import Cancelled, InvalidName, RegistryError, StoreError
 from ollimg.manifest import Descriptor, Name, Store
-from ollimg.progress import OnProgress
+from ollimg.progress import OnProgress, Reporter
 from ollimg.registry.client import Registry, check, resolve, retrying
 from ollimg.registry.parallel import run_all
-from ollimg.registry.reporter import Reporter
 
 
 READ = 1 << 20  # upload bodies stream in pieces this big (one big bytes body is 3x slower in httpx)

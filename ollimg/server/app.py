@@ -70,12 +70,13 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
     app.state.store = store
     app.state.scheduler = scheduler
 
-    from ollimg.server.routes import generate, models, openai, sdapi
+    from ollimg.server.routes import archive, generate, models, openai, sdapi
 
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(openai.router)
     app.include_router(sdapi.router)
+    app.include_router(archive.router)
 
     @app.get("/", response_class=PlainTextResponse, tags=["server"])
     def root() -> str:

@@ -134,3 +134,43 @@ def test_wrong_config_and_weights_are_invalid_model(tiny_klein_dir, tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "use_dynamic_shifting": False}))
     with pytest.raises(InvalidModel, match="klein shifts dynamically"):
         load(bad, backend="torch", device="cpu")
+
+
+def fp8_reference(tiny_klein_dir, store_dir, name="klein:fp8", dtype=torch.float32, device="cpu"):
+    """The fp8 model made by the real create, and diffusers holding its dequantized weights."""
+    from ollimg.create import create
+    from ollimg.manifest import Store
+    from ollimg.runtime.torch_backend import mapped
+
+    model = create(Store(store_dir), name, tiny_klein_dir, quantize="fp8")
+    refs = model.tensors()
+    fp8 = {t: r for t, r in refs.items() if r.dtype == "F8_E4M3"}
+    components = {t.split("/", 1)[0] for t in fp8}
+    assert components == {"transformer", "text_encoder"} and len(fp8) > 20
+    ref = reference_pipe(tiny_klein_dir, dtype, device=device)
+    for title, weight in fp8.items():
+        component, key = title.split("/", 1)  # Qwen3ForCausalLM keeps its `model.` prefix
+        dequantized = mapped(weight).float() * mapped(refs[title + "_scale"])[:, None]
+        getattr(ref, component).get_parameter(key).data.copy_(dequantized.to(device))
+    return ref
+
+
+def test_fp8_model_against_its_dequantized_weights(tiny_klein_dir, store_dir):
+    ref = fp8_reference(tiny_klein_dir, store_dir)
+    ours = load("klein:fp8", backend="torch", device="cpu", dtype="float32", models_dir=store_dir)
+    linear = ours.components.modules["transformer"].transformer_blocks[0].attn.to_q
+    assert linear.weight.dtype == torch.float8_e4m3fn  # kept in fp8, dequantized per call
+    images = with_images({"images": [(64, 64)]})["images"]
+    compare(ours, ref, ["a cat on the moon"], images=images, width=48, height=32)
+
+
+def test_offloaded_text_encoder_gives_the_same_image(ours, tiny_klein_dir, monkeypatch):
+    """OLLIMG_OFFLOAD=always: the text encoder streams its layers per prompt (the padded, masked
+    run klein needs); nothing changes in the result, and its weights do not count as resident."""
+    monkeypatch.setenv("OLLIMG_OFFLOAD", "always")
+    offloaded = load(tiny_klein_dir, backend="torch", device="cpu", dtype="float32")
+    assert offloaded.components.modules["text_encoder"] is None
+    assert offloaded.backend.memory() < ours.backend.memory()
+    kwargs = dict(width=32, height=32, steps=2, seed=4, max_sequence_length=24)
+    np.testing.assert_array_equal(offloaded.generate(["a cat", "a dog"], **kwargs).latents,
+                                  ours.generate(["a cat", "a dog"], **kwargs).latents)

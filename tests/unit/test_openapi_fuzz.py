@@ -46,6 +46,7 @@ def test_openapi_lists_every_route():
         "/", "/api/version", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/create", "/api/pull",
         "/api/push", "/api/delete", "/api/copy", "/v1/models", "/v1/images/generations", "/sdapi/v1/txt2img",
         "/sdapi/v1/options", "/sdapi/v1/sd-models", "/sdapi/v1/progress", "/sdapi/v1/interrupt",
+        "/api/save", "/api/load",
     } <= paths
 
 

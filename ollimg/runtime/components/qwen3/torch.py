@@ -142,7 +142,7 @@ def streamed_encoder(backend, config: Qwen3Config, outputs: tuple[int, ...], ref
     """The text encoder for when the device is short of memory: the embedding table stays mapped
     in CPU memory (a lookup there), and each layer's weights are uploaded when its turn comes and
     freed after it ran, so the device holds one layer at a time beside the rest of the model.
-    Returns `encode(ids) -> features` as TextEncoder's forward gives them (unpadded rows)."""
+    Returns `encode(ids, length=None, pad_id=0) -> features` as TextEncoder's forward gives them."""
     with torch.device("meta"):
         encoder = TextEncoder(config, outputs)
     table = backend.load_tensors({"embed_tokens.weight": refs["embed_tokens.weight"]}, resident=False, device="cpu")
@@ -151,14 +151,14 @@ def streamed_encoder(backend, config: Qwen3Config, outputs: tuple[int, ...], ref
                  for i in range(len(encoder.layers))]
 
     @torch.inference_mode()
-    def encode(ids: list[np.ndarray]) -> list[torch.Tensor]:
-        x, cos, sin, mask = encoder.embed(ids, backend.device, backend.torch_dtype)
+    def encode(ids: list[np.ndarray], length: int | None = None, pad_id: int = 0) -> list[torch.Tensor]:
+        x, cos, sin, mask = encoder.embed(ids, backend.device, backend.torch_dtype, length=length, pad_id=pad_id)
         states = {}
         for k, (layer, layer_refs) in enumerate(zip(encoder.layers, per_layer), start=1):
             x = assign(layer, backend.load_tensors(layer_refs, resident=False), "text_encoder")(x, cos, sin, mask)
             layer.to("meta")  # frees this layer's device copy
             if k in encoder.outputs:
                 states[k] = x
-        return encoder.features(states, ids, None)
+        return encoder.features(states, ids, length)
 
     return encode

@@ -252,7 +252,7 @@ class Flux2Transformer(nn.Module):
         if ctx.refs is not None:
             img = mx.concatenate([img, mx.broadcast_to(ctx.refs, (B, *ctx.refs.shape[1:]))], axis=1)
         img = self.x_embedder(img)
-        txt = mx.broadcast_to(ctx.txt, (B, *ctx.txt.shape[1:])) if ctx.txt.shape[0] == 1 else ctx.txt
+        txt = ctx.txt  # (B, Lt, D)
         for block in self.transformer_blocks:
             img, txt = block(img, txt, mod_img, mod_txt, ctx.cos, ctx.sin)
         joint = mx.concatenate([txt, img], axis=1)

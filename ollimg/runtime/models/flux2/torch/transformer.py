@@ -255,7 +255,7 @@ class Flux2Transformer(nn.Module):
         if ctx.refs is not None:
             img = torch.cat([img, ctx.refs.expand(B, -1, -1)], dim=1)
         img = self.x_embedder(img)
-        txt = ctx.txt.expand(B, -1, -1) if ctx.txt.shape[0] == 1 else ctx.txt
+        txt = ctx.txt  # (B, Lt, D)
         for block in self.transformer_blocks:
             img, txt = block(img, txt, mod_img, mod_txt, ctx.cos, ctx.sin)
         joint = torch.cat([txt, img], dim=1)
