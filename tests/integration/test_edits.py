@@ -41,7 +41,7 @@ def alpha_mask(w: int = 70, h: int = 53) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_zimage_dir):
+def server(tmp_path_factory, tiny_zimage_dir, tiny_klein_dir):
     root = tmp_path_factory.mktemp("serve-edits")
     srv = Server(root, OLLIMG_KEEP_ALIVE="5m", OLLIMG_MAX_UPLOAD=str(LIMIT))
     assert srv.cli("create", MODEL, "-f", str(tiny_zimage_dir)).returncode == 0
@@ -52,6 +52,8 @@ def server(tmp_path_factory, tiny_zimage_dir):
     vae = next((no_encoder / "vae").glob("*.safetensors"))
     save_file({k: v for k, v in load_file(vae).items() if not k.startswith(("encoder.", "quant_conv."))}, vae)
     created = srv.cli("create", "noenc", "-f", str(no_encoder))
+    assert created.returncode == 0, created.stderr
+    created = srv.cli("create", "klein", "-f", str(tiny_klein_dir))
     assert created.returncode == 0, created.stderr
     srv.start()
     yield srv
@@ -284,3 +286,13 @@ def test_cfg_knobs_on_every_interface(server, oai, tmp_path):
                    "--cfg-truncation", "0.4", "--steps", "3", "--seed", "8", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert Image.open(out).convert("RGB").tobytes() == reference
+
+
+def test_openai_edit_several_reference_images_with_klein(oai):
+    """FLUX.2 klein takes several images as references (image[] parts); it has no mask or strength."""
+    result = oai.images.edit(model="klein", image=[("a.png", png(photo(80, 64))), ("b.png", png(photo(64, 64)))],
+                             prompt="the two together", extra_body={"steps": 2, "seed": 1})
+    assert decode(result.data[0].b64_json).size == (80, 64)
+    with pytest.raises(openai.BadRequestError, match="cannot edit images: it takes no strength"):
+        oai.images.edit(model="klein", image=("a.png", png(photo(64, 64))), prompt="x",
+                        extra_body={"steps": 2, "strength": 0.5})
