@@ -11,8 +11,9 @@ bench/gpu_baseline.py's.
     python bench/klein_baseline.py --work /tmp/kbench [--runs 3] [--size 1024] [--steps 4] [--fp8]
     python bench/klein_baseline.py --work /tmp/kbench-tiny --tiny      # the same flow on CPU, tiny model
 
-A published reference for scale: SGLang serves klein 4B at 1024x1024, 4 steps, in 375 ms end to
-end on one H200.
+ollimg runs the distilled model with guidance 0 (bench/gpu_baseline.py's call; klein ignores it),
+diffusers with its default (ignored too). A published reference for scale: SGLang serves klein 4B
+at 1024x1024, 4 steps, in 375 ms end to end on one H200.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def time_diffusers(path: Path, args, dtype: str) -> dict:
                  callback_on_step_end=lambda p, step, t, kw: packed.append(kw["latents"]) or {})
             base.sync()
             t2 = time.perf_counter()
-            z = pipe._unpack_latents_with_ids(packed[-1], pipe._prepare_latent_ids(latents), cells, cells)
+            z = pipe._unpack_latents_with_ids(packed[-1], pipe._prepare_latent_ids(latents).to(latents.device), cells, cells)
             mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1).to(z.dtype)
             std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(z.dtype)
             z = pipe._unpatchify_latents(z * std + mean)
@@ -140,7 +141,6 @@ def main() -> None:
                         help="also import with --quantize fp8 and time it (fp8 matmul where the GPU has it)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    args.guidance = 1.0  # distilled: guidance is ignored
 
     from ollimg.create import create
     from ollimg.manifest import Store

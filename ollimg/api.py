@@ -33,6 +33,9 @@ class Error(BaseModel):
 # -- native: generate ---------------------------------------------------------------------------
 
 
+_TEACACHE_HELP = "TeaCache threshold (default: off); the model must be calibrated (ollimg calibrate)"
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -54,6 +57,7 @@ class GenerateRequest(BaseModel):
     strength: float | None = Field(None, gt=0, le=1, description="how much of the image is redrawn; default: the model's")
     cfg_truncation: float | None = Field(None, ge=0, description="CFG stops above this normalised time (over 1: never)")
     cfg_normalization: float | None = Field(None, ge=0, description="cap on the guided prediction's norm (0: off)")
+    teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
 
 
 class GenerateStep(BaseModel):
@@ -254,6 +258,7 @@ class ImageGenerationRequest(BaseModel):
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
     cfg_truncation: float | None = Field(None, ge=0, description="CFG stops above this normalised time (over 1: never)")
     cfg_normalization: float | None = Field(None, ge=0, description="cap on the guided prediction's norm (0: off)")
+    teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
 
 
 class ImageEditRequest(ImageGenerationRequest):

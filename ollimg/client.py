@@ -126,7 +126,7 @@ class Client:
         except httpx.TransportError as e:
             raise self._unreachable(e) from None
 
-    def load(self, chunks: Iterable[bytes], total: int | None = None, on_progress: OnProgress | None = None) -> api.LoadResponse:
+    def load_archive(self, chunks: Iterable[bytes], total: int | None = None, on_progress: OnProgress | None = None) -> api.LoadResponse:
         """Sends an archive's bytes to POST /api/load. Progress: `loading` with bytes sent (of `total`)."""
         self.version()  # a wrong API key answers here, not as a broken pipe halfway through a large upload
 

@@ -40,7 +40,7 @@ def load_command(
         if client is not None:
             with client:
                 chunks, total = _bytes_of(path)
-                result = client.load(chunks, total, on_progress=display)
+                result = client.load_archive(chunks, total, on_progress=display)
             names, new, dedup = result.models, result.new_bytes, result.deduplicated_bytes
         else:
             loaded = archive.load(Store(), path or archive.read_chunks(sys.stdin.buffer), on_progress=display)

@@ -37,9 +37,9 @@ def _options(
 
 
 def _register() -> None:
-    from ollimg.cli import create, load, login, models, ps, pull, push, run, save, serve, stop
+    from ollimg.cli import calibrate, create, load, login, models, ps, pull, push, run, save, serve, stop
 
-    for module in (create, models, pull, push, save, load, login, serve, run, ps, stop):
+    for module in (create, models, pull, push, save, load, login, serve, run, ps, stop, calibrate):
         module.register(app)
 
 

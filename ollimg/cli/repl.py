@@ -28,6 +28,7 @@ class Settings:
     negative: str | None
     n: int
     format: str
+    teacache: float | None = None
     images: list[Path] = field(default_factory=list)  # images to edit (--image, /image)
     mask: Path | None = None  # white is redrawn (--mask, /mask)
     strength: float | None = None  # how much of the image is redrawn (--strength, /set strength)
@@ -42,6 +43,7 @@ REPL_HELP = """Type a prompt to draw it. Commands:
   /set cfg_truncation X | cfg_normalization X   (empty: the model's)
   /image PATH  edit this image (again: one more image); /image alone: back to text to image
   /mask PATH   redraw only where the mask is white; /mask alone clears it
+  /set teacache X | teacache off   step caching (the model must be calibrated: ollimg calibrate)
   /show        the settings in use
   /bye         exit (or Ctrl-D); Ctrl-C stops a generation"""
 
@@ -139,6 +141,10 @@ class Repl:
                 if value and float(value) < 0:
                     raise InvalidInput(f"{key} must be 0 or more")
                 setattr(s, key, float(value) if value else None)
+            elif key == "teacache":
+                s.teacache = None if value.lower() in ("off", "") else float(value)
+                if s.teacache is not None and not 0 <= s.teacache <= 100:
+                    raise InvalidInput("teacache is a threshold from 0 to 100, or off")
             else:
                 raise InvalidInput(f"unknown setting {key!r}; /? lists them")
         except ValueError:

@@ -52,6 +52,9 @@ def run_command(
     output: Path = typer.Option(None, "-o", "--output", help="Output file (default: <prompt>-<time>.<ext> here)."),
     fmt: str = typer.Option(None, "--format", help="png, jpeg or webp (default: from -o, else png)."),
     keep_alive: str = typer.Option(None, "--keep-alive", help="How long the model stays loaded, e.g. 10m."),
+    teacache: float = typer.Option(None, "--teacache", min=0, max=100,
+                                   help="TeaCache threshold: reuse the transformer's work on steps that change "
+                                        "little (default: off; run ollimg calibrate MODEL first)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     image: list[Path] = typer.Option(None, "--image", help="Edit this image (repeat for reference images); the "
                                                           "output takes its size unless --size says otherwise."),
@@ -72,9 +75,10 @@ def run_command(
     if interactive and output is not None:
         raise InvalidInput("-o needs a prompt; typed prompts are saved as <prompt>-<time>.<ext> here")
     width, height = api.parse_size(size)
-    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), list(image or []),
-                        mask, None if strength is None else check_strength(strength), cfg_truncation,
-                        cfg_normalization)
+    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), teacache=teacache,
+                        images=list(image or []), mask=mask,
+                        strength=None if strength is None else check_strength(strength),
+                        cfg_truncation=cfg_truncation, cfg_normalization=cfg_normalization)
     if (mask is not None or strength is not None) and not settings.images:
         raise InvalidInput("--mask and --strength need --image")
     console = Console(stderr=True)
@@ -94,7 +98,8 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
         result = client.generate(
             model, prompt, on_step=bar, width=settings.width, height=settings.height, steps=settings.steps,
             seed=settings.seed, guidance=settings.guidance, negative_prompt=settings.negative, n=settings.n,
-            format=settings.format, keep_alive=keep_alive, images=[_read(p) for p in settings.images] or None,
+            format=settings.format, keep_alive=keep_alive, teacache=settings.teacache,
+            images=[_read(p) for p in settings.images] or None,
             mask=_read(settings.mask) if settings.mask else None, strength=settings.strength,
             cfg_truncation=settings.cfg_truncation, cfg_normalization=settings.cfg_normalization,
         )

@@ -42,12 +42,13 @@ def load(name_or_path: str | Path, *, backend: str | None = None, device: str | 
     dtype: "float32", "bfloat16" or "float16" (None: bfloat16 on CUDA, float32 on CPU).
     """
     from ollimg.runtime import backend as backends
-    from ollimg.runtime import families
+    from ollimg.runtime import families, teacache
 
     start = time.perf_counter()
     source = open_source(name_or_path, models_dir)
     family = families.family(source.json("model_index.json").get("_class_name"), f"model {source.name}")
     chosen = backends.create(backends.choose(backend), device=device, dtype=dtype)
     pipeline = family.load(source, chosen)
+    pipeline.calibration = teacache.read_calibration(source)
     pipeline.load_seconds = time.perf_counter() - start
     return pipeline

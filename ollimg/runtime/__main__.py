@@ -4,10 +4,12 @@ Loads one model once, then serves requests from its parent over stdin/stdout fra
 (`ollimg/runtime/channel.py`); the parent side is `ollimg/runtime/process.py`.
 
   parent -> worker: {"type": "generate", "request": {...}} | {"type": "cancel"} | {"type": "stop"}
+                    {"type": "calibrate", "prompts": [...], "steps": N | null} (TeaCache)
   worker -> parent: {"type": "ready", "processor", "memory", "load_seconds"}
                     {"type": "step", "step", "total", "elapsed"}
                     {"type": "preview", "index", "image" (base64 PNG)}
                     {"type": "result", "result": GenerateResult JSON}
+                    {"type": "calibration", "calibration": Calibration JSON}
                     {"type": "error", "code", "message"}
 
 Generation runs on the main thread; a reader thread takes `cancel` (checked between steps),
@@ -67,27 +69,45 @@ class Worker:
                 return
             if message.get("type") == "cancel":
                 self.cancelled.set()
-            elif message.get("type") == "generate":
+            elif message.get("type") in ("generate", "calibrate"):
                 self.cancelled.clear()  # here, not in serve(): a cancel that follows the request must stick
-                self.requests.put(message.get("request") or {})
+                self.requests.put(message)
 
     def serve(self) -> None:
         while True:
-            request = self.requests.get()
-            if request is None:
+            message = self.requests.get()
+            if message is None:
                 return
             try:
-                result = self.generate(request)
-                self.channel.send({"type": "result", "result": result.to_json()})
+                if message["type"] == "calibrate":
+                    calibration = self.calibrate(message.get("prompts"), message.get("steps"))
+                    self.channel.send({"type": "calibration", "calibration": calibration.to_json()})
+                else:
+                    result = self.generate(message.get("request") or {})
+                    self.channel.send({"type": "result", "result": result.to_json()})
             except Exception as e:  # process edge: every failure becomes an error frame
                 if not isinstance(e, OllimgError):
                     log.exception("generation failed")
                 self.channel.send(_error(e))
 
+    def on_step(self, step) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("generation cancelled")
+        self.channel.send({"type": "step", **step.to_json()})
+
+    def calibrate(self, prompts, steps):
+        from ollimg.runtime.teacache import calibrate
+
+        if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise InvalidInput("calibration prompts must be a non-empty list of non-empty strings")
+        if steps is not None and (not isinstance(steps, int) or not 3 <= steps <= 1000):
+            raise InvalidInput(f"invalid steps {steps!r}: calibration needs 3 to 1000")
+        return calibrate(self.pipeline, prompts, steps, on_step=self.on_step)
+
     def generate(self, raw: dict):
-        from ollimg.progress import Step
         from ollimg.runtime.images import Parameters, encode
         from ollimg.runtime.request import GenerateRequest, GenerateResult
+        from ollimg.runtime.teacache import refuse_unsupported
 
         try:
             req = GenerateRequest.from_json(raw)
@@ -95,11 +115,6 @@ class Worker:
             raise InvalidInput(f"invalid request: {e}") from None
         if req.format.lower() not in ("png", "jpeg", "jpg", "webp"):
             raise InvalidInput(f"unsupported output format {req.format!r}: use png, jpeg or webp")
-
-        def on_step(step: Step) -> None:
-            if self.cancelled.is_set():
-                raise Cancelled("generation cancelled")
-            self.channel.send({"type": "step", **step.to_json()})
 
         previews = iter(range(req.previews))
 
@@ -111,6 +126,10 @@ class Worker:
             self.channel.send({"type": "preview", "index": next(previews), "step": step,
                                "image": base64.b64encode(png).decode("ascii")})
 
+        options = {}
+        if req.teacache is not None:
+            refuse_unsupported(self.pipeline)
+            options["teacache"] = req.teacache
         d = self.pipeline.defaults
         edit = self._edit(req)
         if req.images:
@@ -120,15 +139,16 @@ class Worker:
             result_size = (req.width or d.width, req.height or d.height)
         result = self.pipeline.generate(
             req.prompt, negative_prompt=req.negative_prompt, width=req.width, height=req.height, steps=req.steps,
-            guidance=req.guidance, seed=req.seed, n=req.n, on_step=on_step, previews=req.previews,
-            on_preview=on_preview if req.previews else None, **edit,
+            guidance=req.guidance, seed=req.seed, n=req.n, on_step=self.on_step, previews=req.previews,
+            on_preview=on_preview if req.previews else None, **options, **edit,
         )
         mark = time.perf_counter()
         images = []
         for image, seed in zip(result.images, result.seeds):
             params = Parameters(req.prompt, req.negative_prompt, result.steps, result.guidance, seed, result.width,
                                 result.height, req.model_name or self.pipeline.name, self.pipeline.digest,
-                                getattr(result, "strength", None), tuple(req.image_digests))
+                                teacache=req.teacache, steps_reused=int(result.timings.get("steps_reused", 0)),
+                                strength=getattr(result, "strength", None), source_digests=tuple(req.image_digests))
             images.append(encode(image, params, req.format, req.compression))
         result.timings["encode"] = time.perf_counter() - mark
         return GenerateResult(images, result.seeds, result.width, result.height, result.steps, result.guidance,

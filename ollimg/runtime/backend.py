@@ -38,6 +38,9 @@ class Backend(Protocol):
     def norm(self, x: Array) -> float:
         """The L2 norm of the whole array."""
 
+    def mean_abs(self, x: Array) -> float:
+        """The mean absolute value of the whole array, in float32 (TeaCache's L1 distances)."""
+
     def synchronize(self) -> None:
         """Wait for queued device work (timings, progress)."""
 

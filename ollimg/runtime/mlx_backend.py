@@ -67,6 +67,9 @@ class MlxBackend:
     def norm(self, x: mx.array) -> float:
         return float(mx.sqrt(mx.sum(mx.square(x.astype(mx.float32)))))
 
+    def mean_abs(self, x: mx.array) -> float:
+        return float(mx.mean(mx.abs(x.astype(mx.float32))))
+
     def synchronize(self) -> None:
         mx.synchronize()
 

@@ -36,6 +36,7 @@ class Result:
     guidance: float
     timings: dict[str, float] = field(default_factory=dict)
     latents: np.ndarray | None = None  # float32, the final latents in the family's layout
+    cache: Any = None  # the generation's TeaCache (ollimg/runtime/teacache.py), when one was used
     strength: float | None = None  # an edit's strength (None: text to image)
 
 
@@ -45,13 +46,16 @@ class Pipeline(Protocol):
     `generate(prompt, *, negative_prompt=None, width=None, height=None, steps=None, guidance=None,
     seed=None, n=1, latents=None, on_step=None, previews=0, on_preview=None, **family_options)`:
     None settings take `defaults`; `on_step` gets a Step after each step and may raise (e.g.
-    Cancelled) to stop between steps; `on_preview` is called at `previews` evenly spaced steps."""
+    Cancelled) to stop between steps; `on_preview` is called at `previews` evenly spaced steps;
+    a family that has opted in to TeaCache also takes `teacache` (a threshold; None: off) and
+    `teacache_record`, as `ollimg/runtime/teacache.py` describes."""
 
     name: str
     digest: str | None
     backend: Any
     defaults: Any  # the family's Defaults: at least steps, guidance, width, height
     load_seconds: float
+    calibration: Any  # the model's TeaCache Calibration, or None
 
     def generate(self, prompt: str | list[str], **options) -> Result: ...
 

@@ -123,6 +123,25 @@ class RuntimeProcess:
                 elif kind not in ("step", "preview"):
                     raise self._failure(message, f"runtime for {self.model} failed")
 
+    def calibrate(self, prompts: list[str], steps: int | None, on_step: Callable[[Step], None] | None = None) -> dict:
+        """Record TeaCache's calibration runs over `prompts` in the worker; the Calibration JSON."""
+        with self._busy:
+            if not self.alive:
+                raise RuntimeFailed(f"runtime for {self.model} is not running", stderr_tail=self.stderr_tail())
+            try:
+                self._channel.send({"type": "calibrate", "prompts": prompts, "steps": steps})
+            except OSError:
+                raise RuntimeFailed(f"runtime for {self.model} exited", stderr_tail=self.stderr_tail()) from None
+            while True:
+                message = self._frames.get()
+                kind = message.get("type") if message is not _EOF else None
+                if kind == "step" and on_step is not None:
+                    on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0)))
+                elif kind == "calibration":
+                    return message["calibration"]
+                elif kind not in ("step", "preview"):
+                    raise self._failure(message, f"runtime for {self.model} failed")
+
     def cancel(self) -> None:
         """Cancel the running generation (it stops before its next step); harmless when idle."""
         if self.alive:

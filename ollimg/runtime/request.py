@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 @dataclass
 class GenerateRequest:
-    """width/height/steps/guidance None means the model's defaults; image i uses seed + i."""
+    """width/height/steps/guidance None means the model's defaults; image i uses seed + i;
+    teacache: a TeaCache threshold (None: off)."""
 
     prompt: str
     negative_prompt: str | None = None
@@ -32,6 +33,7 @@ class GenerateRequest:
     image_digests: list[str] = field(default_factory=list)  # sha256 of each uploaded image, for the metadata
     cfg_truncation: float | None = None  # None: the model's (Z-Image: CFG off above this normalised time)
     cfg_normalization: float | None = None  # None: the model's (Z-Image: cap on the guided norm; 0 off)
+    teacache: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

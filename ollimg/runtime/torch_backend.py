@@ -130,6 +130,9 @@ class TorchBackend:
     def norm(self, x: torch.Tensor) -> float:
         return float(torch.linalg.vector_norm(x.float()))
 
+    def mean_abs(self, x: torch.Tensor) -> float:
+        return float(x.float().abs().mean())
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -81,3 +81,22 @@ def test_repl_set_and_errors(capsys):
         with pytest.raises(InvalidInput, match=message):
             repl.command(bad)
     assert settings == Settings(768, 512, 4, None, 1.5, None, 2, "jpeg") and drawn == []  # bad lines changed nothing
+
+
+def test_repl_set_teacache():
+    from rich.console import Console
+
+    from ollimg.cli.repl import Repl, Settings
+    from ollimg.cli.run import _format
+
+    settings = Settings(None, None, None, None, None, None, 1, "png")
+    repl = Repl(settings, lambda line: None, lambda v: _format(v, None), Console(stderr=True))
+    assert settings.teacache is None  # off unless asked for
+    repl.command("/set teacache 0.3")
+    assert settings.teacache == 0.3
+    for bad, message in (("/set teacache -1", "0 to 100"), ("/set teacache lots", "not a number")):
+        with pytest.raises(InvalidInput, match=message):
+            repl.command(bad)
+    assert settings.teacache == 0.3
+    repl.command("/set teacache off")
+    assert settings.teacache is None

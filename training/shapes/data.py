@@ -7,11 +7,11 @@ starved: one pass per shape slot over a 2x supersampled grid.
 
 from __future__ import annotations
 
-import math
 import random
 
 import torch
 
+from training.shapes import outlines
 from training.shapes.world import COLORS, SHAPES, SIZE, SIZES, Spec, sample_spec
 
 MAX_SHAPES = 3
@@ -29,27 +29,9 @@ def batch(seed: int, step: int, n: int, device: str = "cpu") -> tuple[list[str],
     return [s.caption for s in specs], render(specs, device)
 
 
-def _star_radius(theta: torch.Tensor, inner: float = 0.45) -> torch.Tensor:
-    """Boundary radius of a 5-pointed star (outer radius 1) in direction theta from its up point."""
-    a = torch.remainder(theta, 2 * math.pi / 5)
-    phi = torch.minimum(a, 2 * math.pi / 5 - a)  # angle from the nearest point, 0..36 degrees
-    p1 = (1.0, 0.0)
-    p2 = (inner * math.cos(math.pi / 5), inner * math.sin(math.pi / 5))
-    nx, ny = p2[1] - p1[1], -(p2[0] - p1[0])
-    c = nx * p1[0] + ny * p1[1]
-    return c / (nx * torch.cos(phi) + ny * torch.sin(phi))
-
-
 def _masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(len(SHAPES), B, H, W) masks of each kind, in coordinates scaled by the half extent."""
-    au, av = u.abs(), v.abs()
-    circle = u * u + v * v <= 1.0
-    square = torch.maximum(au, av) <= 0.85
-    triangle = (v <= 0.8) & (v >= -1.0 + 1.85 * au)
-    star = torch.sqrt(u * u + v * v) <= _star_radius(torch.atan2(u, -v))
-    diamond = au + av <= 1.1
-    by_kind = {"circle": circle, "square": square, "triangle": triangle, "star": star, "diamond": diamond}
-    return torch.stack([by_kind[k] for k in SHAPES])
+    return torch.stack([outlines.inside(torch, k, u, v) for k in SHAPES])
 
 
 def render(specs: list[Spec], device: str = "cpu") -> torch.Tensor:

@@ -28,10 +28,13 @@ TRANSFORMER = dict(
     cap_feat_dim=TEXT["hidden_size"], rope_theta=256.0, t_scale=1000.0,
     axes_dims=[16, 24, 24], axes_lens=[1536, 512, 512],
 )
+# Three blocks: 4x downsampling, a 32x32x16 latent for a 128x128 image (256 image tokens at patch
+# 2). The first model's 8x VAE (four blocks) drew no small star: its 16x16 latent gives a 22-pixel
+# star under 3x3 latent pixels (training/shapes/README.md).
 VAE = dict(
     in_channels=3, out_channels=3, latent_channels=16,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[32, 64, 128, 128], layers_per_block=1, act_fn="silu",
+    down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+    block_out_channels=[32, 64, 128], layers_per_block=1, act_fn="silu",
     norm_num_groups=32, sample_size=128, use_quant_conv=False, use_post_quant_conv=False,
     mid_block_add_attention=True, force_upcast=True, scaling_factor=1.0, shift_factor=0.0,
 )

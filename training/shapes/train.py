@@ -5,8 +5,9 @@ Run from the repository root (needs diffusers and transformers, the test-only re
     python -m training.shapes.train --out out/shapes
 
 Seeded: the same arguments on the same hardware and software give the same weights (up to
-non-deterministic GPU kernels). The shipped model was trained with the defaults below on one
-NVIDIA H100 (see training/shapes/README.md for the time it took).
+non-deterministic GPU kernels). By default the number of DiT steps is fitted to --budget-seconds
+(one GPU lease) and printed; --dit-steps N with that N reruns the same training.
+training/shapes/README.md records the recipe, time and hardware of each model.
 
 The DiT objective matches how diffusers' ZImagePipeline samples: latents x0 = (z - shift) *
 scale, noisy x = (1 - sigma) * x0 + sigma * noise, the model gets t = 1 - sigma (the pipeline's
@@ -38,6 +39,9 @@ EIGHT_STEP_SIGMAS = (1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3)
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+WARMUP = 200  # DiT warm-up steps
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -115,16 +119,29 @@ def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float
     torch._foreach_lerp_(ema, params, 1 - decay)
 
 
-def train_dit(bpe, te, dit, vae, shift, scale, args, device) -> None:
+def fit_steps(args, step_seconds: float, elapsed: float) -> int:
+    """DiT steps that end training --reserve-seconds before --budget-seconds (the GPU lease)."""
+    left = args.budget_seconds - args.reserve_seconds - elapsed
+    return max(PROBE_STEPS, min(args.max_dit_steps, PROBE_STEPS + int(left / step_seconds)))
+
+
+PROBE_STEPS = 30  # steps timed before --dit-steps is fitted; fewer than the warm-up, whose
+# learning rates do not depend on the total, so a rerun with the fitted total is the same run
+
+
+def train_dit(bpe, te, dit, vae, shift, scale, args, device, t0: float) -> int:
+    """Trains the DiT and text encoder; returns the number of steps."""
     params = list(dit.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
     gen = torch.Generator().manual_seed(args.seed + 3)
     dit.train(), te.train()
     start = time.time()
-    for step in range(args.dit_steps):
+    total = args.dit_steps or args.max_dit_steps
+    step = 0
+    while step < total:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.dit_steps, args.lr, 200)
+            group["lr"] = lr_at(step, total, args.lr, WARMUP)
         captions, x = data.batch(args.seed, step, args.batch, device)
         with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
             x0 = ((vae.encode(x).latent_dist.sample().float() - shift) * scale)
@@ -141,18 +158,50 @@ def train_dit(bpe, te, dit, vae, shift, scale, args, device) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema_update(ema, [p.detach() for p in params], min(args.ema, (1 + step) / (10 + step)))
-        if step % 100 == 0 or step == args.dit_steps - 1:
-            log(f"dit step {step} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
-        if time.time() - start > args.max_dit_seconds:  # a guard for the GPU lease, not the plan
-            log(f"dit stopped at step {step}: over --max-dit-seconds")
-            break
+        if step % 100 == 0 or step == total - 1:
+            log(f"dit step {step}/{total} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+        if step == 0:
+            synchronize(device)
+            probe = time.time()
+        if not args.dit_steps and step == PROBE_STEPS:
+            synchronize(device)
+            step_seconds = (time.time() - probe) / PROBE_STEPS
+            total = fit_steps(args, step_seconds, time.time() - t0)
+            log(f"dit: {step_seconds:.3f} s/step, {total} steps fit the budget ({args.budget_seconds:.0f}s)")
+        step += 1
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
     dit.eval(), te.eval()
+    return total
 
 
-def evaluate(model_dir: Path, device: str, out: Path, steps: int) -> dict[str, float]:
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def figures(images: list[np.ndarray], specs) -> dict:
+    """The checker's five scores over all held-out prompts and per group, and the images with
+    stray pixels (specks)."""
+    scores = [score(im, s) for im, s in zip(images, specs)]
+    groups = {"all": range(len(specs)), "singles": range(120), "counts": range(120, 140), "pairs": range(140, 160)}
+    out = {name: summarize([scores[i] for i in idx]) for name, idx in groups.items()}
+    out["images_with_stray_pixels"] = sum(s.stray_pixels > 0 for s in scores)
+    return out
+
+
+@torch.no_grad()
+def check_vae(vae, device: str) -> dict:
+    """The held-out scenes drawn ideally, then through the VAE and back: what the DiT can at best
+    reach (a VAE that cannot draw a small star makes a DiT that cannot either)."""
+    specs = heldout_specs()
+    x = data.render(specs, device)
+    rec = torch.cat([vae.decode(vae.encode(x[i:i + 40]).latent_dist.mode()).sample for i in range(0, len(x), 40)])
+    return figures(list(data.to_uint8(rec).cpu().numpy()), specs)
+
+
+def evaluate(model_dir: Path, device: str, out: Path, steps: int) -> dict:
     """Held-out score with diffusers' ZImagePipeline (the reference the runtime matches)."""
     from diffusers import ZImagePipeline
 
@@ -166,27 +215,31 @@ def evaluate(model_dir: Path, device: str, out: Path, steps: int) -> dict[str, f
         result = pipe([s.caption for s in chunk], height=128, width=128, num_inference_steps=steps,
                       guidance_scale=0.0, generator=gens, output_type="np")
         images += list((result.images * 255).round().astype(np.uint8))
-    figures = summarize([score(im, s) for im, s in zip(images, specs)])
-    grid = np.concatenate([np.concatenate(images[r * 8:(r + 1) * 8], axis=1) for r in range(4)])
+    rows = [images[r * 8:(r + 1) * 8] for r in (0, 1, 15, 16, 17, 18, 19)]  # singles, counts, pairs
     from PIL import Image
 
-    Image.fromarray(grid).save(out / f"heldout-grid-{steps}.png")
-    return figures
+    Image.fromarray(np.concatenate([np.concatenate(r, axis=1) for r in rows])).save(out / f"heldout-grid-{steps}.png")
+    return figures(images, specs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument("--vae-batch", type=int, default=64)
     parser.add_argument("--vae-lr", type=float, default=5e-4)
     parser.add_argument("--kl-weight", type=float, default=1e-6)
-    parser.add_argument("--dit-steps", type=int, default=2600)
+    parser.add_argument("--dit-steps", type=int, default=None,
+                        help="default: as many as fit --budget-seconds (timed over the first steps)")
+    parser.add_argument("--max-dit-steps", type=int, default=6000)
+    parser.add_argument("--budget-seconds", type=float, default=480.0,
+                        help="the whole run, training, evaluation and saving (a GPU lease)")
+    parser.add_argument("--reserve-seconds", type=float, default=60.0,
+                        help="what the budget keeps for the evaluation and saving after training")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--max-dit-seconds", type=float, default=float("inf"))
+    parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--eval-steps", type=int, nargs="*", default=[8])
     args = parser.parse_args()
 
@@ -220,19 +273,24 @@ def main() -> None:
     log(f"vae done in {t_vae:.0f}s; latent shift {shift:.4f} scale {scale:.4f}")
     for p in vae.parameters():
         p.requires_grad_(False)
+    vae_check = check_vae(vae, device)
+    log(f"held-out scenes through the VAE: {vae_check}")
 
-    train_dit(bpe, te, dit, vae, vae.config.shift_factor, vae.config.scaling_factor, args, device)
+    dit_steps = train_dit(bpe, te, dit, vae, vae.config.shift_factor, vae.config.scaling_factor, args, device, t0)
     t_total = time.time() - t0
-    log(f"training done in {t_total:.0f}s")
+    log(f"training done in {t_total:.0f}s ({dit_steps} DiT steps)")
 
     model_dir = args.out / "model"
     model_mod.save(model_dir, bpe, te.float(), dit.float(), vae.float(), torch.bfloat16)
     info = {"hardware": hardware, "torch": torch.__version__, "vae_seconds": round(t_vae),
-            "total_seconds": round(t_total), "args": {k: str(v) for k, v in vars(args).items()}}
+            "total_seconds": round(t_total), "dit_steps": dit_steps, "vae_heldout": vae_check,
+            "args": {k: str(v) for k, v in vars(args).items()}}
     for steps in args.eval_steps:
         info[f"heldout_{steps}_steps"] = evaluate(model_dir, device, args.out, steps)
         log(f"held-out, {steps} steps: {info[f'heldout_{steps}_steps']}")
+    info["run_seconds"] = round(time.time() - t0)
     (args.out / "train-info.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(f"done in {info['run_seconds']}s; reproduce with --dit-steps {dit_steps}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ollimg import api, input_images
+from ollimg.calibrate import check_teacache
 from ollimg.errors import InvalidInput, OllimgError
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
@@ -55,6 +56,7 @@ async def generate(body: api.GenerateRequest, request: Request):
         steps=body.steps, guidance=body.guidance, seed=body.seed, n=body.n, format=body.format,
         compression=body.compression, model_name=name, images=images, mask=mask, strength=body.strength,
         image_digests=digests, cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization,
+        teacache=check_teacache(model, body.teacache),
     )
 
     async def work(emit):

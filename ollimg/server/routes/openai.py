@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from ollimg import api, config, input_images
+from ollimg.calibrate import check_teacache
 from ollimg.errors import InvalidInput, OllimgError, UploadTooLarge
 from ollimg.manifest import Model
 from ollimg.progress import Step
@@ -146,6 +147,7 @@ async def _images(request: Request, body: api.ImageGenerationRequest, kind: str,
         previews=(body.partial_images or 0) if stream else 0, model_name=model.name.display(),
         images=images or [], mask=mask, strength=getattr(body, "strength", None), image_digests=digests or [],
         cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization,
+        teacache=check_teacache(model, body.teacache),
     )
 
     async def work(emit):

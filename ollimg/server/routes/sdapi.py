@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ollimg import api, input_images
+from ollimg.calibrate import check_teacache
 from ollimg.errors import InvalidInput
 from ollimg.manifest import Model
 from ollimg.runtime.request import GenerateRequest
@@ -140,6 +141,7 @@ async def _generate(body: Txt2ImgRequest, request: Request, **edit) -> Txt2ImgRe
         height=_round16(body.height), steps=body.steps, guidance=body.cfg_scale,
         seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(),
         cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization, **edit,
+        teacache=check_teacache(model, body.override_settings.get("teacache")),
     )
 
     def on_step(step):

@@ -19,6 +19,7 @@ import numpy as np
 from ollimg.errors import InvalidInput
 from ollimg.runtime import img2img
 from ollimg.runtime import pipeline as shared
+from ollimg.runtime import teacache as step_cache
 from ollimg.runtime.flow_match import schedule
 from ollimg.runtime.models.zimage.config import ZImageConfig
 from ollimg.runtime.noise import noise
@@ -31,9 +32,9 @@ class Components:
 
     encode: Callable[[list[np.ndarray]], list[Any]]
     """token ids of each prompt (unpadded, int64) -> caption features [L_i, hidden] in the compute dtype"""
-    transformer: Callable[[Any, np.ndarray, list[Any]], Any]
-    """x float32 [B, C, H/8, W/8], t float32 [B] (`model_time`), B caption features -> the raw DiT
-    output as float32 [B, C, H/8, W/8] (the velocity is its negative)"""
+    transformer: Callable[..., Any]
+    """x float32 [B, C, H/8, W/8], t float32 [B] (`model_time`), B caption features, a TeaCache
+    StepCache or None -> the raw DiT output as float32 [B, C, H/8, W/8] (the velocity is its negative)"""
     decode: Callable[[Any], np.ndarray]
     """the final float32 latents -> uint8 [B, H, W, 3] pixels (unscaled by z / scaling_factor +
     shift_factor, decoded in the compute dtype, round half to even of clamp(x/2+0.5, 0, 1) * 255)"""
@@ -67,6 +68,7 @@ class ZImagePipeline:
         vae = config.vae
         self.flux_vae = (vae.latent_channels, vae.scaling_factor, vae.shift_factor) == FLUX_VAE
         self.load_seconds = 0.0
+        self.calibration: step_cache.Calibration | None = None  # set by `ollimg.runtime.load`
 
     @property
     def defaults(self):
@@ -78,11 +80,14 @@ class ZImagePipeline:
                  latents: np.ndarray | None = None, on_step: shared.OnStep | None = None,
                  cfg_truncation: float | None = None, cfg_normalization: float | None = None,
                  max_sequence_length: int | None = None, previews: int = 0,
-                 on_preview: shared.OnPreview | None = None, images: list | None = None, mask: Any = None,
+                 on_preview: shared.OnPreview | None = None, teacache: float | None = None,
+                 teacache_record: bool = False, images: list | None = None, mask: Any = None,
                  strength: float | None = None) -> shared.Result:
         """Images for `prompt` (a list gives a batch; each prompt makes `n` images, in prompt order).
 
-        `latents`: float32 [n, 16, height/8, width/8] instead of the seeded noise.
+        `latents`: float32 [n, 16, height/8, width/8] instead of the seeded noise. `teacache`: a
+        TeaCache threshold (None: off; the model must be calibrated); `teacache_record`: run every
+        step and record TeaCache's calibration trace in `Result.cache`.
         `images`: one PIL image to start from (img2img); its size, rounded down to multiples of 16,
         is the output's unless width and height say otherwise. `strength` (default 0.6, or 1.0 with a
         mask) in (0, 1]: how much of it is redrawn; the last steps * strength steps run. `mask`: a
@@ -104,6 +109,7 @@ class ZImagePipeline:
         if edit is not None:
             first = img2img.start(req.steps, edit.strength)
             sigmas, timesteps = sigmas[first:], timesteps[first:]
+        cache = step_cache.start(self, len(timesteps), teacache, teacache_record)  # the steps that run
         timings: dict[str, float] = {}
         start = time.perf_counter()
         caps, neg_caps = self._encode(req.prompts, req.negatives if req.guidance > 0 else None, req.n, max_len)
@@ -116,7 +122,7 @@ class ZImagePipeline:
             mark = time.perf_counter()
             x0, after_step = self._start_from_image(edit, req, shape, sigmas)
             timings["image_encode"] = time.perf_counter() - mark
-        velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization)
+        velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization, cache)
         x = shared.denoise(self.backend, x0, sigmas, velocity, timings, on_step=on_step, previews=previews,
                            on_preview=on_preview, to_rgb=self.preview, after_step=after_step)
         mark = time.perf_counter()
@@ -125,8 +131,10 @@ class ZImagePipeline:
         timings["decode"] = time.perf_counter() - mark
         images = shared.to_images(pixels)
         timings["total"] = time.perf_counter() - start
+        if cache is not None:
+            timings.update(cache.counts())
         return shared.Result(images, req.seed, [req.seed + i for i in range(req.total)], req.width, req.height,
-                             req.steps, req.guidance, timings, final, edit.strength if edit is not None else None)
+                             req.steps, req.guidance, timings, final, cache, edit.strength if edit is not None else None)
 
     def _edit(self, images, mask, strength) -> Edit | None:
         """The checked edit inputs, or None for text-to-image."""
@@ -185,20 +193,21 @@ class ZImagePipeline:
         neg = [f for f in feats[len(prompts):] for _ in range(n)] if negatives is not None else None
         return caps, neg
 
-    def _velocity(self, caps, neg_caps, timesteps, guidance, cfg_truncation, cfg_normalization):
-        """velocity(x, i) for the Euler loop: minus the (guided) DiT output."""
+    def _velocity(self, caps, neg_caps, timesteps, guidance, cfg_truncation, cfg_normalization, cache):
+        """velocity(x, i) for the Euler loop: minus the (guided) DiT output (through TeaCache if `cache`)."""
         total, transformer = len(caps), self.components.transformer
 
         def velocity(x, i: int):
             t = model_time(timesteps[i])
             if guidance > 0 and not (cfg_truncation <= 1 and t > cfg_truncation):
-                out = transformer(self.backend.concat([x, x]), np.full(2 * total, t, np.float32), caps + neg_caps)
+                out = transformer(self.backend.concat([x, x]), np.full(2 * total, t, np.float32), caps + neg_caps,
+                                  cache and cache.step(i, ("cond", "uncond")))
                 pos, neg = out[:total], out[total:]
                 pred = pos + guidance * (pos - neg)
                 if cfg_normalization > 0:
                     pred = self._renormalise(pred, pos, cfg_normalization)
             else:
-                pred = transformer(x, np.full(total, t, np.float32), caps)
+                pred = transformer(x, np.full(total, t, np.float32), caps, cache and cache.step(i, ("cond",)))
             return -pred
 
         return velocity

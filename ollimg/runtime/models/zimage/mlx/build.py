@@ -35,8 +35,8 @@ def build(backend: MlxBackend, config: ZImageConfig, source) -> Components:
         evaluate(out)
         return out
 
-    def run_transformer(x: mx.array, t: np.ndarray, caps: list[mx.array]) -> mx.array:
-        out = transformer(x, mx.array(np.asarray(t, np.float32)), caps)
+    def run_transformer(x: mx.array, t: np.ndarray, caps: list[mx.array], cache=None) -> mx.array:
+        out = transformer(x, mx.array(np.asarray(t, np.float32)), caps, cache)
         evaluate(out)  # step by step: progress, cancelling and timings see real work
         return out
 

@@ -95,6 +95,11 @@ class Block(nn.Module):
         if modulation:
             self.adaLN_modulation = [nn.Linear(cfg.adaln_dim, 4 * dim)]  # no SiLU before it
 
+    def modulated(self, x: mx.array, adaln: mx.array) -> mx.array:
+        """The attention input after the time modulation (TeaCache's "modulated input")."""
+        scale_msa = mx.split(self.adaLN_modulation[0](adaln)[:, None, :], 4, axis=-1)[0]
+        return self.attention_norm1(x) * (1.0 + scale_msa)
+
     def __call__(self, x, mask, cos, sin, adaln: mx.array | None = None) -> mx.array:  # x: (B, L, D)
         if adaln is None:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, cos, sin))
@@ -160,12 +165,17 @@ class ZImageTransformer(nn.Module):
         self.layers = [Block(cfg, modulation=True) for _ in range(cfg.n_layers)]
         self._rope = layout.Rope(cfg)
         self._captions: dict = {}
-        # The weights enter the compiled step as constants: it must be rebuilt if they are replaced.
+        # The weights enter the compiled parts as constants: they must be rebuilt if they are replaced.
+        # The step is compiled in three parts (before, the main block stack, after) so that TeaCache
+        # can skip the stack, and a cached run that skips nothing is the uncached run, bit for bit.
         self.compiled = False
-        self._compiled = mx.compile(self._step)
+        self._compiled = {f.__name__: mx.compile(f) for f in (self._head, self._stack, self._tail, self._modulated)}
 
-    def __call__(self, latents: mx.array, t: mx.array, cap_feats: list[mx.array]) -> mx.array:
+    def __call__(self, latents: mx.array, t: mx.array, cap_feats: list[mx.array], cache=None) -> mx.array:
         """diffusers' forward: (B, C, H, W) latents, (B,) t in [0, 1], B caption arrays -> float32 (B, C, H, W).
+
+        `cache`: a TeaCache StepCache (ollimg/runtime/teacache.py) that may replace the main block
+        stack by its cached residual, or None.
 
         The encoded captions of the last two caption lists (by identity: the denoise loop passes the
         same arrays every step, with and without the CFG half) are kept for the next steps.
@@ -176,7 +186,7 @@ class ZImageTransformer(nn.Module):
             last = list(self._captions.items())[-1:]
             # The entry holds the caption arrays themselves, so their ids cannot be reused meanwhile.
             self._captions = dict(last + [(key, (cap_feats, self.encode_captions(cap_feats, *grid)))])
-        return self.denoise(latents, t, self._captions[key][1]).astype(mx.float32)
+        return self.denoise(latents, t, self._captions[key][1], cache).astype(mx.float32)
 
     def encode_captions(self, cap_feats: list[mx.array], h: int, w: int) -> Captions:
         """Embed and refine the captions ((L_i, cap_feat_dim) each) for an (h, w)-token image."""
@@ -206,17 +216,25 @@ class ZImageTransformer(nn.Module):
             mask=key_mask(pads, lx, lc),
         )
 
-    def denoise(self, latents: mx.array, t: mx.array, captions: Captions) -> mx.array:
+    def denoise(self, latents: mx.array, t: mx.array, captions: Captions, cache=None) -> mx.array:
         """One DiT forward for (B, C, H, W) latents at times t (B,), given the encoded captions."""
-        step = self._compiled if self.compiled else self._step
+        part = self._compiled if self.compiled else {f.__name__: f for f in (self._head, self._stack, self._tail,
+                                                                              self._modulated)}
         rope = [captions.x_cos, captions.x_sin, captions.cos, captions.sin]
-        return step(latents, t, captions.cap, rope, [] if captions.mask is None else [captions.mask])
+        masks = [] if captions.mask is None else [captions.mask]
+        x, adaln = part["_head"](latents, t, captions.cap, rope)
 
-    def _step(self, latents: mx.array, t: mx.array, cap: mx.array, rope: list, masks: list) -> mx.array:
-        """`denoise` on arrays only, so that mx.compile can trace it (once per shape)."""
+        def run(hidden: mx.array) -> mx.array:
+            return part["_stack"](hidden, adaln, rope, masks)
+
+        x = run(x) if cache is None else cache.stack(part["_modulated"](x, adaln), x, run)
+        return part["_tail"](x, adaln, latents)
+
+    def _head(self, latents: mx.array, t: mx.array, cap: mx.array, rope: list) -> tuple[mx.array, mx.array]:
+        """Patchify, embed, the noise refiner; the unified (image first) sequence and the time embedding."""
         b, c, hh, ww = latents.shape
         h, w = hh // 2, ww // 2
-        x_cos, x_sin, cos, sin = rope
+        x_cos, x_sin = rope[0], rope[1]
         dtype = self.x_pad_token.dtype
         adaln = self.t_embedder(t * self.cfg.t_scale).astype(dtype)  # (B, 256)
 
@@ -227,11 +245,22 @@ class ZImageTransformer(nn.Module):
             x = mx.concatenate([x, mx.broadcast_to(self.x_pad_token, (b, lx - h * w, x.shape[-1]))], axis=1)
         for layer in self.noise_refiner:
             x = layer(x, None, x_cos, x_sin, adaln)
+        return mx.concatenate([x, cap], axis=1), adaln  # image first
 
-        x = mx.concatenate([x, cap], axis=1)  # image first
+    def _stack(self, x: mx.array, adaln: mx.array, rope: list, masks: list) -> mx.array:
+        """The main block stack over the unified sequence."""
         mask = masks[0] if masks else None
         for layer in self.layers:
-            x = layer(x, mask, cos, sin, adaln)
+            x = layer(x, mask, rope[2], rope[3], adaln)
+        return x
+
+    def _modulated(self, x: mx.array, adaln: mx.array) -> mx.array:
+        return self.layers[0].modulated(x, adaln)
+
+    def _tail(self, x: mx.array, adaln: mx.array, latents: mx.array) -> mx.array:
+        """The final layer on the image tokens, unpatchified to (B, C, H, W)."""
+        b, c, hh, ww = latents.shape
+        h, w = hh // 2, ww // 2
         x = self.all_final_layer["2-1"](x, adaln)[:, : h * w]  # (B, h*w, 4C)
         return x.reshape(b, h, w, 2, 2, c).transpose(0, 5, 1, 3, 2, 4).reshape(b, c, hh, ww)
 

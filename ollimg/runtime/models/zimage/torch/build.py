@@ -33,8 +33,8 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     vae_config = config.vae
 
     @torch.inference_mode()
-    def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor]) -> torch.Tensor:
-        return transformer(x, t, caps)
+    def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor], cache=None) -> torch.Tensor:
+        return transformer(x, t, caps, cache)
 
     @torch.inference_mode()
     def decode(latents: torch.Tensor) -> np.ndarray:

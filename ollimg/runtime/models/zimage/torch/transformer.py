@@ -91,6 +91,11 @@ class Block(nn.Module):
         self.ffn_norm2 = RMSNorm(c.dim, c.norm_eps)
         self.adaLN_modulation = nn.Sequential(Linear(c.adaln_dim, 4 * c.dim)) if modulated else None
 
+    def modulated(self, x: torch.Tensor, adaln: torch.Tensor) -> torch.Tensor:
+        """The attention input after the time modulation (TeaCache's "modulated input")."""
+        scale_msa = self.adaLN_modulation(adaln).unsqueeze(1).chunk(4, dim=2)[0]
+        return self.attention_norm1(x) * (1.0 + scale_msa)
+
     def forward(self, x, mask, freqs, adaln=None) -> torch.Tensor:
         if self.adaLN_modulation is None:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), mask, freqs))
@@ -157,8 +162,11 @@ class ZImageTransformer(nn.Module):
         angles = torch.from_numpy(self.rope(ids)).to(device)
         return torch.polar(torch.ones_like(angles), angles)  # complex64 (L, D/2)
 
-    def forward(self, x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor]) -> torch.Tensor:
-        """x float32 (B, C, H, W) latents; t float32 [B]; caps B features (L_i, cap_feat_dim) -> float32 (B, C, H, W)."""
+    def forward(self, x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor], cache=None) -> torch.Tensor:
+        """x float32 (B, C, H, W) latents; t float32 [B]; caps B features (L_i, cap_feat_dim) -> float32 (B, C, H, W).
+
+        `cache`: a TeaCache StepCache (ollimg/runtime/teacache.py) that may replace the main
+        block stack by its cached residual, or None."""
         c, dev = self.config, x.device
         dtype = self.x_pad_token.dtype
         B, C, H, W = x.shape
@@ -188,7 +196,15 @@ class ZImageTransformer(nn.Module):
 
         unified, mask = _pad_batch([torch.cat([img[i], cap[i, :lc]]) for i, lc in enumerate(cap_lens)])
         freqs, _ = _pad_batch([torch.cat([img_freqs[i], cap_freqs[i, :lc]]) for i, lc in enumerate(cap_lens)])
-        for block in self.layers:
-            unified = block(unified, mask, freqs, adaln)
+
+        def run(hidden: torch.Tensor) -> torch.Tensor:
+            for block in self.layers:
+                hidden = block(hidden, mask, freqs, adaln)
+            return hidden
+
+        if cache is None:
+            unified = run(unified)
+        else:
+            unified = cache.stack(self.layers[0].modulated(unified, adaln), unified, run)
         out = self.all_final_layer[self.key](unified, adaln)[:, :n]  # (B, n, 4C)
         return out.float().view(B, ht, wt, 2, 2, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)
