@@ -142,9 +142,10 @@ class Repl:
                     raise InvalidInput(f"{key} must be 0 or more")
                 setattr(s, key, float(value) if value else None)
             elif key == "teacache":
-                s.teacache = None if value.lower() in ("off", "") else float(value)
-                if s.teacache is not None and not 0 <= s.teacache <= 100:
+                threshold = None if value.lower() in ("off", "") else float(value)
+                if threshold is not None and not 0 <= threshold <= 100:
                     raise InvalidInput("teacache is a threshold from 0 to 100, or off")
+                s.teacache = threshold
             else:
                 raise InvalidInput(f"unknown setting {key!r}; /? lists them")
         except ValueError:
