@@ -28,6 +28,7 @@ class Error(BaseModel):
 
     error: str
     code: str = "error"
+    param: str | None = Field(None, description="the request field at fault, when one is")
 
 
 # -- native: generate ---------------------------------------------------------------------------
@@ -58,6 +59,9 @@ class GenerateRequest(BaseModel):
     cfg_truncation: float | None = Field(None, ge=0, description="CFG stops above this normalised time (over 1: never)")
     cfg_normalization: float | None = Field(None, ge=0, description="cap on the guided prediction's norm (0: off)")
     teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
+    previews: int = Field(0, ge=0, le=50, description="with stream: this many GeneratePreview lines (PNGs of the "
+                                                       "image forming) at evenly spaced steps")
+    gallery: bool = Field(False, description="keep the images in the server's gallery (GET /api/gallery)")
 
 
 class GenerateStep(BaseModel):
@@ -67,6 +71,15 @@ class GenerateStep(BaseModel):
     step: int
     total: int
     elapsed: float = 0.0
+    done: Literal[False] = False
+
+
+class GeneratePreview(BaseModel):
+    """One NDJSON line of a streamed generate with `previews`: the image so far, as a base64 PNG."""
+
+    model: str
+    preview: str = Field(description="base64 PNG at the requested size")
+    index: int = Field(description="0-based number of this preview")
     done: Literal[False] = False
 
 
@@ -88,6 +101,7 @@ class GenerateResponse(BaseModel):
     total_duration: int = Field(0, description="nanoseconds for the whole request")
     done: Literal[True] = True
     done_reason: Literal["stop", "load", "unload"] = "stop"
+    gallery_ids: list[str] = Field(default_factory=list, description="with gallery: the kept images' ids, in order")
 
 
 # -- native: models -----------------------------------------------------------------------------
@@ -227,6 +241,48 @@ class LoadResponse(BaseModel):
 
 class VersionResponse(BaseModel):
     version: str
+
+
+class BuiltinModel(BaseModel):
+    name: str
+    description: str = ""
+    stored: bool = Field(description="already in the store; otherwise imported on first use")
+
+
+class BuiltinResponse(BaseModel):
+    """Models shipped with ollimg: usable by name even before they are in the store."""
+
+    models: list[BuiltinModel]
+
+
+# -- native: gallery ----------------------------------------------------------------------------
+
+
+class GalleryImage(BaseModel):
+    """A kept image and what made it; its bytes are at /api/gallery/{id}/image and /thumbnail."""
+
+    id: str
+    created_at: str
+    model: str
+    model_digest: str | None = None
+    prompt: str
+    negative_prompt: str | None = None
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+    format: Format
+    bytes: int = Field(description="bytes of the image and its thumbnail")
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class GalleryResponse(BaseModel):
+    images: list[GalleryImage] = Field(description="newest first")
+    total: int = Field(description="images that match the filters")
+    models: list[str] = Field(description="every model in the gallery, for a filter")
+    bytes: int = Field(description="bytes the gallery holds")
+    max_bytes: int = Field(description="its cap (OLLIMG_GALLERY_MAX); the oldest images go first")
 
 
 # -- OpenAI-compatible images API ---------------------------------------------------------------

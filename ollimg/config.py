@@ -48,6 +48,8 @@ SETTINGS = [
     Setting("OLLIMG_API_KEY", "", "if set, the bearer key every API request must carry"),
     Setting("OLLIMG_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
     Setting("OLLIMG_DEBUG", "", "1 for debug logging and tracebacks"),
+    Setting("OLLIMG_GALLERY", "<user data dir>/gallery", "where the server keeps the images made with \"gallery\": true (the web page's history)"),
+    Setting("OLLIMG_GALLERY_MAX", "2GB", "size cap of the gallery (like 500MB or 10GB); the oldest images go first; 0 keeps nothing"),
 ]
 
 
@@ -191,6 +193,21 @@ def origins() -> list[str]:
 
 def api_key() -> str:
     return _env("OLLIMG_API_KEY")
+
+
+def gallery_dir() -> Path:
+    value = _env("OLLIMG_GALLERY")
+    return Path(value).expanduser() if value else data_dir() / "gallery"
+
+
+def gallery_max() -> int:
+    """OLLIMG_GALLERY_MAX in bytes: a number of bytes or a size like 500MB, 2GB (decimal units)."""
+    value = _env("OLLIMG_GALLERY_MAX") or "2GB"
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?b?)", value.lower())
+    if not match:
+        raise InvalidInput(f"OLLIMG_GALLERY_MAX={value!r}: use a size like 500MB or 2GB, or 0 to keep nothing")
+    scale = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12}
+    return int(float(match.group(1)) * scale[match.group(2)])
 
 
 def debug() -> bool:

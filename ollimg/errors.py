@@ -52,6 +52,14 @@ class ModelNotFound(OllimgError):
     http_status = 404
 
 
+class ImageNotFound(OllimgError):
+    """An id that is not in the gallery."""
+
+    code = "image_not_found"
+    exit_code = 3
+    http_status = 404
+
+
 class StoreError(OllimgError):
     code = "store_error"
 

@@ -8,6 +8,7 @@ case for it. Imports the store and create, never HTTP, torch or mlx at import ti
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -24,6 +25,14 @@ DEFAULT_MODEL = "shapes"
 def builtin_models() -> dict[str, Path]:
     """Default store name -> the packaged diffusers-layout directory."""
     return {"shapes": _HERE / "shapes"}
+
+
+def description(name: str) -> str:
+    """The description in a built-in model's ollimg.json ("" when it has none)."""
+    try:
+        return str(json.loads((builtin_models()[name] / "ollimg.json").read_text()).get("description") or "")
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 def source(name: Name) -> Path | None:

@@ -28,6 +28,7 @@ def serve_command() -> None:
     host, port = config.host()
     # read every setting now, so a bad value is one error line before anything listens
     config.keep_alive(), config.max_queue(), config.max_loaded_models(), config.backend(), config.load_timeout()
+    config.gallery_max()
     if not config.debug():
         logging.getLogger("ollimg").setLevel(logging.INFO)  # loads, unloads, cancels and crashes go to the log
     sys.stderr.write(f"ollimg serve: listening on http://{host}:{port} (store: {config.models_dir()})\n")

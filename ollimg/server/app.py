@@ -2,8 +2,8 @@
 
 Rules, outermost first: a Host allowlist when listening on loopback (blocks DNS rebinding), CORS
 (local origins plus OLLIMG_ORIGINS, as ollama does), the OLLIMG_API_KEY bearer check when a key is
-set. Errors leave as `{"error": "...", "code": "..."}` on the native API and in OpenAI's shape under
-/v1, always with a real HTTP status. Imports the scheduler and store; routes live in routes/.
+set. Errors leave as `{"error": "...", "code": "..."}` (plus `param`, the field at fault, when there is
+one) on the native API and in OpenAI's shape under /v1, always with a real HTTP status. Imports the scheduler and store; routes live in routes/.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import ollimg
 from ollimg import api, config
 from ollimg.errors import AuthError, Busy, InvalidInput, OllimgError
+from ollimg.gallery import Gallery
 from ollimg.hosts import is_loopback
 from ollimg.manifest import Store
 from ollimg.server.routes.common import openai_error, wire_message
@@ -69,18 +70,17 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
     )
     app.state.store = store
     app.state.scheduler = scheduler
+    app.state.gallery = Gallery(config.gallery_dir(), config.gallery_max())
 
-    from ollimg.server.routes import archive, generate, models, openai, sdapi
+    from ollimg.server.routes import archive, gallery, generate, models, openai, sdapi, web
 
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(openai.router)
     app.include_router(sdapi.router)
     app.include_router(archive.router)
-
-    @app.get("/", response_class=PlainTextResponse, tags=["server"])
-    def root() -> str:
-        return "ollimg is running"
+    app.include_router(gallery.router)
+    app.include_router(web.router)
 
     @app.get("/api/version", response_model=api.VersionResponse, tags=["server"])
     def version() -> api.VersionResponse:
@@ -115,11 +115,12 @@ def error_response(path: str, e: OllimgError, param: str | None = None) -> JSONR
         headers["Retry-After"] = str(getattr(e, "retry_after", 5))
     elif not getattr(e, "retryable", False):
         headers["x-should-retry"] = "false"
+    param = param or getattr(e, "param", None)
     if path.startswith("/v1"):
-        body = openai_error(e, status, param or getattr(e, "param", None))
+        body = openai_error(e, status, param).model_dump()
     else:
-        body = api.Error(error=wire_message(e), code=e.code)
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+        body = api.Error(error=wire_message(e), code=e.code, param=param).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 

@@ -17,15 +17,22 @@ import pytest
 
 from ollimg.manifest import Name, Store
 from tests.conftest import OLLIMG, cli_env
-from tests.integration.test_registry import assert_same_model, run_cli, small_model
+from tests.integration.test_registry import assert_same_model, run_cli as _run_cli, small_model
 from tests.integration.test_server import Server
 from tests.synthetic_model import listing
+
+
+TIMEOUT = 300  # seconds for one command: generous, the test machine is shared
+
+
+def run_cli(*args: str, models: Path) -> subprocess.CompletedProcess:
+    return _run_cli(*args, models=models, timeout=TIMEOUT)
 
 
 def skopeo(*args: str) -> subprocess.CompletedProcess:
     if not shutil.which("skopeo"):
         pytest.fail("skopeo is needed: apt-get install skopeo (see scripts/system-deps)")
-    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -58,7 +65,7 @@ def test_cli_save_load_files_pipes_and_json(tmp_path):
     # save -o - | load -: plain tar on the pipe; everything is already there, so all deduplicated
     piped = subprocess.run(
         f"{' '.join(OLLIMG)} save me/a:v1 --format tar -o - | OLLIMG_MODELS={dst.root} {' '.join(OLLIMG)} load -",
-        shell=True, env=cli_env(OLLIMG_MODELS=str(src.root)), capture_output=True, text=True, timeout=120)
+        shell=True, env=cli_env(OLLIMG_MODELS=str(src.root)), capture_output=True, text=True, timeout=TIMEOUT)
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout.splitlines()[0] == "loaded 'me/a:v1'" and piped.stdout.splitlines()[1].startswith("0 B new, ")
 
@@ -105,7 +112,7 @@ def test_save_and_load_through_the_server(served, tmp_path):
     archive = tmp_path / "served.tar.zst"
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*OLLIMG, *args], env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run([*OLLIMG, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
     saved = cli("save", "me/served:v1", "-o", str(archive))
     assert saved.returncode == 0, saved.stderr
@@ -145,7 +152,7 @@ def test_save_and_load_through_the_server(served, tmp_path):
     assert httpx.post(served.url + "/api/save", json={"models": ["me/served:v1"]}).status_code == 401
     assert httpx.post(served.url + "/api/load", content=b"x" * 100).status_code == 401
     wrong = subprocess.run([*OLLIMG, "load", str(plain)], env={**env, "OLLIMG_API_KEY": "wrong"},
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=TIMEOUT)
     one_error_line(wrong, 4, "API key")
 
 

@@ -1,5 +1,7 @@
-"""`POST /api/generate`: NDJSON step progress, then the images; an empty prompt loads or unloads.
-With `images` (base64), an edit: the first image is redrawn by `strength`, inside `mask` if given."""
+"""`POST /api/generate`: NDJSON step progress (and previews on request), then the images; an empty
+prompt loads or unloads. With `gallery`, the images are also kept in the gallery (routes/gallery.py).
+With `images` (base64), an edit: the first image is redrawn by `strength`, inside `mask` if given.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ollimg.errors import InvalidInput, OllimgError
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 from ollimg.server.jobs import Job
+from ollimg.server.routes import gallery
 from ollimg.server.routes.common import NDJSON, error_line, get_model, line, now, scheduler
 from ollimg.server.scheduler import key
 
@@ -54,21 +57,24 @@ async def generate(body: api.GenerateRequest, request: Request):
     req = GenerateRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
         steps=body.steps, guidance=body.guidance, seed=body.seed, n=body.n, format=body.format,
-        compression=body.compression, model_name=name, images=images, mask=mask, strength=body.strength,
-        image_digests=digests, cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization,
+        compression=body.compression, previews=body.previews if body.stream else 0, model_name=name,
+        images=images, mask=mask, strength=body.strength, image_digests=digests,
+        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization,
         teacache=check_teacache(model, body.teacache),
     )
 
     async def work(emit):
-        return await sched.generate(
-            model, req, keep_alive=keep_alive,
-            on_load=lambda s: emit("load", s), on_step=lambda s: emit("step", s),
+        result = await sched.generate(
+            model, req, keep_alive=keep_alive, on_load=lambda s: emit("load", s),
+            on_step=lambda s: emit("step", s), on_preview=lambda i, png: emit("preview", (i, png)),
         )
+        ids = await gallery.keep(request, name, model.digest, req, result) if body.gallery else []
+        return result, ids
 
     job = Job(request, work)
-    (_, load_seconds), result = await job.begin("load", body.stream)
+    (_, load_seconds), done = await job.begin("load", body.stream)
     if not body.stream:
-        return JSONResponse(_final(name, body.format, result, load_seconds, started).model_dump())
+        return JSONResponse(_final(name, body.format, done, load_seconds, started).model_dump())
     return StreamingResponse(_stream(job, name, body.format, load_seconds, started), media_type=NDJSON)
 
 
@@ -78,6 +84,9 @@ async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: f
             if kind == "step":
                 assert isinstance(value, Step)
                 yield line(api.GenerateStep(model=name, step=value.step, total=value.total, elapsed=value.elapsed))
+            elif kind == "preview":
+                index, png = value
+                yield line(api.GeneratePreview(model=name, preview=base64.b64encode(png).decode(), index=index))
             elif kind == "done":
                 yield line(_final(name, fmt, value, load_seconds, started))
             elif kind == "error":
@@ -87,10 +96,13 @@ async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: f
         job.close()
 
 
-def _final(name: str, fmt: str, result: GenerateResult, load_seconds: float, started: float) -> api.GenerateResponse:
+def _final(name: str, fmt: str, done: tuple[GenerateResult, list[str]], load_seconds: float,
+           started: float) -> api.GenerateResponse:
+    result, gallery_ids = done
     return api.GenerateResponse(
         model=name, created_at=now(), images=[base64.b64encode(b).decode() for b in result.images], format=fmt,
         seed=result.seeds[0] if result.seeds else None, seeds=list(result.seeds), width=result.width,
         height=result.height, steps=result.steps, guidance=result.guidance, timings=dict(result.timings),
         load_duration=int(load_seconds * 1e9), total_duration=int((time.monotonic() - started) * 1e9),
+        gallery_ids=gallery_ids,
     )

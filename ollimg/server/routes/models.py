@@ -1,4 +1,4 @@
-"""Model routes: list, show, running, delete, copy, and the streamed create, pull and push."""
+"""Model routes: list, built-in, show, running, delete, copy, and the streamed create, pull and push."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ollimg import api
-from ollimg import models, registry
+from ollimg import builtin, models, registry
 from ollimg.create import create as create_model
 from ollimg.errors import InvalidInput, OllimgError
 from ollimg.manifest import Name
@@ -38,6 +38,16 @@ def tags(request: Request) -> api.TagsResponse:
             digest=m.digest, details=details(m),
         )
         for m in store(request).models()
+    ])
+
+
+@router.get("/api/builtin", response_model=api.BuiltinResponse, responses=ERRORS)
+def builtin_models(request: Request) -> api.BuiltinResponse:
+    stored = {m.name.display() for m in store(request).models()}
+    return api.BuiltinResponse(models=[
+        api.BuiltinModel(name=Name.parse(name).display(), description=builtin.description(name),
+                         stored=Name.parse(name).display() in stored)
+        for name in builtin.builtin_models()
     ])
 
 
