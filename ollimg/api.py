@@ -53,6 +53,11 @@ class GenerateRequest(BaseModel):
     compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality")
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
     stream: bool = True
+    images: list[str] | None = Field(None, max_length=16, description="base64 images to start from (edits)")
+    mask: str | None = Field(None, description="base64 mask of the first image's size: white (or transparent) is redrawn")
+    strength: float | None = Field(None, gt=0, le=1, description="how much of the image is redrawn; default: the model's")
+    cfg_truncation: float | None = Field(None, ge=0, description="CFG stops above this normalised time (over 1: never)")
+    cfg_normalization: float | None = Field(None, ge=0, description="cap on the guided prediction's norm (0: off)")
     teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
     previews: int = Field(0, ge=0, le=50, description="with stream: this many GeneratePreview lines (PNGs of the "
                                                        "image forming) at evenly spaced steps")
@@ -330,7 +335,16 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, le=100)
     keep_alive: KeepAlive = Field(None, description=_KEEP_ALIVE_HELP)
     progress: bool | None = Field(False, description="with stream: also send an `event: progress` per step")
+    cfg_truncation: float | None = Field(None, ge=0, description="CFG stops above this normalised time (over 1: never)")
+    cfg_normalization: float | None = Field(None, ge=0, description="cap on the guided prediction's norm (0: off)")
     teacache: float | None = Field(None, ge=0, le=100, description=_TEACACHE_HELP)
+
+
+class ImageEditRequest(ImageGenerationRequest):
+    """The non-file fields of OpenAI's multipart `POST /v1/images/edits`, plus `strength`."""
+
+    strength: float | None = Field(None, gt=0, le=1, description="how much of the image is redrawn; default: the model's")
+    input_fidelity: str | None = Field(None, max_length=32, description="accepted, ignored")
 
 
 class ImageData(BaseModel):

@@ -36,6 +36,8 @@ SETTINGS = [
     Setting("OLLIMG_KEEP_ALIVE", "5m", "how long a model stays loaded after use; 0 unloads at once, negative keeps it forever"),
     Setting("OLLIMG_MAX_LOADED_MODELS", "3", "most models loaded at once"),
     Setting("OLLIMG_MAX_QUEUE", "64", "most requests waiting per server before 503"),
+    Setting("OLLIMG_MAX_UPLOAD", "52428800", "bytes a multipart image upload (/v1/images/edits) may hold; larger is "
+            "refused with 413 while it is read"),
     Setting("OLLIMG_BACKEND", "auto", "runtime backend: auto, torch, mlx"),
     Setting("OLLIMG_MLX_BLAS", "auto", "BLAS for MLX on a Linux CPU: auto (OpenBLAS when installed), bundled, or a library path"),
     Setting("OLLIMG_DEVICE", "auto", "torch device: auto, cpu, cuda, cuda:N"),
@@ -157,6 +159,11 @@ def max_loaded_models() -> int:
 
 def max_queue() -> int:
     return _int("OLLIMG_MAX_QUEUE", 64)
+
+
+def max_upload() -> int:
+    """Bytes an image upload (a multipart edit request, all its parts) may hold; larger is refused (413)."""
+    return _int("OLLIMG_MAX_UPLOAD", 50 * 1024 * 1024)
 
 
 def backend() -> str:

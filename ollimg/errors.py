@@ -33,6 +33,13 @@ class InvalidName(InvalidInput):
     code = "invalid_name"
 
 
+class UploadTooLarge(InvalidInput):
+    """A request body over the upload limit (OLLIMG_MAX_UPLOAD), refused before it is read whole."""
+
+    code = "upload_too_large"
+    http_status = 413
+
+
 class InvalidModel(InvalidInput):
     """A model directory, file or weight that is not what it claims to be."""
 

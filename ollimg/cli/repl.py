@@ -5,7 +5,8 @@ caused are printed and the loop goes on; a lost server ends it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import typer
@@ -29,6 +30,11 @@ class Settings:
     format: str
     teacache: float | None = None
     verbose: bool = False
+    images: list[Path] = field(default_factory=list)  # images to edit (--image, /image)
+    mask: Path | None = None  # white is redrawn (--mask, /mask)
+    strength: float | None = None  # how much of the image is redrawn (--strength, /set strength)
+    cfg_truncation: float | None = None  # --cfg-truncation, /set cfg_truncation
+    cfg_normalization: float | None = None  # --cfg-normalization, /set cfg_normalization
 
 
 REPL_HELP = """Type a prompt to draw it. Commands:
@@ -36,6 +42,10 @@ REPL_HELP = """Type a prompt to draw it. Commands:
   /set guidance X | negative TEXT | negative (clears it) | n N | format png|jpeg|webp
   /set parameter NAME VALUE   the same, in ollama's form (/set parameter seed 42)
   /set verbose | quiet        show timings after each image, or not
+  /set strength X  how much of the image is redrawn, above 0 to 1
+  /set cfg_truncation X | cfg_normalization X   (empty: the model's)
+  /image PATH  edit this image (again: one more image); /image alone: back to text to image
+  /mask PATH   redraw only where the mask is white; /mask alone clears it
   /set teacache X | teacache off   step caching (the model must be calibrated: ollimg calibrate)
   /show        the settings in use
   /clear       back to the settings `run` started with
@@ -100,6 +110,17 @@ class Repl:
             if not name:
                 raise InvalidInput("usage: /set parameter NAME VALUE (such as /set parameter seed 42)")
             self.set(name.lower(), value.strip())
+        elif words[0] in ("/image", "/mask"):
+            path = Path(line.split(maxsplit=1)[1].strip()).expanduser() if len(words) > 1 else None
+            if path is not None and not path.is_file():
+                raise InvalidInput(f"no such file: {path}")
+            if words[0] == "/mask":
+                self.settings.mask = path
+            elif path is None:
+                self.settings.images, self.settings.mask = [], None
+            else:
+                self.settings.images.append(path)
+            typer.echo(f"{words[0][1:].capitalize()}: {path or 'none'}.")
         elif words[0] == "/set" and len(words) >= 2:
             self.set(words[1].lower(), words[2].strip() if len(words) > 2 else "")
         else:
@@ -131,6 +152,12 @@ class Repl:
                 s.n = _positive(value, key)
             elif key == "format":
                 s.format = self.parse_format(value)
+            elif key == "strength":
+                s.strength = None if not value else check_strength(float(value))
+            elif key in ("cfg_truncation", "cfg_normalization"):
+                if value and float(value) < 0:
+                    raise InvalidInput(f"{key} must be 0 or more")
+                setattr(s, key, float(value) if value else None)
             elif key == "teacache":
                 threshold = None if value.lower() in ("off", "") else float(value)
                 if threshold is not None and not 0 <= threshold <= 100:  # checked first: a bad line changes nothing
@@ -148,3 +175,9 @@ def _positive(value: str, key: str, allow_zero: bool = False) -> int:
     if number < 0 or (number == 0 and not allow_zero):
         raise InvalidInput(f"{key} {value}: use a whole number {'0 or more' if allow_zero else 'above 0'}")
     return number
+
+
+def check_strength(value: float) -> float:
+    if not 0 < value <= 1:
+        raise InvalidInput(f"strength {value}: use a number above 0 and at most 1")
+    return value

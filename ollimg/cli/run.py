@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextCo
 
 from ollimg import api
 from ollimg.cli.connect import ensure_server
-from ollimg.cli.repl import Repl, Settings
+from ollimg.cli.repl import Repl, Settings, check_strength
 from ollimg.cli.transfer import TransferDisplay
 from ollimg.errors import Cancelled, InvalidInput, ModelNotFound, OllimgError
 from ollimg.progress import Step
@@ -58,6 +58,15 @@ def run_command(
                                         "little (default: off; run ollimg calibrate MODEL first)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     verbose: bool = typer.Option(False, "--verbose", help="Show timings after each generation (on stderr)."),
+    image: list[Path] = typer.Option(None, "--image", help="Edit this image (repeat for reference images); the "
+                                                          "output takes its size unless --size says otherwise."),
+    mask: Path = typer.Option(None, "--mask", help="Redraw only where this mask is white (inpainting)."),
+    strength: float = typer.Option(None, "--strength", help="How much of the image is redrawn, above 0 to 1 "
+                                                            "(default: the model's)."),
+    cfg_truncation: float = typer.Option(None, "--cfg-truncation", min=0,
+                                         help="CFG stops above this normalised time (default: the model's)."),
+    cfg_normalization: float = typer.Option(None, "--cfg-normalization", min=0,
+                                            help="Cap on the guided prediction's norm, 0 off (default: the model's)."),
 ) -> None:
     """Generate images from a prompt, or from prompts typed one per line."""
     if fmt is not None and fmt.lower() == "json":  # ollama's --format json asks for JSON output
@@ -70,7 +79,12 @@ def run_command(
     if interactive and output is not None:
         raise InvalidInput("-o needs a prompt; typed prompts are saved as <prompt>-<time>.<ext> here")
     width, height = api.parse_size(size)
-    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), teacache, verbose)
+    settings = Settings(width, height, steps, seed, guidance, negative, n, _format(fmt, output), teacache=teacache,
+                        verbose=verbose, images=list(image or []), mask=mask,
+                        strength=None if strength is None else check_strength(strength),
+                        cfg_truncation=cfg_truncation, cfg_normalization=cfg_normalization)
+    if (mask is not None or strength is not None) and not settings.images:
+        raise InvalidInput("--mask and --strength need --image")
     console = Console(stderr=True)
     client = ensure_server(lambda text: console.print(text, style="dim", highlight=False, soft_wrap=True))
     with client:
@@ -89,6 +103,9 @@ def _generate(client, model: str, prompt: str, settings: Settings, keep_alive: s
             model, prompt, on_step=bar, width=settings.width, height=settings.height, steps=settings.steps,
             seed=settings.seed, guidance=settings.guidance, negative_prompt=settings.negative, n=settings.n,
             format=settings.format, keep_alive=keep_alive, teacache=settings.teacache,
+            images=[_read(p) for p in settings.images] or None,
+            mask=_read(settings.mask) if settings.mask else None, strength=settings.strength,
+            cfg_truncation=settings.cfg_truncation, cfg_normalization=settings.cfg_normalization,
         )
     paths = _write(result, prompt, output, settings.format)
     if settings.verbose:
@@ -116,6 +133,14 @@ def timings_text(result: api.GenerateResponse) -> str:
 
 def _seconds(value: float) -> str:
     return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.3f}s"
+
+
+def _read(path: Path) -> str:
+    """A file's bytes as base64 (the server checks that it is an image)."""
+    try:
+        return base64.b64encode(path.expanduser().read_bytes()).decode("ascii")
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
 
 
 def _load(client, model: str, keep_alive: str | None, console: Console) -> None:

@@ -139,22 +139,57 @@ class Worker:
             refuse_unsupported(self.pipeline)
             options["teacache"] = req.teacache
         d = self.pipeline.defaults
-        result_size = (req.width or d.width, req.height or d.height)
+        edit = self._edit(req)
+        if req.images:
+            first = edit["images"][0]
+            result_size = (req.width or first.width - first.width % 16, req.height or first.height - first.height % 16)
+        else:
+            result_size = (req.width or d.width, req.height or d.height)
         result = self.pipeline.generate(
             req.prompt, negative_prompt=req.negative_prompt, width=req.width, height=req.height, steps=req.steps,
             guidance=req.guidance, seed=req.seed, n=req.n, on_step=self.on_step, previews=req.previews,
-            on_preview=on_preview if req.previews else None, **options,
+            on_preview=on_preview if req.previews else None, **options, **edit,
         )
         mark = time.perf_counter()
         images = []
         for image, seed in zip(result.images, result.seeds):
             params = Parameters(req.prompt, req.negative_prompt, result.steps, result.guidance, seed, result.width,
                                 result.height, req.model_name or self.pipeline.name, self.pipeline.digest,
-                                req.teacache, int(result.timings.get("steps_reused", 0)))
+                                teacache=req.teacache, steps_reused=int(result.timings.get("steps_reused", 0)),
+                                strength=getattr(result, "strength", None), source_digests=tuple(req.image_digests))
             images.append(encode(image, params, req.format, req.compression))
         result.timings["encode"] = time.perf_counter() - mark
         return GenerateResult(images, result.seeds, result.width, result.height, result.steps, result.guidance,
                               req.format.lower(), result.timings)
+
+    def _edit(self, req) -> dict:
+        """The pipeline's edit arguments (PIL images) and per-request CFG knobs, refused when its
+        model cannot take them."""
+        import inspect
+        import io
+
+        from PIL import Image
+
+        accepted = inspect.signature(self.pipeline.generate).parameters
+        knobs = {k: getattr(req, k) for k in ("cfg_truncation", "cfg_normalization") if getattr(req, k) is not None}
+        unknown = [k for k in knobs if k not in accepted]
+        if unknown:
+            raise InvalidInput(f"model {req.model_name or self.pipeline.name} has no {' or '.join(unknown)}")
+        if not req.images:
+            if req.mask is not None or req.strength is not None:
+                raise InvalidInput("mask and strength need an input image")
+            return knobs
+        wanted = ["images"] + [k for k in ("mask", "strength") if getattr(req, k) is not None]
+        missing = [k for k in wanted if k not in accepted]
+        if missing:
+            what = "input images" if "images" in missing else " or ".join(missing)
+            raise InvalidInput(f"model {req.model_name or self.pipeline.name} cannot edit images: it takes no {what}")
+        edit = {**knobs, "images": [Image.open(io.BytesIO(base64.b64decode(b))) for b in req.images]}
+        if req.mask is not None:
+            edit["mask"] = Image.open(io.BytesIO(base64.b64decode(req.mask)))
+        if req.strength is not None:
+            edit["strength"] = req.strength
+        return edit
 
 
 def main() -> int:

@@ -48,12 +48,18 @@ class Parameters:
     height: int
     model: str
     model_digest: str | None = None
+    strength: float | None = None  # an edit's: A1111's "Denoising strength"
+    source_digests: tuple[str, ...] = ()  # sha256 of the images the edit started from
     teacache: float | None = None  # the TeaCache threshold, when caching was on
     steps_reused: int = 0  # steps whose block stack TeaCache reused
 
     def text(self) -> str:
         fields = {"Steps": self.steps, "Sampler": "Euler", "Schedule type": "Simple", "CFG scale": self.guidance,
                   "Seed": self.seed, "Size": f"{self.width}x{self.height}"}
+        if self.strength is not None:
+            fields["Denoising strength"] = self.strength
+        if self.source_digests:
+            fields["Source image hash"] = " ".join(d.split(":")[-1] for d in self.source_digests)
         if self.teacache is not None:
             fields["TeaCache"] = self.teacache
             fields["TeaCache steps"] = f"{self.steps - self.steps_reused} run, {self.steps_reused} reused"

@@ -37,6 +37,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     latents: np.ndarray | None = None  # float32, the final latents in the family's layout
     cache: Any = None  # the generation's TeaCache (ollimg/runtime/teacache.py), when one was used
+    strength: float | None = None  # an edit's strength (None: text to image)
 
 
 class Pipeline(Protocol):
@@ -122,8 +123,9 @@ def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...], noise: C
 
 def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any], timings: dict[str, float], *,
             on_step: OnStep | None = None, previews: int = 0, on_preview: OnPreview | None = None,
-            to_rgb: Callable[[Any], np.ndarray] | None = None):
-    """Euler steps in float32: x <- x + (sigma_next - sigma) * velocity(x, i).
+            to_rgb: Callable[[Any], np.ndarray] | None = None, after_step: Callable[[Any, int], Any] | None = None):
+    """Euler steps in float32: x <- x + (sigma_next - sigma) * velocity(x, i), then
+    `after_step(x, i)` when given (inpainting puts the kept area back).
 
     Previews show the model's current guess of the clean latents, x - sigma * velocity (flow
     matching), through the family's `to_rgb` (latents as a backend array -> uint8 [n, h, w, 3])."""
@@ -135,6 +137,8 @@ def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any],
         guess = x - float(sigmas[i]) * v if on_preview is not None and (i + 1) in preview_at else None
         dt = float(sigmas[i + 1] - sigmas[i])  # float32 difference, as the reference computes it
         x = x + dt * v
+        if after_step is not None:
+            x = after_step(x, i)
         if on_step is not None:
             backend.synchronize()
             on_step(Step(i + 1, steps, time.perf_counter() - mark))

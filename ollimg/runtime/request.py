@@ -27,6 +27,12 @@ class GenerateRequest:
     compression: int | None = None
     previews: int = 0
     model_name: str | None = None
+    images: list[str] = field(default_factory=list)  # base64 PNGs to start from (`ollimg.input_images.source`)
+    mask: str | None = None  # base64 greyscale PNG, white = redraw (`ollimg.input_images.mask`)
+    strength: float | None = None  # None: the model's default for edits
+    image_digests: list[str] = field(default_factory=list)  # sha256 of each uploaded image, for the metadata
+    cfg_truncation: float | None = None  # None: the model's (CFG off above this normalised time)
+    cfg_normalization: float | None = None  # None: the model's (cap on the guided norm; 0 off)
     teacache: float | None = None
 
     def to_json(self) -> dict:

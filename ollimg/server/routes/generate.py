@@ -1,5 +1,6 @@
 """`POST /api/generate`: NDJSON step progress (and previews on request), then the images; an empty
 prompt loads or unloads. With `gallery`, the images are also kept in the gallery (routes/gallery.py).
+With `images` (base64), an edit: the first image is redrawn by `strength`, inside `mask` if given.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ollimg import api
+from ollimg import api, input_images
 from ollimg.calibrate import check_teacache
-from ollimg.errors import OllimgError
+from ollimg.errors import InvalidInput, OllimgError
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 from ollimg.server import defaults
@@ -51,10 +52,16 @@ async def generate(body: api.GenerateRequest, request: Request):
         return api.GenerateResponse(model=name, created_at=now(), done_reason="load", load_duration=int(seconds * 1e9))
 
     asked = defaults.without_stock(model, defaults.Settings(body.steps, body.guidance, body.width, body.height))
+    images, mask, digests = input_images.prepare([input_images.from_base64(i, "images") for i in body.images or []],
+                                                 input_images.from_base64(body.mask, "mask") if body.mask else None)
+    if body.strength is not None and not images:
+        raise InvalidInput("strength needs images: send the image to edit in images")
     req = GenerateRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, width=asked.width, height=asked.height,
         steps=asked.steps, guidance=asked.guidance, seed=body.seed, n=body.n, format=body.format,
         compression=body.compression, previews=body.previews if body.stream else 0, model_name=name,
+        images=images, mask=mask, strength=body.strength, image_digests=digests,
+        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization,
         teacache=check_teacache(model, body.teacache),
     )
 

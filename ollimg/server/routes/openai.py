@@ -1,11 +1,14 @@
-"""OpenAI-compatible routes: `GET /v1/models[/{id}]` and `POST /v1/images/generations` (JSON or SSE).
+"""OpenAI-compatible routes: `GET /v1/models[/{id}]`, `POST /v1/images/generations` (JSON) and
+`POST /v1/images/edits` (multipart: `image` or `image[]`, optional `mask`), answered as JSON or SSE.
 
-Streaming sends `image_generation.partial_image` when `partial_images` > 0 and one
-`image_generation.completed` per image; `event: progress` per step (`{"type": "progress", "step",
-"total"}`) only when the request asks with the extra `"progress": true` (the openai SDK would
-read them as empty partial images). `response_format: url` is refused (400): images are returned
-inline only. No model, or one of OpenAI's names (dall-e-*, gpt-image-*), means the default model;
-sizes are rounded to multiples of 16 as /sdapi does (the answer's `size` says what was made).
+Streaming sends `image_generation.partial_image` (`image_edit.` for edits) when `partial_images` >
+0 and one `image_generation.completed` (`image_edit.completed`) per image; `event: progress` per
+step (`{"type": "progress", "step", "total"}`) only when the request asks with the extra
+`"progress": true` (the openai SDK would read them as empty partial images). `response_format: url`
+is refused (400): images are returned inline only. No model, or one of OpenAI's names (dall-e-*,
+gpt-image-*), means the default model; sizes are rounded to multiples of 16 as /sdapi does (the
+answer's `size` says what was made). An edit upload over OLLIMG_MAX_UPLOAD is refused (413) while
+it is read, before it is held whole.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
-from ollimg import api
+from ollimg import api, config, input_images
 from ollimg.calibrate import check_teacache
-from ollimg.errors import InvalidInput, OllimgError
+from ollimg.errors import InvalidInput, OllimgError, UploadTooLarge
 from ollimg.manifest import Model
 from ollimg.progress import Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
@@ -62,6 +66,82 @@ def _model_object(m: Model) -> api.OpenAIModel:
     },
 )
 async def generations(body: api.ImageGenerationRequest, request: Request):
+    return await _images(request, body, "image_generation")
+
+
+@router.post(
+    "/v1/images/edits",
+    response_model=api.ImagesResponse,
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["image", "prompt"],
+        "properties": {"image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary"},
+                       "prompt": {"type": "string"}}}}}}},
+    responses={
+        200: {"description": "With stream: server-sent events (progress, image_edit.partial_image, image_edit.completed).",
+              "content": {SSE: {"schema": {"type": "string"}}}},
+        413: {"model": api.OpenAIError},
+        **ERRORS,
+    },
+)
+async def edits(request: Request):
+    fields, images, mask = await _multipart(request)
+    try:
+        body = api.ImageEditRequest.model_validate(fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise _invalid(f"invalid {'.'.join(map(str, first['loc'])) or 'request'}: {first['msg']}",
+                       str(first["loc"][0]) if first["loc"] else "request") from None
+    if not images:
+        raise _invalid("image is required: send the image to edit as a file part named image (or image[])", "image")
+    try:
+        encoded, mask_b64, digests = input_images.prepare(images, mask)
+    except InvalidInput as e:
+        e.param = "mask" if "mask" in e.message else "image"
+        raise
+    return await _images(request, body, "image_edit", images=encoded, mask=mask_b64, digests=digests)
+
+
+async def _multipart(request: Request) -> tuple[dict[str, str], list[bytes], bytes | None]:
+    """The form's text fields, its image files (`image`, `image[]`) and its mask, the body read
+    only up to OLLIMG_MAX_UPLOAD."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise _invalid("images/edits takes multipart/form-data (image files and form fields)", "image")
+    limit = config.max_upload()
+    too_large = UploadTooLarge(f"the upload is larger than {limit} bytes (OLLIMG_MAX_UPLOAD): send smaller images")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+
+    async def replay():
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=17, max_fields=64)
+    except Exception as e:  # python-multipart's parse errors have no common base class
+        raise _invalid(f"malformed multipart body: {e}", "image") from None
+    fields: dict[str, str] = {}
+    images: list[bytes] = []
+    mask: bytes | None = None
+    for name, value in form.multi_items():
+        if isinstance(value, str):
+            fields[name] = value
+        elif name in ("image", "image[]"):
+            images.append(await value.read())
+        elif name == "mask":
+            mask = await value.read()
+        else:
+            raise _invalid(f"unexpected file part {name!r}: send image (or image[]) and mask", name)
+    return fields, images, mask
+
+
+async def _images(request: Request, body: api.ImageGenerationRequest, kind: str, *, images: list[str] | None = None,
+                  mask: str | None = None, digests: list[str] | None = None):
+    """Runs a generation or an edit: JSON, or SSE events named `kind`.partial_image / `kind`.completed."""
     model = _model(request, body.model)
     width, height = api.parse_size(body.size, round16=True)
     if body.response_format == "url":
@@ -77,6 +157,8 @@ async def generations(body: api.ImageGenerationRequest, request: Request):
         prompt=body.prompt, negative_prompt=body.negative_prompt, width=asked.width, height=asked.height,
         steps=asked.steps, guidance=asked.guidance, seed=body.seed, n=body.n or 1, format=fmt, compression=body.output_compression,
         previews=(body.partial_images or 0) if stream else 0, model_name=model.name.display(),
+        images=images or [], mask=mask, strength=getattr(body, "strength", None), image_digests=digests or [],
+        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization,
         teacache=check_teacache(model, body.teacache),
     )
 
@@ -90,7 +172,8 @@ async def generations(body: api.ImageGenerationRequest, request: Request):
     _, result = await job.begin("load", stream)
     if not stream:
         return JSONResponse(_response(result, fmt, body.quality).model_dump(exclude_none=True))
-    return StreamingResponse(_events(job, fmt, body.quality, bool(body.progress)), media_type=SSE, headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(_events(job, fmt, body.quality, kind, bool(body.progress)), media_type=SSE,
+                             headers={"Cache-Control": "no-cache"})
 
 
 def _model(request: Request, name: str | None) -> Model:
@@ -121,7 +204,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _events(job: Job, fmt: str, quality: str | None, progress: bool) -> AsyncIterator[bytes]:
+async def _events(job: Job, fmt: str, quality: str | None, kind_prefix: str, progress: bool) -> AsyncIterator[bytes]:
     common = {"quality": quality or "auto", "background": "opaque"}
     try:
         async for kind, value in job.events(keepalive=KEEPALIVE_SECONDS):
@@ -132,16 +215,16 @@ async def _events(job: Job, fmt: str, quality: str | None, progress: bool) -> As
                 yield _sse("progress", {"type": "progress", "step": value.step, "total": value.total})
             elif kind == "preview":
                 index, png = value
-                yield _sse("image_generation.partial_image", {
-                    "type": "image_generation.partial_image", "b64_json": base64.b64encode(png).decode(),
+                yield _sse(f"{kind_prefix}.partial_image", {
+                    "type": f"{kind_prefix}.partial_image", "b64_json": base64.b64encode(png).decode(),
                     "partial_image_index": index, "created_at": int(time.time()), "size": "auto",
                     "output_format": "png", **common,
                 })
             elif kind == "done":
                 size = f"{value.width}x{value.height}"
                 for i, (img, seed) in enumerate(zip(value.images, value.seeds)):
-                    yield _sse("image_generation.completed", {
-                        "type": "image_generation.completed", "b64_json": base64.b64encode(img).decode(),
+                    yield _sse(f"{kind_prefix}.completed", {
+                        "type": f"{kind_prefix}.completed", "b64_json": base64.b64encode(img).decode(),
                         "created_at": int(time.time()), "size": size, "output_format": fmt, "image_index": i,
                         "seed": seed, "usage": USAGE, **common,
                     })

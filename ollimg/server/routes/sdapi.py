@@ -4,9 +4,15 @@
 width/height (rounded to multiples of 16), batch_size x n_iter (at most 10 images) and
 override_settings.sd_model_checkpoint; samplers, hires fix and scripts are ignored. Absent
 steps/cfg_scale/size take the model's defaults (not A1111's 50 steps, CFG 7, 512x512), and so do
-those stock values on a distilled model (server/defaults.py). `options` holds the default model
-(kept across restarts); `progress` sees the txt2img requests in flight; `interrupt` stops them,
-and each answers normally with what it has (no images), as A1111 clients expect.
+those stock values on a distilled model (server/defaults.py). `img2img` takes the same fields plus
+init_images (the first is edited; base64, `data:` URLs allowed), denoising_strength (A1111's
+default 0.75), mask (white, or opaque where it has alpha, is redrawn), mask_blur (a Gaussian blur
+of the mask, in pixels), inpainting_mask_invert; absent width/height take the image's size.
+Refused with a message: inpainting_fill other than 1 (original: the reference pipeline starts the
+masked area from the noised original), inpaint_full_res (only-masked mode), resize_mode other than
+0 (just resize). `options` holds the default model (kept across restarts); `progress` sees the
+requests in flight; `interrupt` stops them, and each answers normally with what it has (no
+images), as A1111 clients expect.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ollimg import api
+from ollimg import api, input_images
 from ollimg.calibrate import check_teacache
 from ollimg.errors import Cancelled, InvalidInput
 from ollimg.manifest import Model
@@ -46,6 +52,19 @@ class Txt2ImgRequest(BaseModel):
     batch_size: int = Field(1, ge=1, le=10)
     n_iter: int = Field(1, ge=1, le=10)
     override_settings: dict = Field(default_factory=dict)
+    cfg_truncation: float | None = Field(None, ge=0, description="ollimg: CFG stops above this normalised time")
+    cfg_normalization: float | None = Field(None, ge=0, description="ollimg: cap on the guided norm (0: off)")
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = Field(min_length=1, max_length=16, description="base64 images; the first is edited")
+    denoising_strength: float = Field(0.75, gt=0, le=1)
+    mask: str | None = Field(None, description="base64 mask: white (or opaque) is redrawn")
+    mask_blur: float = Field(0, ge=0, le=64, description="Gaussian blur radius of the mask, in pixels")
+    inpainting_fill: int | None = Field(None, ge=0, le=3, description="only 1 (original) is supported")
+    inpaint_full_res: bool = Field(False, description="only-masked mode: not supported")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    resize_mode: int = Field(0, ge=0, le=3, description="only 0 (just resize) is supported")
 
 
 class Txt2ImgResponse(BaseModel):
@@ -92,6 +111,27 @@ def _state(request: Request) -> _State:
 
 @router.post("/txt2img", response_model=Txt2ImgResponse, responses=ERRORS)
 async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
+    return await _generate(body, request)
+
+
+@router.post("/img2img", response_model=Txt2ImgResponse, responses=ERRORS)
+async def img2img(body: Img2ImgRequest, request: Request) -> Txt2ImgResponse:
+    if body.inpainting_fill not in (None, 1):
+        raise InvalidInput(f"inpainting_fill {body.inpainting_fill} is not supported: only 1 (original) is, the "
+                           "masked area starts from the noised original image")
+    if body.inpaint_full_res:
+        raise InvalidInput("inpaint_full_res (only masked) is not supported: the whole image is inpainted; send false")
+    if body.resize_mode != 0:
+        raise InvalidInput(f"resize_mode {body.resize_mode} is not supported: only 0 (just resize)")
+    images, mask, digests = input_images.prepare(
+        [input_images.from_base64(i, "init_images") for i in body.init_images],
+        input_images.from_base64(body.mask, "mask") if body.mask else None,
+        transparent_edits=False, blur=body.mask_blur, invert=bool(body.inpainting_mask_invert))
+    return await _generate(body, request, images=images[:1], mask=mask, strength=body.denoising_strength,
+                           image_digests=digests[:1])
+
+
+async def _generate(body: Txt2ImgRequest, request: Request, **edit) -> Txt2ImgResponse:
     state = _state(request)
     model = _model(request, body.override_settings.get("sd_model_checkpoint"))
     n = body.batch_size * body.n_iter
@@ -106,6 +146,7 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> Txt2ImgResponse:
         prompt=body.prompt, negative_prompt=body.negative_prompt or None, width=asked.width,
         height=asked.height, steps=asked.steps, guidance=asked.guidance,
         seed=None if body.seed < 0 else body.seed, n=n, format="png", model_name=model.name.display(),
+        cfg_truncation=body.cfg_truncation, cfg_normalization=body.cfg_normalization, **edit,
         teacache=check_teacache(model, body.override_settings.get("teacache")),
     )
 
@@ -215,3 +256,10 @@ def _interrupted(body: Txt2ImgRequest, model: Model) -> Txt2ImgResponse:
     info = {"prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "sd_model_name": model.name.display(),
             "all_seeds": [], "infotexts": [], "interrupted": True}
     return Txt2ImgResponse(images=[], parameters=body.model_dump(), info=json.dumps(info))
+def _infotext(body: Txt2ImgRequest, result, seed: int, name: str) -> str:
+    text = body.prompt
+    if body.negative_prompt:
+        text += f"\nNegative prompt: {body.negative_prompt}"
+    edit = f"Denoising strength: {body.denoising_strength}, " if isinstance(body, Img2ImgRequest) else ""
+    return text + (f"\nSteps: {result.steps}, Sampler: Euler, Schedule type: Simple, CFG scale: {result.guidance}, "
+                   f"Seed: {seed}, Size: {result.width}x{result.height}, {edit}Model: {name}, Version: ollimg")

@@ -237,10 +237,14 @@ class VaeEncoder(nn.Module):
             self.quant_conv = nn.Conv2d(2 * c.latent_channels, 2 * c.latent_channels, 1)
 
     def __call__(self, x: mx.array) -> mx.array:
+        return self.moments(x)[:, : self.latent_channels]
+
+    def moments(self, x: mx.array) -> mx.array:
+        """The latent distribution: mean and log-variance, (B, 2 * latent, H/8, W/8)."""
         moments = self.encoder(x.astype(self.encoder.conv_in.weight.dtype))
         if "quant_conv" in self:
             moments = self.quant_conv(moments)
-        return moments[..., : self.latent_channels].transpose(0, 3, 1, 2)
+        return moments.transpose(0, 3, 1, 2)
 
 
 def mlx_layout(name: str, value: mx.array) -> mx.array:

@@ -230,7 +230,11 @@ class VaeEncoder(nn.Module):
         self.quant_conv = Conv(2 * c.latent_channels, 2 * c.latent_channels, 1) if c.use_quant_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.moments(x)[:, : self.config.latent_channels]
+
+    def moments(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent distribution: mean and log-variance, (B, 2 * latent, H/8, W/8)."""
         moments = self.encoder(x)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
-        return moments[:, : self.config.latent_channels]
+        return moments

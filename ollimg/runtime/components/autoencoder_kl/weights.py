@@ -10,6 +10,8 @@ Shapes = dict[str, tuple[int, ...]]
 
 # Held by the checkpoint, not read by the decoder.
 DECODER_IGNORED = re.compile(r"^(encoder\..*|quant_conv\..*)$")
+# Held by the checkpoint, not read by the encoder.
+ENCODER_IGNORED = re.compile(r"^(decoder\..*|post_quant_conv\..*)$")
 
 
 def _resnet(prefix: str, cin: int, cout: int) -> Shapes:

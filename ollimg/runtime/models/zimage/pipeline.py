@@ -1,5 +1,7 @@
 """The Z-Image pipeline: prompts through the chat template and Qwen3 (hidden_states[-2]), the
-DiT with Z-Image's classifier-free guidance (truncation, renormalisation), the FLUX VAE decode.
+DiT with Z-Image's classifier-free guidance (truncation, renormalisation), the FLUX VAE decode;
+starting from an image (diffusers' ZImageImg2ImgPipeline) and inpainting with a mask
+(ZImageInpaintPipeline) through the VAE encoder.
 
 The loop itself is the shared Euler loop (`ollimg/runtime/pipeline.py`); this module gives it
 the velocity. Backend-neutral: numpy plus backend arrays touched only with arithmetic operators
@@ -15,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ollimg.errors import InvalidInput
+from ollimg.runtime import img2img
 from ollimg.runtime import pipeline as shared
 from ollimg.runtime import teacache as step_cache
 from ollimg.runtime.flow_match import schedule
@@ -36,6 +39,18 @@ class Components:
     """the final float32 latents -> uint8 [B, H, W, 3] pixels (unscaled by z / scaling_factor +
     shift_factor, decoded in the compute dtype, round half to even of clamp(x/2+0.5, 0, 1) * 255)"""
     modules: dict = field(default_factory=dict)
+    encode_image: Callable[[np.ndarray], np.ndarray] | None = None
+    """pixels float32 [1, 3, H, W] in [-1, 1] -> the VAE posterior's mean and log-variance as
+    float32 [1, 2 * latent, H/8, W/8]; None when the model holds no VAE encoder (it cannot edit)"""
+
+
+@dataclass
+class Edit:
+    """An input image (and mask) as the loop takes them."""
+
+    image: Any  # PIL image
+    mask: Any  # PIL image or None
+    strength: float
 
 
 def model_time(timestep: np.float32) -> np.float32:
@@ -66,31 +81,50 @@ class ZImagePipeline:
                  cfg_truncation: float | None = None, cfg_normalization: float | None = None,
                  max_sequence_length: int | None = None, previews: int = 0,
                  on_preview: shared.OnPreview | None = None, teacache: float | None = None,
-                 teacache_record: bool = False) -> shared.Result:
+                 teacache_record: bool = False, images: list | None = None, mask: Any = None,
+                 strength: float | None = None) -> shared.Result:
         """Images for `prompt` (a list gives a batch; each prompt makes `n` images, in prompt order).
 
         `latents`: float32 [n, 16, height/8, width/8] instead of the seeded noise. `teacache`: a
         TeaCache threshold (None: off; the model must be calibrated); `teacache_record`: run every
-        step and record TeaCache's calibration trace in `Result.cache`."""
+        step and record TeaCache's calibration trace in `Result.cache`.
+        `images`: one PIL image to start from (img2img); its size, rounded down to multiples of 16,
+        is the output's unless width and height say otherwise. `strength` (default 0.6, or 1.0 with a
+        mask) in (0, 1]: how much of it is redrawn; the last steps * strength steps run. `mask`: a
+        PIL image of the input's size, white where the image is redrawn (inpainting)."""
         d = self.defaults
+        edit = self._edit(images, mask, strength)
+        if edit is not None:
+            if latents is not None:
+                raise InvalidInput("latents cannot be combined with an input image")
+            width, height = img2img.output_size(edit.image, width, height, 16)
         req = shared.request(d, prompt, negative_prompt, width, height, steps, guidance, seed, n)
         cfg_truncation = d.cfg_truncation if cfg_truncation is None else float(cfg_truncation)
         cfg_normalization = d.cfg_normalization if cfg_normalization is None else float(cfg_normalization)
         max_len = max_sequence_length or d.max_sequence_length
         if not isinstance(max_len, int) or max_len < 1:
             raise InvalidInput(f"invalid max_sequence_length {max_len!r}")
-        cache = step_cache.start(self, req.steps, teacache, teacache_record)
         shape = (req.total, self.config.transformer.in_channels, req.height // 8, req.width // 8)
-        x0 = shared.initial_latents(latents, shape, lambda: noise(req.seed, req.total, shape[1:]))
+        sigmas, timesteps = schedule(req.steps, self.config.scheduler)
+        if edit is not None:
+            first = img2img.start(req.steps, edit.strength)
+            sigmas, timesteps = sigmas[first:], timesteps[first:]
+        cache = step_cache.start(self, len(timesteps), teacache, teacache_record)  # the steps that run
         timings: dict[str, float] = {}
         start = time.perf_counter()
         caps, neg_caps = self._encode(req.prompts, req.negatives if req.guidance > 0 else None, req.n, max_len)
         self.backend.synchronize()
         timings["text_encode"] = time.perf_counter() - start
-        sigmas, timesteps = schedule(req.steps, self.config.scheduler)
+        after_step = None
+        if edit is None:
+            x0 = self.backend.from_numpy(shared.initial_latents(latents, shape, lambda: noise(req.seed, req.total, shape[1:])))
+        else:
+            mark = time.perf_counter()
+            x0, after_step = self._start_from_image(edit, req, shape, sigmas)
+            timings["image_encode"] = time.perf_counter() - mark
         velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization, cache)
-        x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings, on_step=on_step,
-                           previews=previews, on_preview=on_preview, to_rgb=self.preview)
+        x = shared.denoise(self.backend, x0, sigmas, velocity, timings, on_step=on_step, previews=previews,
+                           on_preview=on_preview, to_rgb=self.preview, after_step=after_step)
         mark = time.perf_counter()
         final = self.backend.to_numpy(x)
         pixels = self.components.decode(x)
@@ -100,7 +134,50 @@ class ZImagePipeline:
         if cache is not None:
             timings.update(cache.counts())
         return shared.Result(images, req.seed, [req.seed + i for i in range(req.total)], req.width, req.height,
-                             req.steps, req.guidance, timings, final, cache)
+                             req.steps, req.guidance, timings, final, cache, edit.strength if edit is not None else None)
+
+    def _edit(self, images, mask, strength) -> Edit | None:
+        """The checked edit inputs, or None for text-to-image."""
+        if images is None or (isinstance(images, (list, tuple)) and not images):
+            if mask is not None or strength is not None:
+                raise InvalidInput("mask and strength need an input image")
+            return None
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if len(images) > 1:
+            raise InvalidInput(f"{self.name} edits one image at a time, got {len(images)} images")
+        if self.components.encode_image is None:
+            raise InvalidInput(f"model {self.name} cannot edit images: it has no VAE encoder")
+        image = images[0]
+        if mask is not None and mask.size != image.size:
+            raise InvalidInput(f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}: "
+                               "use a mask of the image's size")
+        strength = (1.0 if mask is not None else 0.6) if strength is None else strength
+        return Edit(image, mask, img2img.check_strength(strength))
+
+    def _start_from_image(self, edit: Edit, req, shape, sigmas):
+        """The initial latents (the image's latents noised to the first sigma) and, with a mask, the
+        blend after each step that puts back the kept area at the next step's noise level."""
+        vae = self.config.vae
+        pixels = img2img.pixels(edit.image, req.width, req.height)
+        eps = img2img.posterior_noise(req.seed, shape[1:])
+        latents = img2img.sample_posterior(self.components.encode_image(pixels), eps)
+        latents = (latents - np.float32(vae.shift_factor)) * np.float32(vae.scaling_factor)
+        image = np.repeat(latents, req.total, axis=0)
+        start_noise = noise(req.seed, req.total, shape[1:])
+        x0 = self.backend.from_numpy(img2img.scale_noise(image, start_noise, sigmas[0]))
+        if edit.mask is None:
+            return x0, None
+        b = self.backend
+        keep_image, keep_noise = b.from_numpy(image), b.from_numpy(start_noise)
+        cells = img2img.mask_cells(edit.mask, req.width, req.height, 8)
+        redraw, keep = b.from_numpy(np.repeat(cells, req.total, axis=0)), b.from_numpy(1 - np.repeat(cells, req.total, axis=0))
+        last = len(sigmas) - 2
+
+        def blend(x, i: int):
+            kept = img2img.scale_noise(keep_image, keep_noise, sigmas[i + 1]) if i < last else keep_image
+            return keep * kept + redraw * x
+
+        return x0, blend
 
     def preview(self, latents) -> np.ndarray:
         """uint8 [n, h, w, 3] of latents (a backend array): the FLUX.1 VAE's linear map (a pixel per

@@ -92,3 +92,12 @@ def component_tensors(source, config: ZImageConfig) -> tuple[dict, dict, dict]:
     vae = select(source.tensors("vae"), vae_weights.decoder_shapes(config.vae), vae_weights.DECODER_IGNORED, NO_FP8,
                  f"{where}: vae")
     return text_encoder, transformer, vae
+
+
+def encoder_tensors(source, config: ZImageConfig) -> dict | None:
+    """The VAE encoder's tensors (for input images), checked; None when the model holds no encoder."""
+    vae = source.tensors("vae")
+    if "encoder.conv_in.weight" not in vae:
+        return None
+    return select(vae, vae_weights.encoder_shapes(config.vae), vae_weights.ENCODER_IGNORED, NO_FP8,
+                  f"model {source.name}: vae")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ollimg.runtime.components.autoencoder_kl.mlx import VaeDecoder, mlx_layout
+from ollimg.runtime.components.autoencoder_kl.mlx import VaeDecoder, VaeEncoder, mlx_layout
 from ollimg.runtime.components.qwen3.mlx import TextEncoder
 from ollimg.runtime.mlx_backend import MlxBackend, evaluate, load_module
 from ollimg.runtime.models.zimage import weights
@@ -48,4 +48,16 @@ def build(backend: MlxBackend, config: ZImageConfig, source) -> Components:
         return (np.clip(pixels / 2 + 0.5, 0, 1) * 255).round().astype(np.uint8)
 
     modules = {"text_encoder": text_encoder, "transformer": transformer, "vae": vae}
-    return Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules)
+    encoder_refs = weights.encoder_tensors(source, config)
+
+    def encode_image(pixels: np.ndarray) -> np.ndarray:
+        # Loaded on the first edit: text-to-image never holds the encoder's weights.
+        if "vae_encoder" not in modules:
+            modules["vae_encoder"] = load_module(backend, VaeEncoder(config.vae), encoder_refs, f"{where}: vae",
+                                                 layout=mlx_layout)
+        moments = modules["vae_encoder"].moments(mx.array(pixels.transpose(0, 2, 3, 1))).astype(mx.float32)
+        evaluate(moments)
+        return np.array(moments)
+
+    return Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules,
+                      encode_image=encode_image if encoder_refs is not None else None)

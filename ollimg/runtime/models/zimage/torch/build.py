@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import torch
 
-from ollimg.runtime.components.autoencoder_kl.torch import VaeDecoder
+from ollimg.runtime.components.autoencoder_kl.torch import VaeDecoder, VaeEncoder
 from ollimg.runtime.components.qwen3.torch import TextEncoder, streamed_encoder
 from ollimg.runtime.models.zimage import weights
 from ollimg.runtime.models.zimage.config import ZImageConfig
@@ -44,4 +44,15 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
         return (pixels * 255).round().astype(np.uint8)
 
     modules = {"text_encoder": text_encoder, "transformer": transformer, "vae": vae}
-    return Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules)
+    encoder_refs = weights.encoder_tensors(source, config)
+
+    @torch.inference_mode()
+    def encode_image(pixels: np.ndarray) -> np.ndarray:
+        # Loaded on the first edit: text-to-image never holds the encoder's weights.
+        if "vae_encoder" not in modules:
+            modules["vae_encoder"] = load_module(backend, VaeEncoder, (config.vae,), encoder_refs, "vae")
+        x = torch.from_numpy(pixels).to(backend.device, backend.torch_dtype)
+        return modules["vae_encoder"].moments(x).float().cpu().numpy()
+
+    return Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules,
+                      encode_image=encode_image if encoder_refs is not None else None)
