@@ -85,7 +85,7 @@ class ZImagePipeline:
                  strength: float | None = None) -> shared.Result:
         """Images for `prompt` (a list gives a batch; each prompt makes `n` images, in prompt order).
 
-        `latents`: float32 [n, 16, height/8, width/8] instead of the seeded noise. `teacache`: a
+        `latents`: float32 [n, 16, height/s, width/s] (s: the VAE's pixels per cell, 8) instead of the seeded noise. `teacache`: a
         TeaCache threshold (None: off; the model must be calibrated); `teacache_record`: run every
         step and record TeaCache's calibration trace in `Result.cache`.
         `images`: one PIL image to start from (img2img); its size, rounded down to multiples of 16,
@@ -104,7 +104,8 @@ class ZImagePipeline:
         max_len = max_sequence_length or d.max_sequence_length
         if not isinstance(max_len, int) or max_len < 1:
             raise InvalidInput(f"invalid max_sequence_length {max_len!r}")
-        shape = (req.total, self.config.transformer.in_channels, req.height // 8, req.width // 8)
+        cell = self.config.vae.scale  # pixels per latent cell: 8 for the FLUX VAE
+        shape = (req.total, self.config.transformer.in_channels, req.height // cell, req.width // cell)
         sigmas, timesteps = schedule(req.steps, self.config.scheduler)
         if edit is not None:
             first = img2img.start(req.steps, edit.strength)
