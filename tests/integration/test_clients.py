@@ -112,7 +112,7 @@ def test_webuiapi_interrupt_returns_the_running_txt2img(server):
 
     api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
     out = {}
-    thread = threading.Thread(target=lambda: out.setdefault("r", api.txt2img(prompt=PROMPT, steps=200, width=512, height=512)))
+    thread = threading.Thread(target=lambda: out.setdefault("r", api.txt2img(prompt=PROMPT, steps=100, width=512, height=512)))
     thread.start()
     for _ in range(600):
         if api.get_progress()["state"]["sampling_step"] >= 1:
