@@ -90,7 +90,8 @@ def test_openai_edit_with_mask_keeps_the_rest(oai):
 
 def test_openai_edit_streamed(oai):
     events = list(oai.images.edit(model=MODEL, image=("in.png", png(photo())), prompt="a star", stream=True,
-                                  partial_images=1, output_format="jpeg", extra_body={"steps": 4, "strength": 0.75}))
+                                  partial_images=1, output_format="jpeg",
+                                  extra_body={"steps": 4, "strength": 0.75, "progress": True}))
     types = [e.type for e in events]
     assert types.count("progress") == 3  # 0.75 of 4 steps
     assert "image_edit.partial_image" in types and types[-1] == "image_edit.completed"

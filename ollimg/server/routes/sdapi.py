@@ -170,13 +170,15 @@ async def _generate(body: Txt2ImgRequest, request: Request, **edit) -> Txt2ImgRe
         state.jobs.remove(job)
         state.interrupted.discard(job)
     name = model.name.display()
+    strength = body.denoising_strength if isinstance(body, Img2ImgRequest) else None
     info = {
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": result.seeds[0],
         "all_seeds": result.seeds, "width": result.width, "height": result.height, "steps": result.steps,
         "cfg_scale": result.guidance, "sd_model_name": name, "sd_model_hash": model.digest.split(":")[-1][:10],
         "batch_size": body.batch_size, "n_iter": body.n_iter,
         "infotexts": [Parameters(body.prompt, body.negative_prompt or None, result.steps, result.guidance, seed,
-                                 result.width, result.height, name, model.digest).text() for seed in result.seeds],
+                                 result.width, result.height, name, model.digest, strength=strength).text()
+                      for seed in result.seeds],
     }
     return Txt2ImgResponse(
         images=[base64.b64encode(img).decode() for img in result.images],
@@ -256,10 +258,3 @@ def _interrupted(body: Txt2ImgRequest, model: Model) -> Txt2ImgResponse:
     info = {"prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "sd_model_name": model.name.display(),
             "all_seeds": [], "infotexts": [], "interrupted": True}
     return Txt2ImgResponse(images=[], parameters=body.model_dump(), info=json.dumps(info))
-def _infotext(body: Txt2ImgRequest, result, seed: int, name: str) -> str:
-    text = body.prompt
-    if body.negative_prompt:
-        text += f"\nNegative prompt: {body.negative_prompt}"
-    edit = f"Denoising strength: {body.denoising_strength}, " if isinstance(body, Img2ImgRequest) else ""
-    return text + (f"\nSteps: {result.steps}, Sampler: Euler, Schedule type: Simple, CFG scale: {result.guidance}, "
-                   f"Seed: {seed}, Size: {result.width}x{result.height}, {edit}Model: {name}, Version: ollimg")
