@@ -59,7 +59,7 @@ RECORD = """() => {
 def server(tmp_path_factory):
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is needed: apt-get install chromium (scripts/system-deps)")
-    srv = Server(tmp_path_factory.mktemp("web"), OLLIMG_KEEP_ALIVE="10m").start()
+    srv = Server(tmp_path_factory.mktemp("web"), OLLIMG_KEEP_ALIVE="10m", OLLIMG_MAX_STEPS="200").start()  # Stop asks for 200
     yield srv
     srv.stop()
 
