@@ -166,7 +166,7 @@ def test_stop_cancels_on_the_server(page, server):
     page.fill("#prompt", "two small yellow squares on a black background")
     page.fill("#steps", "200")
     page.click("#generate")
-    expect(page.locator("#status")).to_have_text(re.compile(r"Step [2-9]/200"))
+    expect(page.locator("#status")).to_have_text(re.compile(r"Step \d+/200"))  # running (fast machines skip early steps)
     expect(page.locator("#results img.preview")).to_be_visible()  # the first of 20 previews: step 10
     page.click("#stop")
     expect(page.locator("#status")).to_have_text(re.compile("Stopped"))
