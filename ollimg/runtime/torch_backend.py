@@ -48,7 +48,9 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
     """x @ (weight * weight_scale).T + bias as one fp8 matmul: x (..., K) bf16, weight (N, K) fp8.
 
     Each row (token) of x is scaled into the fp8 range by its own absolute maximum; both scales
-    (per token, per output channel) are applied in the kernel, which accumulates in fp32.
+    (per token, per output channel) are applied in the kernel, which accumulates in fp32 (Hopper's
+    fast accumulation: partial sums promoted every few k-blocks, within `bench/fp8_quality.py`'s
+    figures). Under torch.compile the scaling pass fuses into the op that produced x.
     """
     rows = x.reshape(-1, x.shape[-1])  # (M, K)
     amax = torch.linalg.vector_norm(rows, float("inf"), dim=1, keepdim=True, dtype=torch.float32)  # (M, 1)
@@ -57,7 +59,7 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
     inverse = (FP8_MAX * (1 - 2 ** -7) / amax.clamp_(min=1e-12)).to(x.dtype)
     x8 = (rows * inverse).to(FP8)
     out = torch._scaled_mm(x8, weight.t(), scale_a=inverse.float().reciprocal(), scale_b=weight_scale[None, :],
-                           bias=bias, out_dtype=torch.bfloat16)  # (M, N)
+                           bias=bias, out_dtype=torch.bfloat16, use_fast_accum=True)  # (M, N)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -73,11 +75,12 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.weight_scale: torch.Tensor | None = None
+        self.fp8_kernel = False  # set by `assign`: fp8 weight and `fp8_matmul` on its device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if weight.dtype == FP8:
-            if x.dtype == torch.bfloat16 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0 and fp8_matmul(x.device):
+            if x.dtype == torch.bfloat16 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0 and self.fp8_kernel:
                 return scaled_linear(x, weight, self.weight_scale, self.bias)
             weight = (weight.float() * self.weight_scale[:, None]).to(x.dtype)
         return F.linear(x, weight, self.bias)
@@ -95,6 +98,9 @@ def assign(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> n
     missing = [n for n, p in module.named_parameters() if p.is_meta]
     if missing:
         raise InvalidModel(f"{where}: weight {missing[0]} is missing")
+    for linear in module.modules():
+        if isinstance(linear, Linear) and linear.weight.dtype == FP8:
+            linear.fp8_kernel = fp8_matmul(linear.weight.device)
     return module
 
 
@@ -136,6 +142,9 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def fence(self, x: torch.Tensor) -> "_Fence":
+        return _Fence(self.device)
 
     def memory(self) -> int:
         return self._bytes
@@ -191,6 +200,20 @@ class TorchBackend:
     def empty_cache(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+class _Fence:
+    """A CUDA event recorded on the current stream (nothing to wait for on the CPU)."""
+
+    def __init__(self, device: torch.device):
+        self.event = None
+        if device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
 
 
 def load_module(backend: TorchBackend, module_cls, args: tuple, refs: dict[str, TensorRef], where: str,
