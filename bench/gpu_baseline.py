@@ -176,12 +176,18 @@ def time_ollimg(name: str, models_dir: Path, args, dtype: str, env: dict[str, st
     """Load and time `name` with the OLLIMG_* settings in `env` (restored after)."""
     from ollimg.runtime.torch_backend import fp8_matmul
 
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     fp8_matmul.cache_clear()
+    torch._dynamo.reset()  # each variant compiles (or loads from the on-disk cache) its own graphs
+    inductor.coordinate_descent_tuning = env.get("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING") == "1"
     try:
         return _time_ollimg(name, models_dir, args, dtype)
     finally:
+        inductor.coordinate_descent_tuning = False
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -400,6 +406,8 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="also time ollimg with OLLIMG_COMPILE=off")
     parser.add_argument("--diffusers-compiled", action="store_true",
                         help="also time diffusers with transformer.compile_repeated_blocks(fullgraph=True)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="also time ollimg with inductor's coordinate descent tuning of its kernels")
     parser.add_argument("--floor", action="store_true", help="measure the matmul rates and the denoise floor")
     parser.add_argument("--starts", action="store_true", help="time fresh processes to the first PNG (warm compile cache)")
     parser.add_argument("--cold", action="store_true", help="also with the page cache dropped (needs root)")
@@ -429,6 +437,9 @@ def main() -> None:
     variants = [("ollimg", "zimage-random:bf16", {})]
     if args.eager:
         variants.append(("ollimg eager (OLLIMG_COMPILE=off)", "zimage-random:bf16", {"OLLIMG_COMPILE": "off"}))
+    if args.tuned:
+        variants.append(("ollimg, inductor coordinate descent tuning", "zimage-random:bf16",
+                         {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}))
     if args.offload:
         variants.append(("ollimg, text encoder offloaded", "zimage-random:bf16", {"OLLIMG_OFFLOAD": "always"}))
     if args.fp8:

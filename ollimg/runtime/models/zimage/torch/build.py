@@ -35,7 +35,6 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     gpu = backend.device.type == "cuda"
     if gpu:
         transformer.fuse()  # one GEMM for q/k/v and one for gate/up (a copy: not worth it on mapped CPU weights)
-        vae.to(memory_format=torch.channels_last)  # cuDNN's fastest layout for the decoder's convolutions
     compiled = torch_compile.FirstUse(torch_compile.wanted(backend.device))
     if compiled.enabled:
         torch_compile.compile_blocks([*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers])
@@ -50,8 +49,6 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     @torch.inference_mode()
     def decode(latents: torch.Tensor) -> np.ndarray:
         z = latents.to(backend.torch_dtype) / vae_config.scaling_factor + vae_config.shift_factor
-        if gpu:
-            z = z.contiguous(memory_format=torch.channels_last)
         pixels = vae.decode(z).float()
         # uint8 on the device (a quarter of the bytes to copy back); torch.round is half to even, like numpy's.
         pixels = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)

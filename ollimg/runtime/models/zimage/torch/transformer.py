@@ -40,8 +40,14 @@ class RMSNorm(nn.Module):
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """x (B, L, H, D); freqs float32 (B, L, D/2, 2) = (cos, sin): rotate interleaved pairs (x[2j], x[2j+1])
-    as the complex product (a + ib)(cos + i sin), in float32."""
+    as the complex product (a + ib)(cos + i sin), in float32.
+
+    Eager, that product is one complex kernel; under torch.compile (which generates no complex
+    code) it is written out in real arithmetic, which the compiler fuses with the casts around it."""
     pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, H, D/2, 2)
+    if not torch.compiler.is_compiling():
+        rotated = torch.view_as_complex(pairs) * torch.view_as_complex(freqs).unsqueeze(2)
+        return torch.view_as_real(rotated).flatten(3).type_as(x)
     a, b = pairs[..., 0], pairs[..., 1]
     cos, sin = freqs[..., 0].unsqueeze(2), freqs[..., 1].unsqueeze(2)  # (B, L, 1, D/2)
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(3).type_as(x)
