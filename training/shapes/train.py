@@ -2,11 +2,22 @@
 
 Run from the repository root (needs diffusers and transformers, the test-only references):
 
-    python -m training.shapes.train --out out/shapes
+    python -m training.shapes.train --out out/shapes                      # one call
+    python -m training.shapes.train --out out/shapes --dit-steps 20000    # first of several calls
+    python -m training.shapes.train --out out/shapes --resume out/shapes/ckpt   # the next ones
 
-Seeded: the same arguments on the same hardware and software give the same weights (up to
-non-deterministic GPU kernels). By default the number of DiT steps is fitted to --budget-seconds
-(one GPU lease) and printed; --dit-steps N with that N reruns the same training.
+A call trains until --budget-seconds would run out (the step time is measured over windows of
+steps, so it is the steady-state time), then writes a checkpoint (checkpoint.py) to
+--checkpoint; the call that reaches the last step also saves and evaluates the model. By default
+(no --dit-steps) the number of DiT steps is fitted to one call's budget at the end of the warm-up
+and printed; --dit-steps N with that N reruns the same training.
+
+Seeded: the data of step k is a function of (seed, k), and the checkpoint keeps the step, the
+RNG states, the AdamW moments and the EMA, so a resumed run computes what one uninterrupted run
+computes, to the bit on the CPU (tests/training/test_shapes_resume.py) and, on a GPU, as exactly
+as a rerun reproduces itself (up to non-deterministic kernels). That exact state (full.pt) is too
+large to travel between machines; a resume without it starts from the bf16 weights, with fresh
+AdamW moments and EMA and the learning rate re-warmed (REWARM steps).
 training/shapes/README.md records the recipe, time and hardware of each model.
 
 The DiT objective matches how diffusers' ZImagePipeline samples: latents x0 = (z - shift) *
@@ -18,30 +29,36 @@ Caption features are the text encoder's hidden_states[-2] with padding rows drop
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import random
+import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.shapes import data, fast_dit, model as model_mod, tokenizer as tokenizer_mod
+from training.shapes import checkpoint, data, fast_dit, model as model_mod, tokenizer as tokenizer_mod
 from training.shapes.check import score, summarize
 from training.shapes.world import heldout_specs
 
 # The sigmas of an 8-step run with shift 3 (zimage-reference.md): half of the training sigmas
 # are drawn from these, half from the shifted uniform distribution the scheduler implies.
 EIGHT_STEP_SIGMAS = (1.0, 0.9545, 0.9, 0.8333, 0.75, 0.6429, 0.5, 0.3)
+LATENT_STATS_IMAGES = (8, 256)  # batches and images in each: the VAE's latent shift and scale
+WINDOW = 10  # DiT steps between two clock readings (and GPU synchronizations)
+REWARM = 100  # steps of learning-rate warm-up after a resume from the bf16 weights (AdamW's
+# second moments, beta2 0.99, settle in about that many)
+# What a resumed run takes from its checkpoint: the arguments that make the training what it is.
+RECIPE = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "batch", "lr", "dit_warmup", "ema")
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-WARMUP = 200  # DiT warm-up steps
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -77,8 +94,9 @@ def train_vae(vae, args, device) -> None:
 def latent_stats(vae, args, device) -> tuple[float, float]:
     """shift_factor = mean, scaling_factor = 1/std of the VAE latents over fresh images."""
     zs = []
-    for i in range(8):
-        _, x = data.batch(args.seed + 2, i, 256, device)
+    batches, n = LATENT_STATS_IMAGES
+    for i in range(batches):
+        _, x = data.batch(args.seed + 2, i, n, device)
         zs.append(vae.encode(x).latent_dist.sample().float())
     z = torch.cat(zs)
     return float(z.mean()), float(1.0 / z.std())
@@ -119,66 +137,154 @@ def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float
     torch._foreach_lerp_(ema, params, 1 - decay)
 
 
-def fit_steps(args, step_seconds: float, elapsed: float) -> int:
-    """DiT steps that end training --reserve-seconds before --budget-seconds (the GPU lease)."""
-    left = args.budget_seconds - args.reserve_seconds - elapsed
-    return max(PROBE_STEPS, min(args.max_dit_steps, PROBE_STEPS + int(left / step_seconds)))
+def trained_params(dit, te) -> list[tuple[str, torch.nn.Parameter]]:
+    """The DiT's and the text encoder's parameters, named as the checkpoint names them."""
+    return [(f"dit.{n}", p) for n, p in dit.named_parameters()] + [(f"te.{n}", p) for n, p in te.named_parameters()]
 
 
-PROBE_STEPS = 30  # steps timed before --dit-steps is fitted; fewer than the warm-up, whose
-# learning rates do not depend on the total, so a rerun with the fitted total is the same run
+@dataclass
+class Run:
+    """The DiT training's progress: what the loop carries from step to step and a checkpoint
+    carries from call to call."""
+
+    step: int
+    total: int
+    fitted: bool  # the total is fixed (given, fitted to the budget, or the checkpoint's)
+    rewarm_from: int | None  # the step of the last resume from bf16 weights, if any
+    ema: list[torch.Tensor]
+    calls: list[dict] = field(default_factory=list)
+
+    def lr(self, args) -> float:
+        lr = lr_at(self.step, self.total, args.lr, args.dit_warmup)
+        if self.rewarm_from is not None and self.step < self.rewarm_from + REWARM:
+            lr *= (self.step - self.rewarm_from + 1) / REWARM
+        return lr
+
+    def ema_decay(self, args) -> float:
+        k = self.step - (self.rewarm_from or 0)  # the EMA restarts with the weights after a bf16 resume
+        return min(args.ema, (1 + k) / (10 + k))
 
 
-def train_dit(bpe, te, dit, vae, shift, scale, args, device, t0: float) -> int:
-    """Trains the DiT and text encoder; returns the number of steps."""
-    params = list(dit.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    ema = [p.detach().clone() for p in params]
-    gen = torch.Generator().manual_seed(args.seed + 3)
+class StepClock:
+    """Seconds per DiT step, measured over windows of WINDOW steps between GPU synchronizations,
+    so that a decision uses the recent, steady-state step time and not the first, slower steps."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.windows, self.mark = device, [], None
+
+    def tick(self, step: int) -> None:
+        synchronize(self.device)
+        now = time.time()
+        if self.mark is not None and step > self.mark[0]:
+            self.windows.append((step, (now - self.mark[1]) / (step - self.mark[0])))
+        self.mark = (step, now)
+
+    def seconds(self, since: int = 0) -> float | None:
+        """The median over the last five windows that start at or after step `since`."""
+        recent = [s for end, s in self.windows if end - WINDOW >= since][-5:]
+        return statistics.median(recent) if recent else None
+
+
+def fit_total(run: Run, clock: StepClock, args, t0: float) -> None:
+    """One call's whole training: as many steps as end --reserve-seconds (and --save-seconds, a
+    margin for slower steps later) before the budget, timed over the second half of the warm-up
+    (whose learning rates do not depend on the total, so a rerun with --dit-steps N is the same
+    run)."""
+    step_seconds = clock.seconds(since=args.dit_warmup // 2) or clock.seconds()
+    if step_seconds is None:
+        log(f"dit: no step timed by step {run.step}; the total stays {run.total}")
+        return
+    left = t0 + args.budget_seconds - args.reserve_seconds - args.save_seconds - time.time()
+    run.total = max(run.step, min(args.max_dit_steps, run.step + int(left / step_seconds)))
+    run.fitted = True
+    log(f"dit: {step_seconds:.3f} s/step, {run.total} steps fit the budget ({args.budget_seconds:.0f}s)")
+
+
+def time_left(run: Run, clock: StepClock, args, t0: float) -> bool:
+    """Whether this call runs another window: it goes on to the end if the end leaves
+    --reserve-seconds for saving and evaluating; otherwise it stops while --save-seconds are left
+    for the checkpoint, short of the end (the evaluation is left to the next call)."""
+    step_seconds = clock.seconds()
+    if step_seconds is None:
+        return True
+    now, end = time.time(), t0 + args.budget_seconds
+    if now + (run.total - run.step) * step_seconds + args.reserve_seconds <= end:
+        return True
+    return run.step + WINDOW < run.total and now + WINDOW * step_seconds + args.save_seconds <= end
+
+
+def dit_step(run: Run, opt, named, gen, bpe, te, dit, vae, args, device) -> torch.Tensor:
+    for group in opt.param_groups:
+        group["lr"] = run.lr(args)
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    captions, x = data.batch(args.seed, run.step, args.batch, device)
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+        x0 = ((vae.encode(x).latent_dist.sample().float() - shift) * scale)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    sigma = sample_sigmas(len(captions), gen).to(device)[:, None, None, None]
+    xt = (1 - sigma) * x0 + sigma * noise
+    t = 1 - sigma.flatten()
+    with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+        caps, lens = encode_captions(bpe, te, captions, device)
+        pred = fast_dit.forward(dit, xt, t, caps, lens).float()
+    loss = F.mse_loss(pred, x0 - noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for _, p in named]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema_update(run.ema, [p.detach() for p in params], run.ema_decay(args))
+    return loss
+
+
+def train_dit(run: Run, opt, named, gen, bpe, te, dit, vae, args, device, t0: float) -> dict:
+    """Trains the DiT and text encoder from run.step until the end or the budget; returns this
+    call's line for the checkpoint's history."""
     dit.train(), te.train()
-    start = time.time()
-    total = args.dit_steps or args.max_dit_steps
-    step = 0
-    while step < total:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, args.lr, WARMUP)
-        captions, x = data.batch(args.seed, step, args.batch, device)
-        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            x0 = ((vae.encode(x).latent_dist.sample().float() - shift) * scale)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        sigma = sample_sigmas(len(captions), gen).to(device)[:, None, None, None]
-        xt = (1 - sigma) * x0 + sigma * noise
-        t = 1 - sigma.flatten()
-        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            caps, lens = encode_captions(bpe, te, captions, device)
-            pred = fast_dit.forward(dit, xt, t, caps, lens).float()
-        loss = F.mse_loss(pred, x0 - noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema_update(ema, [p.detach() for p in params], min(args.ema, (1 + step) / (10 + step)))
-        if step % 100 == 0 or step == total - 1:
-            log(f"dit step {step}/{total} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
-        if step == 0:
-            synchronize(device)
-            probe = time.time()
-        if not args.dit_steps and step == PROBE_STEPS:
-            synchronize(device)
-            step_seconds = (time.time() - probe) / PROBE_STEPS
-            total = fit_steps(args, step_seconds, time.time() - t0)
-            log(f"dit: {step_seconds:.3f} s/step, {total} steps fit the budget ({args.budget_seconds:.0f}s)")
-        step += 1
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
+    start, started = run.step, time.time()
+    clock = StepClock(device)
+    while run.step < run.total and run.step - start < (args.call_steps or math.inf):
+        if run.step % WINDOW == 0:
+            clock.tick(run.step)
+        if not run.fitted and run.step == args.dit_warmup:
+            fit_total(run, clock, args, t0)
+        if run.step % WINDOW == 0 and run.step > start and not time_left(run, clock, args, t0):
+            break
+        loss = dit_step(run, opt, named, gen, bpe, te, dit, vae, args, device)
+        if run.step % 100 == 0 or run.step == run.total - 1:
+            log(f"dit step {run.step}/{run.total} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+        run.step += 1
+    synchronize(device)
+    seconds = time.time() - started
+    log(f"dit: steps {start} to {run.step} of {run.total} in {seconds:.0f}s "
+        f"({clock.seconds() or seconds / max(1, run.step - start):.3f} s/step)")
     dit.eval(), te.eval()
-    return total
+    return {"from": start, "to": run.step, "seconds": round(seconds, 1),
+            "step_seconds": round(clock.seconds() or 0, 4)}
 
 
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def rng_states(gen: torch.Generator, device: str) -> dict[str, str]:
+    """The training noise generator's and torch's global states (the VAE's latent sampling draws
+    from the latter), base64, for state.json."""
+    states = {"noise": gen.get_state(), "torch": torch.get_rng_state()}
+    if device == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state()
+    return {k: base64.b64encode(v.numpy().tobytes()).decode() for k, v in states.items()}
+
+
+def set_rng_states(states: dict[str, str], gen: torch.Generator, device: str) -> None:
+    def tensor(name: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(base64.b64decode(states[name])), dtype=torch.uint8)
+
+    gen.set_state(tensor("noise"))
+    torch.set_rng_state(tensor("torch"))
+    if device == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(tensor("cuda"))
 
 
 def figures(images: list[np.ndarray], specs) -> dict:
@@ -222,75 +328,188 @@ def evaluate(model_dir: Path, device: str, out: Path, steps: int) -> dict:
     return figures(images, specs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=2500)
-    parser.add_argument("--vae-batch", type=int, default=64)
-    parser.add_argument("--vae-lr", type=float, default=5e-4)
-    parser.add_argument("--kl-weight", type=float, default=1e-6)
-    parser.add_argument("--dit-steps", type=int, default=None,
-                        help="default: as many as fit --budget-seconds (timed over the first steps)")
-    parser.add_argument("--max-dit-steps", type=int, default=6000)
-    parser.add_argument("--budget-seconds", type=float, default=480.0,
-                        help="the whole run, training, evaluation and saving (a GPU lease)")
-    parser.add_argument("--reserve-seconds", type=float, default=60.0,
-                        help="what the budget keeps for the evaluation and saving after training")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--ema", type=float, default=0.998)
-    parser.add_argument("--eval-steps", type=int, nargs="*", default=[8])
-    args = parser.parse_args()
+def resume_run(resumed, args, named, opt, gen, device) -> Run:
+    """The Run of a checkpoint: exact with its full.pt, else from its bf16 weights."""
+    state, weights, full = resumed
+    total = args.dit_steps or state["total"]
+    if total != state["total"]:
+        log(f"dit: the schedule's total changes from {state['total']} to {total} at step {state['step']}")
+    if total < state["step"]:
+        raise SystemExit(f"--dit-steps {total} is before the checkpoint's step {state['step']}")
+    params = [p for _, p in named]
+    with torch.no_grad():
+        source = full["params"] if full else weights
+        for name, p in named:
+            p.copy_(source[name])
+    if full:
+        opt.load_state_dict(full["opt"])
+        ema = [full["ema"][name].to(device) for name, _ in named]
+        rewarm_from = state["rewarm_from"]
+        log(f"resuming exactly at step {state['step']} (full.pt: weights, EMA, AdamW moments, RNG)")
+    else:
+        ema = [p.detach().clone() for p in params]
+        rewarm_from = state["step"]
+        log(f"resuming at step {state['step']} from the bf16 weights, NOT exactly (no full.pt of this "
+            f"checkpoint here): fresh AdamW moments and EMA, learning rate re-warmed over {REWARM} steps")
+    set_rng_states(state["rng"], gen, device)
+    return Run(state["step"], total, True, rewarm_from, ema, state["calls"])
 
-    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    hardware = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    log(f"device {hardware}, torch {torch.__version__}, args {vars(args)}")
-    t0 = time.time()
 
-    from transformers import AutoTokenizer
+def take_recipe(args, parser: argparse.ArgumentParser, state: dict) -> None:
+    """A resumed run keeps its checkpoint's recipe; a flag given with another value is an error."""
+    for name in RECIPE:
+        given, stored = getattr(args, name), state["recipe"][name]
+        if given != parser.get_default(name) and given != stored:
+            raise SystemExit(f"--{name.replace('_', '-')} {given} differs from the checkpoint's {stored}; "
+                             "a resumed run keeps its recipe")
+        setattr(args, name, stored)
 
-    bpe = tokenizer_mod.build()
-    tok_dir = args.out / "tokenizer"
-    tokenizer_mod.save(bpe, tok_dir)
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    check_template(tok)
-    probe = TEMPLATE.format("two small yellow squares on a black background")
-    assert bpe.encode(probe).ids == tok(probe).input_ids
-    vae = model_mod.build_vae().to(device)
-    te = model_mod.build_text_encoder(len(tok)).to(device)
-    dit = model_mod.build_transformer().to(device)
-    for name, m in (("vae", vae), ("text_encoder", te), ("transformer", dit)):
-        log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
 
-    train_vae(vae, args, device)
-    t_vae = time.time() - t0
-    shift, scale = latent_stats(vae, args, device)
-    vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
-    log(f"vae done in {t_vae:.0f}s; latent shift {shift:.4f} scale {scale:.4f}")
+def prepare_vae(vae, args, device, resumed) -> dict:
+    """Trains the VAE (or takes the checkpoint's), sets its latent shift and scale and freezes it;
+    returns the checkpoint's VAE fields. The trained weights are rounded to bf16 at once: the DiT
+    then learns the latents of the VAE that ships (saved in bf16) and a checkpoint keeps it
+    exactly in half the bytes."""
+    if resumed:
+        state, weights, _ = resumed
+        vae.load_state_dict({k[len("vae."):]: v.float() for k, v in weights.items() if k.startswith("vae.")})
+        vae.register_to_config(shift_factor=state["shift"], scaling_factor=state["scale"])
+        vae_fields = {k: state[k] for k in ("shift", "scale", "vae_seconds", "vae_heldout")}
+    else:
+        started = time.time()
+        train_vae(vae, args, device)
+        with torch.no_grad():
+            for p in vae.parameters():
+                p.copy_(p.to(torch.bfloat16))
+        shift, scale = latent_stats(vae, args, device)
+        vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
+        vae_fields = {"shift": vae.config.shift_factor, "scale": vae.config.scaling_factor,
+                      "vae_seconds": round(time.time() - started), "vae_heldout": check_vae(vae, device)}
+        log(f"vae done in {vae_fields['vae_seconds']}s; latent shift {shift:.4f} scale {scale:.4f}")
+        log(f"held-out scenes through the VAE: {vae_fields['vae_heldout']}")
+    vae.eval()
     for p in vae.parameters():
         p.requires_grad_(False)
-    vae_check = check_vae(vae, device)
-    log(f"held-out scenes through the VAE: {vae_check}")
+    return vae_fields
 
-    dit_steps = train_dit(bpe, te, dit, vae, vae.config.shift_factor, vae.config.scaling_factor, args, device, t0)
-    t_total = time.time() - t0
-    log(f"training done in {t_total:.0f}s ({dit_steps} DiT steps)")
 
+def save_checkpoint(directory: Path, run: Run, opt, named, gen, vae, vae_fields: dict, args, device) -> None:
+    state = dict(step=run.step, total=run.total, rewarm_from=run.rewarm_from, calls=run.calls,
+                 recipe={k: getattr(args, k) for k in RECIPE}, rng=rng_states(gen, device), **vae_fields)
+    weights = {name: p for name, p in named} | {f"vae.{k}": v for k, v in vae.state_dict().items()}
+    full = {"params": {name: p.detach().cpu() for name, p in named},
+            "ema": {name: e.cpu() for (name, _), e in zip(named, run.ema)}, "opt": opt.state_dict()}
+    started = time.time()
+    checkpoint.write(directory, state, weights, full)
+    size = sum(f.stat().st_size for f in directory.iterdir() if f.name != checkpoint.FULL)
+    log(f"checkpoint at step {run.step} in {directory} ({size / 2**20:.1f} MiB without full.pt, "
+        f"{time.time() - started:.0f}s)")
+
+
+def finish(run: Run, named, bpe, te, dit, vae, vae_fields: dict, args, device, hardware: str, t0: float) -> None:
+    """The EMA weights become the model: saved, evaluated, described in train-info.json."""
+    with torch.no_grad():
+        for (_, p), e in zip(named, run.ema):
+            p.copy_(e)
     model_dir = args.out / "model"
     model_mod.save(model_dir, bpe, te.float(), dit.float(), vae.float(), torch.bfloat16)
-    info = {"hardware": hardware, "torch": torch.__version__, "vae_seconds": round(t_vae),
-            "total_seconds": round(t_total), "dit_steps": dit_steps, "vae_heldout": vae_check,
+    info = {"hardware": hardware, "torch": torch.__version__, "vae_seconds": vae_fields["vae_seconds"],
+            "dit_seconds": round(sum(c["seconds"] for c in run.calls)), "dit_steps": run.total,
+            "calls": run.calls, "vae_heldout": vae_fields["vae_heldout"],
             "args": {k: str(v) for k, v in vars(args).items()}}
     for steps in args.eval_steps:
         info[f"heldout_{steps}_steps"] = evaluate(model_dir, device, args.out, steps)
         log(f"held-out, {steps} steps: {info[f'heldout_{steps}_steps']}")
     info["run_seconds"] = round(time.time() - t0)
     (args.out / "train-info.json").write_text(json.dumps(info, indent=2) + "\n")
-    log(f"done in {info['run_seconds']}s; reproduce with --dit-steps {dit_steps}")
+    log(f"done: {run.total} DiT steps in {len(run.calls)} call(s); reproduce with --dit-steps {run.total}")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="where this call writes its checkpoint (default: OUT/ckpt)")
+    parser.add_argument("--resume", type=Path, default=None, help="a checkpoint directory to go on from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=2500)
+    parser.add_argument("--vae-batch", type=int, default=64)
+    parser.add_argument("--vae-lr", type=float, default=5e-4)
+    parser.add_argument("--kl-weight", type=float, default=1e-6)
+    parser.add_argument("--dit-steps", type=int, default=None,
+                        help="the schedule's total (default: as many as fit this call's budget, fitted at the "
+                             "end of the warm-up; on --resume: the checkpoint's)")
+    parser.add_argument("--max-dit-steps", type=int, default=6000)
+    parser.add_argument("--dit-warmup", type=int, default=200)
+    parser.add_argument("--call-steps", type=int, default=None, help="at most this many DiT steps in this call")
+    parser.add_argument("--budget-seconds", type=float, default=480.0,
+                        help="this call, from --started-at: training, checkpoint, evaluation and saving")
+    parser.add_argument("--started-at", type=float, default=None,
+                        help="when the call began (seconds since the epoch; default: now)")
+    parser.add_argument("--reserve-seconds", type=float, default=60.0,
+                        help="what the budget keeps for the evaluation and saving after the last step")
+    parser.add_argument("--save-seconds", type=float, default=20.0,
+                        help="what the budget keeps for the checkpoint of a call that stops short of the end")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--eval-steps", type=int, nargs="*", default=[8])
+    args = parser.parse_args(argv)
+    args.checkpoint = args.checkpoint or args.out / "ckpt"
+    return args, parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, parser = parse_args(argv)
+    t0 = args.started_at or time.time()
+    resumed = checkpoint.read(args.resume) if args.resume else None
+    if resumed:
+        take_recipe(args, parser, resumed[0])
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    hardware = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    log(f"device {hardware}, torch {torch.__version__}, args {vars(args)}")
+
+    bpe = build_tokenizer(args.out / "tokenizer")
+    vae = model_mod.build_vae().to(device)
+    te = model_mod.build_text_encoder(bpe.get_vocab_size()).to(device)
+    dit = model_mod.build_transformer().to(device)
+    for name, m in (("vae", vae), ("text_encoder", te), ("transformer", dit)):
+        log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
+    vae_fields = prepare_vae(vae, args, device, resumed)
+
+    named = trained_params(dit, te)
+    opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    if resumed:
+        run = resume_run(resumed, args, named, opt, gen, device)
+    else:
+        total = args.dit_steps or args.max_dit_steps
+        run = Run(0, total, args.dit_steps is not None, None, [p.detach().clone() for _, p in named])
+    call = train_dit(run, opt, named, gen, bpe, te, dit, vae, args, device, t0)
+    run.calls.append({"hardware": hardware, **call, "resumed": None if not resumed else
+                      "exact" if resumed[2] else "from bf16 weights"})
+    save_checkpoint(args.checkpoint, run, opt, named, gen, vae, vae_fields, args, device)
+    if run.step < run.total:
+        log(f"stopped at step {run.step} of {run.total}; go on with --resume {args.checkpoint}")
+        return
+    finish(run, named, bpe, te, dit, vae, vae_fields, args, device, hardware, t0)
+
+
+def build_tokenizer(tok_dir: Path):
+    """The BPE tokenizer, saved and checked against what transformers loads from it."""
+    from transformers import AutoTokenizer
+
+    bpe = tokenizer_mod.build()
+    tokenizer_mod.save(bpe, tok_dir)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    check_template(tok)
+    probe = TEMPLATE.format("two small yellow squares on a black background")
+    assert bpe.encode(probe).ids == tok(probe).input_ids
+    assert bpe.get_vocab_size() == len(tok)
+    return bpe
 
 
 if __name__ == "__main__":

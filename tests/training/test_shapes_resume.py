@@ -1,0 +1,114 @@
+"""The shapes training resumes from its checkpoint: N DiT steps in one call equal N/2, a
+checkpoint and N/2 more, to the bit (on the CPU every kernel is deterministic, so anything the
+checkpoint failed to restore — a weight, an AdamW moment, the EMA, an RNG state, the data
+position, the schedule — would change some bit). Runs train.py's real main() on a tiny
+configuration of the same architecture; the held-out VAE check, reporting only, is stubbed (it
+scores 160 images)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from training.shapes import checkpoint, model, train
+
+pytestmark = pytest.mark.slow  # four tiny trainings: about 30 s on a loaded 2-core machine
+
+N, LR = 4, 1e-3
+TINY = (
+    (model.TEXT, dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=32)),
+    (model.TRANSFORMER, dict(dim=64, n_layers=1, n_refiner_layers=1, n_heads=1, n_kv_heads=1, cap_feat_dim=64)),
+    (model.VAE, dict(block_out_channels=[8, 8, 8], norm_num_groups=8)),
+)
+
+
+def run(out, *extra):
+    train.main(["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--batch", "2", "--dit-steps", str(N),
+                "--dit-warmup", "2", "--lr", str(LR), "--eval-steps", *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """one: N steps in one call; two: N/2, then resumed with its full.pt; three: resumed from the
+    same checkpoint without full.pt (as on another machine)."""
+    root = tmp_path_factory.mktemp("resume")
+    with pytest.MonkeyPatch.context() as mp:
+        for table, small in TINY:
+            for key, value in small.items():
+                mp.setitem(table, key, value)
+        mp.setattr(train, "LATENT_STATS_IMAGES", (2, 4))
+        mp.setattr(train, "check_vae", lambda vae, device: {"stubbed": True})
+        run(root / "one")
+        run(root / "two", "--call-steps", str(N // 2))
+        assert not (root / "two" / "model").exists()
+        shutil.copytree(root / "two" / "ckpt", root / "carried", ignore=shutil.ignore_patterns(checkpoint.FULL))
+        run(root / "two", "--resume", str(root / "two" / "ckpt"))
+        run(root / "three", "--resume", str(root / "carried"))
+    return root
+
+
+def full(directory):
+    return torch.load(directory / "ckpt" / checkpoint.FULL, weights_only=True)
+
+
+def state(directory):
+    return json.loads((directory / "ckpt" / checkpoint.STATE).read_text())
+
+
+def assert_same(a, b, path=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+def test_n_steps_equal_n_over_2_a_checkpoint_and_n_over_2_more_to_the_bit(runs):
+    one, two = full(runs / "one"), full(runs / "two")
+    assert_same(one["params"], two["params"])
+    assert_same(one["ema"], two["ema"])
+    assert_same(one["opt"], two["opt"])
+    assert any(not torch.equal(one["params"][k], one["ema"][k]) for k in one["params"])  # it trained
+    a, b = state(runs / "one"), state(runs / "two")
+    for key in ("step", "total", "rng", "digest", "shift", "scale", "rewarm_from", "recipe"):
+        assert a[key] == b[key], key
+    assert [(c["from"], c["to"], c["resumed"]) for c in b["calls"]] == [(0, N // 2, None), (N // 2, N, "exact")]
+    assert (runs / "two" / "model" / "transformer").is_dir() and (runs / "two" / "train-info.json").is_file()
+
+
+def test_without_full_pt_it_goes_on_from_the_bf16_weights_rewarmed(runs):
+    _, start, _ = checkpoint.read(runs / "carried")
+    s = state(runs / "three")
+    assert s["calls"][-1]["resumed"] == "from bf16 weights" and s["rewarm_from"] == N // 2
+    after = full(runs / "three")["params"]
+    # AdamW moves a weight by at most about lr per step; re-warmed, by lr/100, 2 lr/100, ...
+    bound = 2 * LR * sum(k + 1 for k in range(N // 2)) / train.REWARM
+    moved = max((after[k] - start[k].float()).abs().max().item() for k in after)
+    assert 0 < moved <= bound
+
+
+def test_a_resumed_run_keeps_its_recipe_and_its_weights_whole(runs, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(runs / "carried", ckpt)
+    with pytest.raises(SystemExit, match="--lr 0.002 differs from the checkpoint's 0.001"):
+        train.main(["--out", str(tmp_path), "--resume", str(ckpt), "--lr", "2e-3"])
+    part = ckpt / json.loads((ckpt / checkpoint.STATE).read_text())["parts"][0]
+    part.write_bytes(part.read_bytes()[:-1])
+    with pytest.raises(SystemExit, match="do not match"):
+        train.main(["--out", str(tmp_path), "--resume", str(ckpt)])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        train.main(["--out", str(tmp_path), "--resume", str(tmp_path / "none")])
+
+
+def test_pack_keeps_bf16_weights_exactly_in_fewer_bytes():
+    torch.manual_seed(0)
+    weights = {"a": torch.randn(300, 257) * 0.02, "b": torch.randn(7), "c": torch.zeros(3, 3)}
+    blob = checkpoint.pack(weights)
+    back = checkpoint.unpack(blob)
+    assert all(torch.equal(back[k], weights[k].to(torch.bfloat16)) for k in weights)
+    assert len(blob) < 0.8 * 2 * sum(w.numel() for w in weights.values())
