@@ -31,8 +31,9 @@ def run(out, *extra):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """one: N steps in one call; two: N/2, then resumed with its full.pt; three: resumed from the
-    same checkpoint without full.pt (as on another machine)."""
+    """one: N steps in one call; two: N/2, then resumed from the carried checkpoint (no full.pt)
+    on the same machine, where the first call left its full.pt (two/ckpt); three: resumed from the
+    carried checkpoint elsewhere, with no full.pt of it."""
     root = tmp_path_factory.mktemp("resume")
     with pytest.MonkeyPatch.context() as mp:
         for table, small in TINY:
@@ -44,7 +45,7 @@ def runs(tmp_path_factory):
         run(root / "two", "--call-steps", str(N // 2))
         assert not (root / "two" / "model").exists()
         shutil.copytree(root / "two" / "ckpt", root / "carried", ignore=shutil.ignore_patterns(checkpoint.FULL))
-        run(root / "two", "--resume", str(root / "two" / "ckpt"))
+        run(root / "two", "--resume", str(root / "carried"))  # full.pt from two/ckpt, the warm machine's
         run(root / "three", "--resume", str(root / "carried"))
     return root
 

@@ -72,17 +72,19 @@ def write(directory: Path, state: dict, weights: dict[str, torch.Tensor], full: 
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
-    """state, the bf16 weights, and the exact state if `full.pt` beside them is of these weights."""
+def read(directory: Path, also: Path | None = None) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
+    """state, the bf16 weights, and the exact state if a `full.pt` of these weights is beside them
+    or in `also` (where the last call on a machine still warm wrote it: the carried copy of its
+    checkpoint comes without it)."""
     if not (directory / STATE).is_file():
         raise SystemExit(f"no checkpoint in {directory} (no {STATE}); a first call runs without --resume")
     state = json.loads((directory / STATE).read_text())
     blob = b"".join((directory / name).read_bytes() for name in state["parts"])
     if "sha256:" + hashlib.sha256(blob).hexdigest() != state["digest"]:
         raise SystemExit(f"the weights in {directory} do not match its {STATE} (a part missing or from another call)")
-    full = None
-    if (directory / FULL).is_file():
-        full = torch.load(directory / FULL, map_location="cpu", weights_only=True)
-        if full["digest"] != state["digest"]:
-            full = None  # from another call: the bf16 weights are this checkpoint's
-    return state, unpack(blob), full
+    for path in (directory / FULL, also / FULL if also else None):
+        if path and path.is_file():
+            full = torch.load(path, map_location="cpu", weights_only=True)
+            if full["digest"] == state["digest"]:  # else it is of another checkpoint
+                return state, unpack(blob), full
+    return state, unpack(blob), None

@@ -345,7 +345,7 @@ def resume_run(resumed, args, named, opt, gen, device) -> Run:
         opt.load_state_dict(full["opt"])
         ema = [full["ema"][name].to(device) for name, _ in named]
         rewarm_from = state["rewarm_from"]
-        log(f"resuming exactly at step {state['step']} (full.pt: weights, EMA, AdamW moments, RNG)")
+        log(f"resuming exactly at step {state['step']} (this checkpoint's full.pt: weights, EMA, AdamW moments)")
     else:
         ema = [p.detach().clone() for p in params]
         rewarm_from = state["step"]
@@ -462,7 +462,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
 def main(argv: list[str] | None = None) -> None:
     args, parser = parse_args(argv)
     t0 = args.started_at or time.time()
-    resumed = checkpoint.read(args.resume) if args.resume else None
+    resumed = checkpoint.read(args.resume, also=args.checkpoint) if args.resume else None
     if resumed:
         take_recipe(args, parser, resumed[0])
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
