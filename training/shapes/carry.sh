@@ -5,7 +5,8 @@
 # - puts the diffusers and importlib_metadata wheels from .whl/ in .carry/shapes/whl/ (once);
 # - with FILES_AT (the folder a call's files came back in): keeps its train.log in
 #   out/shapes/calls/, puts its ckpt/ in .carry/shapes/ckpt/, or, when the training finished,
-#   unpacks the model to out/shapes/model/ beside train-info.json and the grid;
+#   unpacks the model to out/shapes/model/ beside train-info.json and the grid (and drops the
+#   carried checkpoint);
 # - adds up what the next call sends (tracked and untracked, not ignored files, and
 #   .carry/shapes) and fails if it is over the device tool's 64 MiB.
 set -euo pipefail
@@ -29,6 +30,7 @@ if [ -n "$from" ]; then
         cat "$from"/model.tar.part* | tar x -C out/shapes
         cp "$from"/train-info.json out/shapes/
         cp "$from"/heldout-grid-*.png out/shapes/ 2>/dev/null || true
+        rm -rf .carry/shapes/ckpt  # finished: a later call starts a new training
         echo "the trained model is in out/shapes/model (train-info.json beside it)"
     fi
 fi

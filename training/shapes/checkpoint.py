@@ -66,6 +66,7 @@ def write(directory: Path, state: dict, weights: dict[str, torch.Tensor], full: 
         torch.save(dict(full, digest=state["digest"]), tmp / FULL)
     (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
     old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
