@@ -2,25 +2,65 @@
 
 Native API (`/api/*`, ollama-like, NDJSON streams) and the OpenAI-compatible images API (`/v1/*`).
 Field constraints here are the validation the server applies and what its OpenAPI document says.
-Imports pydantic and errors.
+Every request body is a `RequestBody`: JSON `true`/`false` is no number there and NaN/Infinity
+are refused, with a 400 that names the field. Imports pydantic, errors, config (the one duration
+parser) and the runtime's request limits (the one seed ceiling).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ollimg import config
 from ollimg.errors import InvalidInput
+from ollimg.runtime.request import MAX_SEED
 
 MAX_PROMPT = 32000
 MIN_SIZE, MAX_SIZE = 16, 4096
-MAX_SEED = 2**63 - 1
 Format = Literal["png", "jpeg", "webp"]
-KeepAlive = str | float | None
 
+_SEED_HELP = (f"default: random; image i uses seed + i; 0 to {MAX_SEED} (2^53 - 16: every image's seed is a whole "
+              "number that any JSON reader, JavaScript's too, holds exactly)")
 _KEEP_ALIVE_HELP = "how long the model stays loaded: seconds or a duration like 5m; 0 unloads after the request, negative keeps it"
+
+
+def _duration(value: Any) -> Any:
+    """keep_alive as sent, once the one duration parser has accepted it (no bool, NaN or Infinity)."""
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("use a number of seconds or a duration like 5m")
+    try:
+        config.parse_duration(value)
+    except InvalidInput as e:
+        raise ValueError(e.message) from None
+    return value
+
+
+KeepAlive = Annotated[str | float | None, BeforeValidator(_duration)]
+
+
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or annotation is Any or any(_takes_bool(a) for a in typing.get_args(annotation))
+
+
+class RequestBody(BaseModel):
+    """A request's JSON: pydantic's lax mode would read `true` as 1 and take NaN and Infinity as
+    floats; here a boolean is refused wherever a field does not take one, and so is a float that is
+    not finite."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 class Error(BaseModel):
@@ -37,7 +77,7 @@ class Error(BaseModel):
 _TEACACHE_HELP = "TeaCache threshold (default: off); the model must be calibrated (ollimg calibrate)"
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestBody):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=500)
@@ -47,7 +87,7 @@ class GenerateRequest(BaseModel):
     height: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=16, description="default: the model's")
     steps: int | None = Field(None, ge=1, le=200, description="default: the model's")
     guidance: float | None = Field(None, ge=0, le=100, description="default: the model's")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="default: random; image i uses seed + i")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=_SEED_HELP)
     n: int = Field(1, ge=1, le=10)
     format: Format = "png"
     compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality")
@@ -167,7 +207,7 @@ class PsResponse(BaseModel):
     models: list[RunningModel]
 
 
-class ModelRequest(BaseModel):
+class ModelRequest(RequestBody):
     """A request naming one model (`name` is accepted as ollama's older spelling)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -226,7 +266,7 @@ class DeleteResponse(BaseModel):
     bytes: int = Field(description="bytes freed")
 
 
-class CopyRequest(BaseModel):
+class CopyRequest(RequestBody):
     source: str = Field(min_length=1, max_length=500)
     destination: str = Field(min_length=1, max_length=500)
 
@@ -245,7 +285,7 @@ class ProgressResponse(BaseModel):
     deduplicated_bytes: int | None = None
 
 
-class SaveRequest(BaseModel):
+class SaveRequest(RequestBody):
     """`POST /api/save`: the answer is the archive itself, an OCI image layout in a tar."""
 
     models: list[str] = Field(min_length=1, max_length=1000, description="the models to save")
@@ -310,7 +350,7 @@ class GalleryResponse(BaseModel):
 # -- OpenAI-compatible images API ---------------------------------------------------------------
 
 
-class ImageGenerationRequest(BaseModel):
+class ImageGenerationRequest(RequestBody):
     """OpenAI's `POST /v1/images/generations`, plus the extras `seed`, `steps`, `negative_prompt`, `guidance_scale`."""
 
     model_config = ConfigDict(extra="ignore")
@@ -329,7 +369,7 @@ class ImageGenerationRequest(BaseModel):
     user: str | None = Field(None, max_length=500)
     stream: bool | None = False
     partial_images: int | None = Field(0, ge=0, le=3)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=_SEED_HELP)
     steps: int | None = Field(None, ge=1, le=200)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
     guidance_scale: float | None = Field(None, ge=0, le=100)
