@@ -294,8 +294,11 @@ class SaveRequest(RequestBody):
 
 
 class LoadResponse(BaseModel):
-    """`POST /api/load` (body: a .tar or .tar.zst archive): the models it loaded."""
+    """`POST /api/load` (body: a .tar or .tar.zst archive): the models it loaded. With `stream`
+    (the default) the last NDJSON line, after ProgressResponse lines (`loading <12hex>` and
+    `skipping <12hex>` with bytes, `writing manifest`); with `stream=false` the whole answer."""
 
+    status: Literal["success"] = "success"
     models: list[str] = Field(description="display names, in the archive's order")
     new_bytes: int = Field(description="blob bytes added to the store")
     deduplicated_bytes: int = Field(description="blob bytes the store already had")

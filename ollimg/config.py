@@ -56,7 +56,8 @@ SETTINGS = [
     Setting("OLLIMG_MAX_PIXELS", "4194304", "most pixels (width x height) per image a request may ask for (2048x2048)"),
     Setting("OLLIMG_MAX_IMAGES", "4", "most images per request"),
     Setting("OLLIMG_MAX_STEPS", "100", "most denoising steps per request"),
-    Setting("OLLIMG_MAX_BODY", "32MB", "largest request body accepted (413 beyond); units B, KB, MB, GB"),
+    Setting("OLLIMG_MAX_BODY", "32MB", "largest request body accepted (413 beyond); units B, KB, MB, GB; not for "
+            "/api/load, whose archive streams into the store"),
     Setting("OLLIMG_MAX_GENERATION_TIME", "10m", "longest a generation may run before it is cancelled (504); "
             "0 for no limit"),
 ]
