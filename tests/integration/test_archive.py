@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import httpx
@@ -297,3 +298,22 @@ def test_a_pushed_model_copied_out_by_skopeo_loads(registry, tmp_path):
         assert loaded.returncode == 0, (kind, loaded.stderr)
         assert loaded.stdout.splitlines()[0] == f"loaded '{Name.parse(name).display()}'"
         assert_same_model(src, dst, name)
+
+
+def test_a_client_that_goes_away_mid_upload_lands_nothing(served, tmp_path):
+    here = Store(tmp_path / "here")
+    write_model(here, "me/abandoned:v1", pipeline_tensors(24, 12 * MiB, seed=8), {}, seed=8)
+    data = b"".join(Archive(here, [Name.parse("me/abandoned:v1")]).chunks())
+    server_store = Store(Path(served.env["OLLIMG_MODELS"]))
+    before = listing(server_store.root)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=60) as sock:
+        sock.sendall(f"POST /api/load HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+        while b'"status"' not in sock.recv(65536):
+            pass
+    deadline = time.monotonic() + 30
+    while listing(server_store.root) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert listing(server_store.root) == before  # no model, no blob, no temp file
+    ok = httpx.post(served.url + "/api/load?stream=false", content=data, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json()["models"] == ["me/abandoned:v1"], ok.text
