@@ -89,7 +89,8 @@ async def edits(request: Request):
         body = api.ImageEditRequest.model_validate(fields)
     except ValidationError as e:
         first = e.errors()[0]
-        raise _invalid(f"invalid {'.'.join(map(str, first['loc'])) or 'request'}: {first['msg']}",
+        text = first["msg"].removeprefix("Value error, ")  # a validator's own message, as it is
+        raise _invalid(f"invalid {'.'.join(map(str, first['loc'])) or 'request'}: {text}",
                        str(first["loc"][0]) if first["loc"] else "request") from None
     if not images:
         raise _invalid("image is required: send the image to edit as a file part named image (or image[])", "image")
