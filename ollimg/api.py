@@ -265,7 +265,7 @@ class PushRequest(PullRequest):
 class DeleteResponse(BaseModel):
     deleted: list[str] = Field(description="display names removed")
     blobs: int = Field(description="blobs no other model used, now removed")
-    bytes: int = Field(description="bytes freed")
+    bytes: int = Field(description="disk space freed, in bytes (the blocks the blobs held)")
 
 
 class CopyRequest(RequestBody):
