@@ -140,6 +140,13 @@ def test_a_create_that_cannot_start_is_a_4xx_before_any_line(server, tmp_path):
     assert "new:latest" not in server.cli("list").stdout
 
 
+def test_a_push_of_a_model_the_store_lacks_is_a_404_before_any_line(server):
+    r = post(server, "/api/push", {"model": "127.0.0.1:5000/team/missing:v1"})
+    assert r.status_code == 404 and r.json()["code"] == "model_not_found", (r.status_code, r.text)
+    cli = server.cli("push", "127.0.0.1:5000/team/missing:v1")
+    assert cli.returncode == 3 and cli.stderr.strip().splitlines() == [f"Error: {r.json()['error']}"], cli.stderr
+
+
 def test_a_create_that_fails_once_streaming_is_an_error_line_and_a_failed_cli(tmp_path, tiny_zimage_dir):
     """A server whose files may not grow past 16 KiB (RLIMIT_FSIZE: EFBIG, the way a full disk
     answers): the source reads fine, so the stream starts, and the first large blob fails."""
