@@ -109,9 +109,9 @@ def generate(pg: Page, prompt: str, **fields: str) -> None:
     expect(pg.locator("#results img.final").first).to_be_visible()
 
 
-def screenshot(pg: Page, path: Path) -> None:
+def screenshot(pg: Page, path: Path, full_page: bool = False) -> None:
     """A screenshot that shows something; also written to OLLIMG_WEB_SCREENSHOTS when set."""
-    pg.screenshot(path=str(path))
+    pg.screenshot(path=str(path), full_page=full_page)
     with Image.open(path) as img:
         assert len(img.getcolors(1 << 16) or range(1 << 16)) > 16  # drawn, not blank
         if docs := os.environ.get("OLLIMG_WEB_SCREENSHOTS"):  # small files for the repo: 256 colours suit a UI
@@ -246,7 +246,7 @@ def test_edit_with_a_painted_mask_lands_in_the_gallery(page, server, tmp_path):
     assert any(view == "view-edit" for view, _, _ in page.evaluate("window.seen.slots"))  # previews, as in Create
     expect(page.locator("#edit-timings")).to_contain_text("strength 0.8")
     page.evaluate("document.activeElement.blur()")
-    screenshot(page, tmp_path / "web-edit.png")
+    screenshot(page, tmp_path / "web-edit.png", full_page=True)
 
     kept = gallery(server, q=prompt)["images"]
     assert len(kept) == 1 and (kept[0]["seed"], kept[0]["strength"], kept[0]["mask"]) == (77, 0.8, True)
@@ -442,12 +442,21 @@ def test_views_on_desktop_and_phone(browser, server, tmp_path):
         context = browser.new_context(viewport=viewport, color_scheme=scheme)
         pg = context.new_page()
         pg.set_default_timeout(TIMEOUT)
-        for view in ("create", "gallery", "models"):
+        for view in ("create", "edit", "gallery", "models") if label else ("create", "gallery", "models"):
             pg.goto(f"{server.url}/#{view}")
             if view == "create":
                 expect(pg.locator("#model option").first).to_have_attribute("value", re.compile(r"\S"))
                 if not label:  # once is enough: the phone shows the form
                     generate(pg, PROMPT, seed="1")
+            elif view == "edit":  # on the phone (the desktop's is the edit test's): an image and a stroke of mask
+                picture(tmp_path / "start.png")
+                pg.set_input_files("#edit-file", str(tmp_path / "start.png"))
+                box = pg.locator("#edit-canvas").bounding_box()
+                pg.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.8)
+                pg.mouse.down()
+                pg.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.8, steps=4)
+                pg.mouse.up()
+                assert pg.evaluate("maskPainted()")
             elif view == "gallery":
                 expect(pg.locator(".thumb img").first).to_have_attribute("src", re.compile("^blob:"))
             else:

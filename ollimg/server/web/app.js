@@ -339,7 +339,7 @@ function showError(s, e) {
 async function generate(s, event) {
   if (event) event.preventDefault();
   if (s.running) return;
-  clearErrors($(`#${s.name}-form`));
+  clearErrors($(`#view-${s.name}`));
   let body;
   try {
     body = await s.body();
@@ -591,12 +591,12 @@ async function setMask(blob) {
   redraw();
 }
 
-// The canvas at the largest size that fits its column and 60% of the screen's height.
+// The canvas at the largest size that fits its column and half the screen's height.
 function fitCanvas() {
   if (!paint.source) return;
   const view = $("#edit-canvas");
   const box = view.parentElement.clientWidth - 2;
-  const scale = Math.min(box / view.width, (window.innerHeight * 0.6) / view.height);
+  const scale = Math.min(box / view.width, (window.innerHeight * 0.5) / view.height);
   view.style.width = `${Math.floor(view.width * scale)}px`;
   view.style.height = `${Math.floor(view.height * scale)}px`;
 }
@@ -819,12 +819,12 @@ function startEdit() {
     const file = e.target.files[0];
     if (file) chooseSource(file, file.name);
   });
-  const form = $("#edit-form");
-  form.addEventListener("dragover", (e) => { e.preventDefault(); form.classList.add("dragging"); });
-  form.addEventListener("dragleave", (e) => { if (!form.contains(e.relatedTarget)) form.classList.remove("dragging"); });
-  form.addEventListener("drop", (e) => {
+  const zone = $("#view-edit");  // drop anywhere in the view
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", (e) => { if (!zone.contains(e.relatedTarget)) zone.classList.remove("dragging"); });
+  zone.addEventListener("drop", (e) => {
     e.preventDefault();
-    form.classList.remove("dragging");
+    zone.classList.remove("dragging");
     const file = e.dataTransfer.files[0];
     if (file) chooseSource(file, file.name);
   });
