@@ -90,7 +90,7 @@ async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: f
             if kind == "step":
                 assert isinstance(value, Step)
                 yield line(api.GenerateStep(model=name, created_at=now(), step=value.step, completed=value.step,
-                                            total=value.total, elapsed=value.elapsed))
+                                            total=value.total, elapsed=value.elapsed, status=value.status))
             elif kind == "preview":
                 assert isinstance(value, Preview)
                 yield line(api.GeneratePreview(model=name, preview=base64.b64encode(value.png).decode(), index=value.index,
