@@ -154,7 +154,7 @@ def test_generate_shows_progress_previews_and_the_image(page, server):
 
 def test_a_batch_of_two_shows_a_preview_of_each_image(page, server):
     open_page(page, server)
-    generate(page, "a small green square in the center on a white background", n="2", steps="4", seed="11")
+    generate(page, "a small green square in the center on a white background", n="2", steps="3", seed="11")
     expect(page.locator("#results img.final")).to_have_count(2)
     previews = [(i, src) for view, i, src in page.evaluate("window.seen.slots") if view == "view-create"]
     first, second = ([src for i, src in previews if i == k] for k in (0, 1))
@@ -207,6 +207,18 @@ def picture(path: Path) -> bytes:
     ImageDraw.Draw(image).ellipse((20, 20, 76, 76), fill=(220, 30, 30))
     image.save(path)
     return path.read_bytes()
+
+
+# Drops an image on the Edit view, or pastes one, as a browser does: a DataTransfer holding a File.
+HAND_OVER = """([how, b64]) => {
+  const data = new DataTransfer();
+  data.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], "start.png", { type: "image/png" }));
+  if (how === "drop") {
+    document.getElementById("edit-drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+  } else {
+    document.getElementById("edit-prompt").dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }));
+  }
+}"""
 
 
 def test_edit_with_a_painted_mask_lands_in_the_gallery(page, server, tmp_path):
@@ -275,6 +287,12 @@ def test_bad_edits_show_errors_next_to_their_field(page, server, tmp_path, tiny_
     page.set_input_files("#edit-file", str(tmp_path / "notes.png"))
     expect(page.locator("#edit-image-error")).to_contain_text("notes.png is not an image this browser can read")
     expect(page.locator("#edit-file")).to_have_attribute("aria-invalid", "true")
+    picture(tmp_path / "start.png")
+    for how, name in (("drop", "start.png"), ("paste", "the pasted image")):  # the other two ways in
+        page.evaluate(HAND_OVER, [how, base64.b64encode((tmp_path / "start.png").read_bytes()).decode()])
+        expect(page.locator("#edit-image-info")).to_have_text(f"{name}, 128×128 pixels.")
+        expect(page.locator("#edit-image-error")).to_be_empty()
+        expect(page.locator("#edit-file")).not_to_have_attribute("aria-invalid", "true")
 
     no_encoder = tmp_path / "no-encoder"  # a model whose VAE cannot encode: it cannot edit
     shutil.copytree(tiny_zimage_dir, no_encoder)
@@ -285,7 +303,6 @@ def test_bad_edits_show_errors_next_to_their_field(page, server, tmp_path, tiny_
     httpx.post(server.url + "/api/create", json={"model": "noenc", "from": str(no_encoder)}, timeout=120).raise_for_status()
     try:
         page.reload()
-        picture(tmp_path / "start.png")
         page.set_input_files("#edit-file", str(tmp_path / "start.png"))
         page.select_option("#edit-model", "noenc:latest")
         page.fill("#edit-prompt", "a red circle")

@@ -241,7 +241,7 @@ function fillModels(s, stored, builtin) {
     const info = [d.family, bytes(m.size), d.quantization_level].filter(Boolean).join(" · ");
     select.append(el("option", { value: m.name, text: `${m.name} — ${info}` }));
   }
-  for (const b of builtin.filter((b) => !b.stored)) {
+  for (const b of builtin.filter((b) => !b.stored && !stored.some((m) => m.name === b.name))) {  // imported meanwhile
     select.append(el("option", { value: b.name, text: `${b.name} — built in (imported on first use)` }));
   }
   if (!select.options.length) select.append(el("option", { value: "", text: "no models: pull one under Models" }));
@@ -315,7 +315,7 @@ async function createBody() {
   if (size === "custom") {
     body.width = number(create, "width");
     body.height = number(create, "height");
-  } else if (size !== "default") {
+  } else if (/^\d+x\d+$/.test(size)) {  // else the model's default (also while its sizes load)
     [body.width, body.height] = size.split("x").map(Number);
   }
   return body;
@@ -476,9 +476,6 @@ function stop(s) {
 async function useSettings(entry) {
   const s = entry.strength != null ? edit : create;
   location.hash = `#${s.name}`;
-  if (!state.models.length) await loadModelChoices();
-  const models = [...at(s, "model").options].map((o) => o.value);
-  if (models.includes(entry.model)) at(s, "model").value = entry.model;
   at(s, "prompt").value = entry.prompt;
   at(s, "negative").value = entry.negative_prompt || "";
   at(s, "steps").value = entry.steps;
@@ -486,7 +483,11 @@ async function useSettings(entry) {
   at(s, "seed").value = entry.seed;
   at(s, "seed-random").checked = false;
   at(s, "n").value = 1;
+  if (s === edit) setStrength(entry.strength);
   at(s, "prompt").focus();
+  if (!state.models.length) await loadModelChoices();
+  const models = [...at(s, "model").options].map((o) => o.value);
+  if (models.includes(entry.model)) at(s, "model").value = entry.model;
   await modelChanged(s);
   if (s === create) {
     $("#size").value = "custom";
@@ -495,7 +496,6 @@ async function useSettings(entry) {
     sizeChanged();
     return;
   }
-  setStrength(entry.strength);
   if (entry.id) {  // the image it started from and its mask, as the gallery kept them
     try {
       await setSource(await api(`/api/gallery/${entry.id}/source`).then((r) => r.blob()), "the kept image");
@@ -566,7 +566,8 @@ async function setSource(blob, name) {
   redraw();
 }
 
-async function chooseSource(blob, name) {
+async function chooseSource(blob, name, fromInput = false) {
+  if (!fromInput) $("#edit-file").value = "";  // dropped or pasted: the file input no longer says what is shown
   try {
     await setSource(blob, name);
   } catch (e) {
@@ -796,7 +797,7 @@ async function editBody() {
   if (maskPainted()) body.mask = maskPng();
   body.strength = Number($("#edit-strength").value);
   const size = $("#edit-size").value;
-  if (size) [body.width, body.height] = size.split("x").map(Number);
+  if (/^\d+x\d+$/.test(size)) [body.width, body.height] = size.split("x").map(Number);
   return body;
 }
 
@@ -817,7 +818,7 @@ function startEdit() {
   $("#edit-model").addEventListener("change", () => modelChanged(edit));
   $("#edit-file").addEventListener("change", (e) => {
     const file = e.target.files[0];
-    if (file) chooseSource(file, file.name);
+    if (file) chooseSource(file, file.name, true);
   });
   const zone = $("#view-edit");  // drop anywhere in the view
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
