@@ -3,10 +3,12 @@
 Layout of the gallery dir (`OLLIMG_GALLERY`, default `<user data dir>/gallery`), per image `ID`:
 `ID.<png|jpeg|webp>` (the image as generated), `ID.thumb.jpg` (at most 256 px) and `ID.json` (its
 parameters); an edit adds `ID.source.png` (the image it started from, as the runtime got it) and,
-with a mask, `ID.mask.png` (greyscale, white = redrawn), so its settings can be used again. Each file is written to a temp file and renamed; the JSON lands last, so an image is
-in the gallery only when complete, and files without their JSON (a crash mid-write) are removed
-when the gallery is opened. After each add, the oldest images go until the total is within the cap
-(`OLLIMG_GALLERY_MAX`; 0 keeps nothing). IDs sort by creation time.
+with a mask, `ID.mask.png` (greyscale, white = redrawn), so its settings can be used again (an edit
+of n images keeps n copies: each entry is whole on its own). Each file is written to a temp file
+and renamed; the JSON lands last, so an image is in the gallery only when complete, and files
+without their JSON (a crash mid-write) are removed when the gallery is opened. After each add,
+the oldest images go until the total is within the cap (`OLLIMG_GALLERY_MAX`; 0 keeps nothing).
+IDs sort by creation time.
 
 Imports errors and PIL; knows nothing of HTTP, the scheduler or torch.
 """
