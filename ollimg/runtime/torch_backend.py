@@ -14,7 +14,6 @@ import functools
 import logging
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -232,34 +231,16 @@ def load_module(backend: TorchBackend, module_cls, args: tuple, refs: dict[str, 
 
 
 READERS = 16  # threads reading weights: enough to keep an NVMe queue or a network disk busy
-STAGE = 32 << 20  # bytes of each pinned staging buffer (two per reader)
 
 
 def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Tensors on the GPU, read by parallel threads straight into pinned staging buffers (no page
-    cache mapping, no pageable copy) and copied asynchronously while the next piece is read.
+    """Tensors on the GPU, read by parallel threads straight into pinned memory (no page cache
+    mapping, no pageable staging copy) and copied asynchronously while later ones are still read.
     Floats in `dtype` (converted on the GPU); fp8 weights and their scales as stored."""
-    local = threading.local()
 
     def one(name: str, ref: TensorRef) -> torch.Tensor:
-        if ref.dtype not in STORED:
-            raise InvalidModel(f"{ref.path}: tensor dtype {ref.dtype} is not supported")
-        if not hasattr(local, "slots"):  # this reader's two buffers, each with the event of its last copy
-            local.slots = [[torch.empty(STAGE, dtype=torch.uint8, pin_memory=True), None] for _ in range(2)]
-            local.turn = 0
-        raw = torch.empty(ref.nbytes, dtype=torch.uint8, device=device)
-        with open(ref.path, "rb", buffering=0) as f:
-            for start in range(0, ref.nbytes, STAGE):
-                slot = local.slots[local.turn]
-                local.turn ^= 1
-                if slot[1] is not None:
-                    slot[1].synchronize()  # its previous copy is done: the buffer may be refilled
-                size = min(STAGE, ref.nbytes - start)
-                read_into(f.fileno(), slot[0][:size].numpy(), ref.offset + start, ref.path)
-                raw[start:start + size].copy_(slot[0][:size], non_blocking=True)
-                slot[1] = torch.cuda.Event()
-                slot[1].record()
-        tensor = raw.view(STORED[ref.dtype]).reshape(ref.shape)
+        pinned = read_pinned(ref)
+        tensor = pinned.to(device, non_blocking=True)  # the host allocator keeps `pinned` until the copy is done
         if tensor.dtype != FP8 and not name.endswith("_scale"):
             tensor = tensor.to(dtype)
         return tensor
@@ -268,16 +249,24 @@ def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype)
         futures = {name: pool.submit(one, name, ref) for name, ref in sorted(refs.items(), key=lambda kv: -kv[1].nbytes)}
         out = {name: futures[name].result() for name in refs}
     torch.cuda.synchronize(device)
+    if hasattr(torch._C, "_host_emptyCache"):
+        torch._C._host_emptyCache()  # give back the pinned staging blocks
     return out
 
 
-def read_into(fd: int, buffer: np.ndarray, offset: int, path) -> None:
-    view, done = memoryview(buffer), 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got == 0:
-            raise InvalidModel(f"{path}: file ends {len(view) - done} bytes before the tensor's data does")
-        done += got
+def read_pinned(ref: TensorRef) -> torch.Tensor:
+    """The tensor's bytes read from its file into page-locked host memory."""
+    if ref.dtype not in STORED:
+        raise InvalidModel(f"{ref.path}: tensor dtype {ref.dtype} is not supported")
+    buffer = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=True)
+    view, done = memoryview(buffer.numpy()), 0
+    with open(ref.path, "rb", buffering=0) as f:
+        while done < ref.nbytes:
+            got = os.preadv(f.fileno(), [view[done:]], ref.offset + done)
+            if got == 0:
+                raise InvalidModel(f"{ref.path}: file ends {ref.nbytes - done} bytes before tensor data does")
+            done += got
+    return buffer.view(STORED[ref.dtype]).reshape(ref.shape)
 
 
 def mapped(ref: TensorRef) -> torch.Tensor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 
 import platformdirs
 import torch
@@ -54,26 +53,8 @@ def _configure() -> None:
     setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
 
 
-_imports: threading.Thread | None = None
-
-
-def import_in_background() -> None:
-    """Import the compiler (seconds of Python) on a thread while the weights are read from disk."""
-    global _imports
-    if _imports is None:
-        _imports = threading.Thread(target=_import_compiler, name="compiler-imports", daemon=True)
-        _imports.start()
-
-
-def _import_compiler() -> None:
-    import torch._dynamo  # noqa: F401
-    import torch._inductor.compile_fx  # noqa: F401
-
-
 def compile_blocks(blocks: list[nn.Module]) -> None:
     """Compile each module's forward in place (one graph shared by modules of the same class)."""
-    if _imports is not None:
-        _imports.join()
     _configure()
     for block in blocks:
         block.compile(fullgraph=True, dynamic=True)

@@ -20,8 +20,6 @@ log = logging.getLogger(__name__)
 
 
 def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
-    if torch_compile.wanted(backend.device):
-        torch_compile.import_in_background()
     te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
     offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
     if offload:
