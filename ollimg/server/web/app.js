@@ -367,6 +367,7 @@ async function generate(s, event) {
         run.step = line.step;
         run.total = line.total;
         run.elapsed = line.elapsed;
+        if (line.status) run.status = line.status;  // step 0: what the runtime is doing first (e.g. compiling)
         tick(s, run);
       }
     });
@@ -390,7 +391,7 @@ function tick(s, run) {
   if (run.done) return;
   const wall = (performance.now() - run.started) / 1000;
   if (!run.step) {
-    setProgress(s, 0, `${run.generating ? "Generating" : "Starting (loading the model)"}… ${seconds(wall)}`);
+    setProgress(s, 0, `${run.status || (run.generating ? "Generating…" : "Starting (loading the model)…")} ${seconds(wall)}`);
     return;
   }
   const eta = run.elapsed / run.step * (run.total - run.step);
