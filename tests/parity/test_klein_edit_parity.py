@@ -4,8 +4,10 @@ mask: the whole image redrawn), with an extra reference image, and with CFG on t
 
 diffusers draws its initial noise from a torch generator; the reference here is handed our seeded
 numpy noise instead. Gates: fp32 final latents within 1e-4 of max|ref| and pixels within 1 level;
-bf16 pixels within 8 levels. The input image is 70x53, so both sides round it down to 64x48 and
-resize it.
+bf16 pixels within 8 levels of diffusers' fp32 run and latents within 5e-2. (diffusers' own bf16
+run is no reference here: it keeps the inpainting latents in bf16 between steps and lands 0.14 of
+max|latent| from its fp32 run, where ours lands 0.03.) The input image is 70x53, so both sides
+round it down to 64x48 and resize it.
 """
 
 from __future__ import annotations
@@ -78,12 +80,12 @@ def check(result, ref_latents, ref_pixels, latent_rtol, levels):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype, levels, latent_rtol", [("float32", 1, 1e-4), ("bfloat16", 8, 3e-2)])
+@pytest.mark.parametrize("dtype, levels, latent_rtol", [("float32", 1, 1e-4), ("bfloat16", 8, 5e-2)])
 @pytest.mark.parametrize("masked", [False, True], ids=["whole", "masked"])
 @pytest.mark.parametrize("strength", [0.3, 0.8])
 def test_matches_diffusers(pipes, tiny_klein_dir, monkeypatch, backend, dtype, levels, latent_rtol, masked, strength):
     mask = mask_image() if masked else None
-    ref = run_reference(tiny_klein_dir, getattr(torch, dtype), monkeypatch, strength=strength, mask=mask)
+    ref = run_reference(tiny_klein_dir, torch.float32, monkeypatch, strength=strength, mask=mask)
     result = pipes(backend, dtype).generate(PROMPT, images=[source_image()], mask=mask, strength=strength,
                                             steps=STEPS, seed=SEED, max_sequence_length=64)
     check(result, *ref, latent_rtol, levels)
