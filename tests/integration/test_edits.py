@@ -190,7 +190,7 @@ def test_upload_limit_before_the_body_is_read(server):
 
 def test_a_model_that_cannot_edit_is_refused_before_it_loads(server):
     """On every interface: a 400 naming the reason, and the model never loaded."""
-    message = "model noenc cannot edit images: it has no VAE encoder"
+    message = "model noenc:latest cannot edit images: it has no VAE encoder"
     image = base64.b64encode(png(photo())).decode()
     r = httpx.post(server.url + "/v1/images/edits", files={"image": ("a.png", png(photo()))},
                    data={"model": "noenc", "prompt": "x"}, timeout=120)
