@@ -4,7 +4,7 @@ img2img and inpaint pipelines do it (`VaeImageProcessor.preprocess`, `get_timest
 
     pixels()          an input image as the VAE takes it: RGB, resized (Lanczos) to the output size
     mask_pixels()     a mask as the reference takes it: grey, resized, binarised (1 redraws)
-    mask_cells()      that mask per latent cell, nearest pixel (Z-Image)
+    mask_cells()      that mask per latent cell, the nearest pixel of each
     start()           the schedule cut by `strength` (the later steps only)
     posterior_noise() the seeded noise of the VAE posterior's sample (its own stream, not the initial noise's)
     keep_known()      the inpainting blend after each step: the kept area back at the next step's noise level
