@@ -79,13 +79,19 @@ def check(result, ref_latents, ref_pixels, latent_rtol, levels):
     assert pixel_error <= levels
 
 
+REFERENCES: dict = {}  # (strength, masked) -> diffusers' fp32 result: every backend and dtype compares with it
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype, levels, latent_rtol", [("float32", 1, 1e-4), ("bfloat16", 8, 5e-2)])
 @pytest.mark.parametrize("masked", [False, True], ids=["whole", "masked"])
 @pytest.mark.parametrize("strength", [0.3, 0.8])
 def test_matches_diffusers(pipes, tiny_klein_dir, monkeypatch, backend, dtype, levels, latent_rtol, masked, strength):
     mask = mask_image() if masked else None
-    ref = run_reference(tiny_klein_dir, torch.float32, monkeypatch, strength=strength, mask=mask)
+    if (strength, masked) not in REFERENCES:
+        REFERENCES[strength, masked] = run_reference(tiny_klein_dir, torch.float32, monkeypatch, strength=strength,
+                                                     mask=mask)
+    ref = REFERENCES[strength, masked]
     result = pipes(backend, dtype).generate(PROMPT, images=[source_image()], mask=mask, strength=strength,
                                             steps=STEPS, seed=SEED, max_sequence_length=64)
     check(result, *ref, latent_rtol, levels)
