@@ -333,23 +333,49 @@ def step_tflop(tokens: int, size: int) -> float:
 START = """
 import json, sys, time
 t0 = float(sys.argv[1])
+marks = {"python": time.time() - t0}
 which, path, models, size, steps = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+import torch
+marks["import torch"] = time.time() - t0
+torch.zeros(1, device="cuda")
+marks["cuda init"] = time.time() - t0
 sys.path.insert(0, sys.argv[7])
 import gpu_baseline as bench
 class Args: pass
 args = Args(); args.size, args.steps, args.device = size, steps, "cuda"
-loaded = {}
 if which == "diffusers":
     pipe = bench.load_diffusers(path, "cuda", "bfloat16", False)
-    bench.sync(); loaded["load"] = time.time() - t0
+    bench.sync(); marks["loaded"] = time.time() - t0
     bench.diffusers_image(pipe, args, 0)
 else:
     from ollimg.runtime import load
     pipe = load(path, backend="torch", device="cuda", dtype="bfloat16", models_dir=models)
-    bench.sync(); loaded["load"] = time.time() - t0
+    bench.sync(); marks["loaded"] = time.time() - t0
     bench.ollimg_image(pipe, path, args, 0)
-print(json.dumps({"first_png": time.time() - t0, **loaded}))
+marks["first png"] = time.time() - t0
+print(json.dumps(marks))
 """
+
+
+def disk_read_rate(folder: Path, threads: int) -> float:
+    """GB/s reading every file under `folder` with `threads` parallel readers, page cache dropped first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    files = [f for f in folder.rglob("*") if f.is_file()]
+
+    def read(file: Path) -> int:
+        total, buffer = 0, bytearray(16 << 20)
+        with open(file, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                total += n
+        return total
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(read, files))
+    return total / (time.perf_counter() - start) / 1e9
 
 
 def start_to_png(which: str, path: str, models: Path, args, env: dict, cold: bool) -> dict:
@@ -411,6 +437,10 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="measure the matmul rates and the denoise floor")
     parser.add_argument("--starts", action="store_true", help="time fresh processes to the first PNG (warm compile cache)")
     parser.add_argument("--cold", action="store_true", help="also with the page cache dropped (needs root)")
+    parser.add_argument("--first-compile", action="store_true",
+                        help="with --starts: first a start with an empty compile cache (the first start ever)")
+    parser.add_argument("--only-starts", action="store_true", help="skip the in-process timings")
+    parser.add_argument("--disk", action="store_true", help="measure the disk's read rate (page cache dropped)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -434,7 +464,7 @@ def main() -> None:
         rates = matmul_rates(args.device)
         results["matmul_tflops"] = rates
         print("sustained matmul TFLOP/s:", rates, flush=True)
-    variants = [("ollimg", "zimage-random:bf16", {})]
+    variants = [("ollimg", "zimage-random:bf16", {})] if not args.only_starts else []
     if args.eager:
         variants.append(("ollimg eager (OLLIMG_COMPILE=off)", "zimage-random:bf16", {"OLLIMG_COMPILE": "off"}))
     if args.tuned:
@@ -458,7 +488,7 @@ def main() -> None:
             results["step_tflop"] = flop / args.steps
             results["floor_s"] = {k: flop / rate for k, rate in results["matmul_tflops"].items()}
         print(table(results), flush=True)
-    if not args.skip_diffusers:
+    if not args.skip_diffusers and not args.only_starts:
         results["diffusers"] = time_diffusers(model_dir, args, args.dtype)
         print(table(results), flush=True)
     if args.diffusers_compiled:
@@ -466,6 +496,11 @@ def main() -> None:
         print(table(results), flush=True)
     if args.starts or args.cold:
         starts = {}
+        if args.first_compile:  # an empty compile cache: the first start ever on this machine
+            fresh = args.work / "compile-cache"
+            starts["ollimg, first compile"] = start_to_png(
+                "ollimg", "zimage-random:bf16", store_dir, args,
+                {"TORCHINDUCTOR_CACHE_DIR": str(fresh / "inductor"), "TRITON_CACHE_DIR": str(fresh / "triton")}, False)
         for cold in [False] + ([True] if args.cold else []):
             tag = "cold" if cold else "warm page cache"
             starts[f"ollimg, {tag}"] = start_to_png("ollimg", "zimage-random:bf16", store_dir, args, {}, cold)
@@ -475,6 +510,9 @@ def main() -> None:
                 starts[f"diffusers, {tag}"] = start_to_png("diffusers", str(model_dir), store_dir, args, {}, cold)
             print(json.dumps(starts, indent=1), flush=True)
         results["starts"] = starts
+    if args.disk:
+        results["disk_gb_s"] = {n: disk_read_rate(store_dir / "blobs", n) for n in (1, 16)}
+        print("disk read GB/s (page cache dropped):", results["disk_gb_s"], flush=True)
     print(json.dumps(results, indent=1))
     print(table(results))
     if args.json:
