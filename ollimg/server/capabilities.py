@@ -33,16 +33,18 @@ def check(model: Model, request: GenerateRequest) -> None:
     name, arch = model.name.display(), architecture(model)
     caps = CAPABILITIES.get(arch)
     if caps is None or caps.images == 0:
-        raise InvalidInput(f"model {name} cannot edit images: {arch or 'its pipeline'} models take no input images")
+        raise InvalidInput(f"model {name} cannot edit images: {arch or 'its pipeline'} models take no input images",
+                           param="model")
     if len(request.images) > caps.images:
         raise InvalidInput(f"model {name} takes at most {caps.images} input image{'s' if caps.images > 1 else ''}, "
-                           f"got {len(request.images)}")
+                           f"got {len(request.images)}", param="images")
     if request.mask is not None and not caps.mask:
-        raise InvalidInput(f"model {name} cannot inpaint: {arch} models take no mask")
+        raise InvalidInput(f"model {name} cannot inpaint: {arch} models take no mask", param="mask")
     if request.strength is not None and not caps.strength:
-        raise InvalidInput(f"model {name} cannot redraw an image by a strength: {arch} models take no strength")
+        raise InvalidInput(f"model {name} cannot redraw an image by a strength: {arch} models take no strength",
+                           param="strength")
     if not _has_encoder(model, caps):
-        raise InvalidInput(f"model {name} cannot edit images: it has no VAE encoder")
+        raise InvalidInput(f"model {name} cannot edit images: it has no VAE encoder", param="model")
 
 
 def _has_encoder(model: Model, caps: Capabilities) -> bool:

@@ -154,7 +154,8 @@ def test_native_edit_kept_in_the_gallery_with_its_parameters(server):
 
 
 def test_native_edit_errors_name_their_field(server):
-    """Before the stream: a bad image (param images); after it started: a model that cannot edit (param model)."""
+    """A bad image (param images), a mask of another size (param mask), a model that cannot edit (param
+    model): all before the stream starts (the last refused before the model loads)."""
     r = httpx.post(server.url + "/api/generate", timeout=60, json={
         "model": MODEL, "prompt": "x", "images": [base64.b64encode(b"not an image").decode()]})
     assert r.status_code == 400 and r.json()["param"] == "images" and "is not an image" in r.json()["error"]
@@ -164,8 +165,8 @@ def test_native_edit_errors_name_their_field(server):
     assert r.status_code == 400 and r.json()["param"] == "mask"
     with httpx.stream("POST", server.url + "/api/generate", timeout=120, json={
             "model": "noenc", "prompt": "x", "steps": 2, "images": [base64.b64encode(png(photo())).decode()]}) as r:
-        last = [json.loads(text) for text in r.iter_lines() if text.strip()][-1]
-    assert last["param"] == "model" and "cannot edit images: it has no VAE encoder" in last["error"]
+        status, last = r.status_code, [json.loads(text) for text in r.iter_lines() if text.strip()][-1]
+    assert status == 400 and last["param"] == "model" and "cannot edit images: it has no VAE encoder" in last["error"]
 
 
 def edit_status(server, files, data=None) -> httpx.Response:
