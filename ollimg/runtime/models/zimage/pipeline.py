@@ -177,17 +177,8 @@ class ZImagePipeline:
         x0 = self.backend.from_numpy(img2img.scale_noise(image, start_noise, sigmas[0]))
         if edit.mask is None:
             return x0, None
-        b = self.backend
-        keep_image, keep_noise = b.from_numpy(image), b.from_numpy(start_noise)
-        cells = img2img.mask_cells(edit.mask, req.width, req.height, 8)
-        redraw, keep = b.from_numpy(np.repeat(cells, req.total, axis=0)), b.from_numpy(1 - np.repeat(cells, req.total, axis=0))
-        last = len(sigmas) - 2
-
-        def blend(x, i: int):
-            kept = img2img.scale_noise(keep_image, keep_noise, sigmas[i + 1]) if i < last else keep_image
-            return keep * kept + redraw * x
-
-        return x0, blend
+        cells = np.repeat(img2img.mask_cells(edit.mask, req.width, req.height, 8), req.total, axis=0)
+        return x0, img2img.keep_known(self.backend, image, start_noise, cells, sigmas)
 
     def preview(self, latents) -> np.ndarray:
         """uint8 [n, h, w, 3] of latents (a backend array): the FLUX.1 VAE's linear map (a pixel per
