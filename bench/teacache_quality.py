@@ -2,7 +2,8 @@
 then generate held-out prompts (training/shapes/world.py, prompt i with seed i) uncached and at
 each threshold, and compare: the fraction of skipped steps, the mean and 99th-percentile absolute
 pixel difference from the uncached image (0-255, over every channel of every image) and the
-shapes checker's scores (training/shapes/check.py).
+shapes checker's five scores (training/shapes/check.py: background, color, position, kind,
+count).
 
     PYTHONPATH=. python bench/teacache_quality.py --prompts 120 --json bench/results/teacache_quality_shapes.json
     PYTHONPATH=. python bench/teacache_quality.py --prompts 48 --steps 30 --json bench/results/teacache_quality_shapes_30.json
@@ -83,11 +84,11 @@ def main() -> None:
                "steps": args.steps or pipe.defaults.steps, "heldout_prompts": args.prompts,
                "calibration": pipe.calibration.to_json(), "rows": rows,
                "seconds": round(time.perf_counter() - start, 1)}
-    print(f"{'threshold':>9} {'skipped':>7} {'mean':>6} {'p99':>5} {'bg':>5} {'color':>5} {'pos':>5}")
+    print(f"{'threshold':>9} {'skipped':>7} {'mean':>6} {'p99':>5} {'bg':>5} {'color':>5} {'pos':>5} {'kind':>5} {'count':>5}")
     for r in rows:
         t = "off" if r["threshold"] is None else f"{r['threshold']:g}"
         print(f"{t:>9} {r['skipped']:7.1%} {r['mean_diff']:6.2f} {r['p99_diff']:5.0f} {r['background']:5.2f} "
-              f"{r['color']:5.2f} {r['position']:5.2f}")
+              f"{r['color']:5.2f} {r['position']:5.2f} {r['kind']:5.2f} {r['count']:5.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

@@ -1,7 +1,8 @@
-"""TeaCache in the real runtime (ollimg/runtime/teacache.py through Z-Image's torch and MLX
-transformers) on the tiny fixture model: threshold 0 reproduces the uncached image exactly (with
-and without classifier-free guidance, across CFG truncation, MLX compiled too), a large threshold
-skips every middle step, and calibration fits and stores what the rule reads."""
+"""TeaCache in the real runtime (ollimg/runtime/teacache.py through the Z-Image and FLUX.2 klein
+torch and MLX transformers) on the tiny fixture models: threshold 0 reproduces the uncached image
+exactly (with and without classifier-free guidance, across Z-Image's CFG truncation, MLX compiled
+too, klein with a reference image), a large threshold skips every middle step, and calibration
+fits and stores what the rule reads."""
 
 from __future__ import annotations
 
@@ -89,3 +90,60 @@ def test_mlx_threshold_zero_reproduces_the_uncached_image(mlx_pipe, compiled, se
         assert (cached.timings["steps_run"], cached.timings["steps_reused"]) == (2, 4)
     finally:
         dit.compiled = False
+
+
+# FLUX.2 klein: the distilled model never guides; the base model runs its CFG branches as two
+# forwards per step, each with its own cache. 32x48 is a multiple of klein's 16 pixels per cell.
+KLEIN_SETTINGS = [pytest.param("distilled", {}, id="distilled"),
+                  pytest.param("base", {"guidance": 4.0, "negative_prompt": "blurry"}, id="base_cfg"),
+                  pytest.param("distilled", {"images": "reference"}, id="distilled_reference")]
+
+
+def klein_options(options):
+    from tests.parity.klein_reference import reference_image
+
+    if options.get("images") == "reference":
+        return {**options, "images": [reference_image(64, 64, seed=0)]}
+    return options
+
+
+@pytest.fixture(scope="module")
+def klein_pipes(tiny_klein_dir, tiny_klein_base_dir):
+    pipes = {"distilled": load(tiny_klein_dir, backend="torch", device="cpu", dtype="float32"),
+             "base": load(tiny_klein_base_dir, backend="torch", device="cpu", dtype="float32")}
+    return {k: calibrated(p) for k, p in pipes.items()}
+
+
+@pytest.mark.parametrize("variant, options", KLEIN_SETTINGS)
+def test_klein_threshold_zero_reproduces_the_uncached_image(klein_pipes, variant, options):
+    check_threshold_zero_is_exact(klein_pipes[variant], klein_options(options))
+
+
+@pytest.mark.parametrize("variant, options", KLEIN_SETTINGS)
+def test_klein_large_threshold_skips_every_middle_step(klein_pipes, variant, options):
+    pipe, options = klein_pipes[variant], klein_options(options)
+    plain = pipe.generate(PROMPTS, **SMALL, **options)
+    cached = pipe.generate(PROMPTS, **SMALL, **options, teacache=100.0)
+    assert (cached.timings["steps_run"], cached.timings["steps_reused"]) == (2, 4)  # first and last run
+    assert not np.array_equal(cached.latents, plain.latents)
+    assert np.isfinite(cached.latents).all()
+
+
+def test_klein_calibration_records_each_cfg_branch(klein_pipes):
+    distilled, base = klein_pipes["distilled"].calibration, klein_pipes["base"].calibration
+    assert (distilled.steps, distilled.prompts, distilled.samples) == (6, 2, 2 * 5)  # one branch, steps 1..5
+    assert (base.steps, base.prompts, base.samples) == (6, 2, 2 * 2 * 5)  # cond and uncond
+    assert np.isfinite(base.coefficients).all() and base.fit_error >= 0
+
+
+@pytest.mark.mlx
+@pytest.mark.parametrize("variant, options", KLEIN_SETTINGS)
+def test_klein_mlx_threshold_zero_reproduces_the_uncached_image(tiny_klein_dir, tiny_klein_base_dir, variant, options):
+    pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
+    pipe = load(tiny_klein_dir if variant == "distilled" else tiny_klein_base_dir, backend="mlx", device="cpu",
+                dtype="float32")
+    pipe.calibration = Calibration((1.0, 0.0), 0.0, 6, 1, 1)  # the fit is tested on torch; the rule is shared
+    options = klein_options(options)
+    check_threshold_zero_is_exact(pipe, options)
+    cached = pipe.generate(PROMPTS, **SMALL, **options, teacache=100.0)
+    assert (cached.timings["steps_run"], cached.timings["steps_reused"]) == (2, 4)

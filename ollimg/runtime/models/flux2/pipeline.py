@@ -26,6 +26,7 @@ import numpy as np
 
 from ollimg.errors import InvalidInput
 from ollimg.runtime import pipeline as shared
+from ollimg.runtime import teacache as step_cache
 from ollimg.runtime.flow_match import schedule
 from ollimg.runtime.models.flux2 import layout
 from ollimg.runtime.models.flux2.config import Flux2Config
@@ -49,8 +50,9 @@ class Components:
     prepare: Callable[..., Any]
     """(text features [B, L, D], reference tokens [Lr, C] or None, their grids, h, w) -> the
     transformer's per-generation context"""
-    transformer: Callable[[Any, np.ndarray, Any], Any]
-    """x float32 [B, C, h, w], t float32 [B] (`model_time`), a context -> float32 [B, C, h, w] velocity"""
+    transformer: Callable[..., Any]
+    """x float32 [B, C, h, w], t float32 [B] (`model_time`), a context, a TeaCache StepCache or None
+    -> float32 [B, C, h, w] velocity"""
     decode: Callable[[Any], np.ndarray]
     """the final float32 latents [B, C, h, w] -> uint8 [B, 16h, 16w, 3] pixels (denormalised by the
     BatchNorm statistics, unpatchified, decoded in the compute dtype)"""
@@ -70,6 +72,7 @@ class Flux2Pipeline:
         self.name, self.digest, self.config = name, digest, config
         self.tokenizer, self.backend, self.components = tokenizer, backend, components
         self.load_seconds = 0.0
+        self.calibration: step_cache.Calibration | None = None  # set by `ollimg.runtime.load`
 
     @property
     def defaults(self):
@@ -84,13 +87,16 @@ class Flux2Pipeline:
                  guidance: float | None = None, seed: int | None = None, n: int = 1,
                  latents: np.ndarray | None = None, images: list | None = None,
                  on_step: shared.OnStep | None = None, max_sequence_length: int | None = None,
-                 previews: int = 0, on_preview: shared.OnPreview | None = None) -> shared.Result:
+                 previews: int = 0, on_preview: shared.OnPreview | None = None, teacache: float | None = None,
+                 teacache_record: bool = False) -> shared.Result:
         """Images for `prompt` (a list gives a batch; each prompt makes `n` images, in prompt order),
         conditioned on the reference `images` (PIL images) when given; with references and no
         size, the size of the first reference (as diffusers).
 
         `latents`: float32 [n, C, height/16, width/16] (the normalised, patchified latent space)
-        instead of the seeded noise."""
+        instead of the seeded noise. `teacache`: a TeaCache threshold (None: off; the model must be
+        calibrated); `teacache_record`: run every step and record TeaCache's calibration trace in
+        `Result.cache`."""
         d = self.defaults
         references = self._reference_pixels(images)
         if references and width is None and height is None:
@@ -106,6 +112,7 @@ class Flux2Pipeline:
         cfg = req.guidance > 1 and not self.config.is_distilled
         if req.guidance > 1 and self.config.is_distilled:
             log.info("guidance %s is ignored: %s is a step-distilled model", req.guidance, self.name)
+        cache = step_cache.start(self, req.steps, teacache, teacache_record)
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -123,7 +130,7 @@ class Flux2Pipeline:
         neg_context = self.components.prepare(neg_text, refs, ref_sizes, h, w) if cfg else None
         grid = np.linspace(1.0, 1.0 / req.steps, req.steps)  # diffusers' klein grid, float64
         sigmas, _ = schedule(req.steps, self.config.scheduler, sigmas=grid, mu=layout.empirical_mu(h * w, req.steps))
-        velocity = self._velocity(context, neg_context, sigmas, req.total, req.guidance)
+        velocity = self._velocity(context, neg_context, sigmas, req.total, req.guidance, cache)
         x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings, on_step=on_step,
                            previews=previews, on_preview=on_preview, to_rgb=self.components.decode)
         mark = time.perf_counter()
@@ -132,8 +139,10 @@ class Flux2Pipeline:
         timings["decode"] = time.perf_counter() - mark
         images_out = shared.to_images(pixels)
         timings["total"] = time.perf_counter() - start
+        if cache is not None:
+            timings.update(cache.counts())
         return shared.Result(images_out, req.seed, [req.seed + i for i in range(req.total)], req.width, req.height,
-                             req.steps, req.guidance, timings, final)
+                             req.steps, req.guidance, timings, final, cache)
 
     def _reference_pixels(self, images) -> list[np.ndarray]:
         """Each reference image as the VAE takes it (float32 [3, h, w] in [-1, 1], h and w multiples of 16)."""
@@ -153,15 +162,16 @@ class Flux2Pipeline:
                                                   for i in range(len(prompts)) for _ in range(n)])
         return rows(0), rows(len(prompts)) if negatives is not None else None
 
-    def _velocity(self, context, neg_context, sigmas, total, guidance):
-        """velocity(x, i) for the Euler loop: the (guided) transformer output."""
+    def _velocity(self, context, neg_context, sigmas, total, guidance, cache):
+        """velocity(x, i) for the Euler loop: the (guided) transformer output (through TeaCache if
+        `cache`; the two CFG branches are separate forwards, each with its own cache)."""
         transformer = self.components.transformer
 
         def velocity(x, i: int):
             t = np.full(total, model_time(sigmas[i]), np.float32)
-            pred = transformer(x, t, context)
+            pred = transformer(x, t, context, cache and cache.step(i, ("cond",)))
             if neg_context is not None:
-                neg = transformer(x, t, neg_context)
+                neg = transformer(x, t, neg_context, cache and cache.step(i, ("uncond",)))
                 pred = neg + guidance * (pred - neg)
             return pred
 
