@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.integration.test_server import Server
+from tests.integration.test_teacache_runtime import quick_klein
 
 ARGS = ["--size", "32x32", "--steps", "6", "--seed", "1"]
 MODELS = ["tiny", "klein"]  # Z-Image, FLUX.2 klein (distilled); each with a copy "<name>-plain" made before calibrating
@@ -26,7 +27,8 @@ def server(tmp_path_factory, tiny_zimage_dir, tiny_klein_dir):
     root = tmp_path_factory.mktemp("teacache")
     srv = Server(root)
     for args in (["create", "tiny", "-f", str(tiny_zimage_dir)], ["cp", "tiny", "tiny-plain"], ["cp", "tiny", "other"],
-                 ["create", "klein", "-f", str(tiny_klein_dir)], ["cp", "klein", "klein-plain"]):
+                 ["create", "klein", "-f", str(quick_klein(tiny_klein_dir, tmp_path_factory))],
+                 ["cp", "klein", "klein-plain"]):
         done = srv.cli(*args)
         assert done.returncode == 0, done.stderr
     prompts = root / "prompts.txt"

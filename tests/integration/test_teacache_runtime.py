@@ -6,6 +6,9 @@ fits and stores what the rule reads."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -39,6 +42,7 @@ def check_threshold_zero_is_exact(pipe, settings):
     assert cached.timings["steps_run"] == SMALL["steps"] and cached.timings["steps_reused"] == 0
     assert np.array_equal(cached.latents, plain.latents) and np.array_equal(pixels(cached), pixels(plain))
     assert "steps_reused" not in plain.timings
+    return plain
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
@@ -99,34 +103,46 @@ KLEIN_SETTINGS = [pytest.param("distilled", {}, id="distilled"),
                   pytest.param("distilled", {"images": "reference"}, id="distilled_reference")]
 
 
+def quick_klein(directory, tmp_path_factory):
+    """A copy of a klein fixture whose ollimg.json defaults keep calibration quick: 32x32 images
+    rather than 1024x1024, prompts padded to 64 tokens rather than 512."""
+    copy = tmp_path_factory.mktemp("klein-quick") / "model"
+    shutil.copytree(directory, copy)
+    defaults = {"width": 32, "height": 32, "max_sequence_length": 64}
+    (copy / "ollimg.json").write_text(json.dumps({"defaults": defaults}))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def klein_dirs(tiny_klein_dir, tiny_klein_base_dir, tmp_path_factory):
+    return {"distilled": quick_klein(tiny_klein_dir, tmp_path_factory),
+            "base": quick_klein(tiny_klein_base_dir, tmp_path_factory)}
+
+
 def klein_options(options):
     from tests.parity.klein_reference import reference_image
 
     if options.get("images") == "reference":
-        return {**options, "images": [reference_image(64, 64, seed=0)]}
+        options["images"] = [reference_image(64, 64, seed=0)]
     return options
 
 
-@pytest.fixture(scope="module")
-def klein_pipes(tiny_klein_dir, tiny_klein_base_dir):
-    pipes = {"distilled": load(tiny_klein_dir, backend="torch", device="cpu", dtype="float32"),
-             "base": load(tiny_klein_base_dir, backend="torch", device="cpu", dtype="float32")}
-    return {k: calibrated(p) for k, p in pipes.items()}
-
-
-@pytest.mark.parametrize("variant, options", KLEIN_SETTINGS)
-def test_klein_threshold_zero_reproduces_the_uncached_image(klein_pipes, variant, options):
-    check_threshold_zero_is_exact(klein_pipes[variant], klein_options(options))
-
-
-@pytest.mark.parametrize("variant, options", KLEIN_SETTINGS)
-def test_klein_large_threshold_skips_every_middle_step(klein_pipes, variant, options):
-    pipe, options = klein_pipes[variant], klein_options(options)
-    plain = pipe.generate(PROMPTS, **SMALL, **options)
+def check_klein(pipe, options):
+    """Threshold 0 is the uncached image, bit for bit; 100 reuses every middle step."""
+    plain = check_threshold_zero_is_exact(pipe, options)
     cached = pipe.generate(PROMPTS, **SMALL, **options, teacache=100.0)
     assert (cached.timings["steps_run"], cached.timings["steps_reused"]) == (2, 4)  # first and last run
-    assert not np.array_equal(cached.latents, plain.latents)
-    assert np.isfinite(cached.latents).all()
+    assert not np.array_equal(cached.latents, plain.latents) and np.isfinite(cached.latents).all()
+
+
+@pytest.fixture(scope="module")
+def klein_pipes(klein_dirs):
+    return {k: calibrated(load(d, backend="torch", device="cpu", dtype="float32")) for k, d in klein_dirs.items()}
+
+
+@pytest.mark.parametrize("variant, options", KLEIN_SETTINGS)
+def test_klein_threshold_zero_is_exact_and_a_large_one_skips(klein_pipes, variant, options):
+    check_klein(klein_pipes[variant], klein_options(options))
 
 
 def test_klein_calibration_records_each_cfg_branch(klein_pipes):
@@ -138,12 +154,8 @@ def test_klein_calibration_records_each_cfg_branch(klein_pipes):
 
 @pytest.mark.mlx
 @pytest.mark.parametrize("variant, options", KLEIN_SETTINGS)
-def test_klein_mlx_threshold_zero_reproduces_the_uncached_image(tiny_klein_dir, tiny_klein_base_dir, variant, options):
+def test_klein_mlx_threshold_zero_is_exact_and_a_large_one_skips(klein_dirs, variant, options):
     pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
-    pipe = load(tiny_klein_dir if variant == "distilled" else tiny_klein_base_dir, backend="mlx", device="cpu",
-                dtype="float32")
+    pipe = load(klein_dirs[variant], backend="mlx", device="cpu", dtype="float32")
     pipe.calibration = Calibration((1.0, 0.0), 0.0, 6, 1, 1)  # the fit is tested on torch; the rule is shared
-    options = klein_options(options)
-    check_threshold_zero_is_exact(pipe, options)
-    cached = pipe.generate(PROMPTS, **SMALL, **options, teacache=100.0)
-    assert (cached.timings["steps_run"], cached.timings["steps_reused"]) == (2, 4)
+    check_klein(pipe, klein_options(options))
