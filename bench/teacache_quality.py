@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts to generate per threshold")
     parser.add_argument("--calibration-prompts", type=int, default=16)
     parser.add_argument("--steps", type=int, default=None, help="default: the model's (8)")
+    parser.add_argument("--thresholds", default=None, help="comma-separated (default: %s)" % ",".join(map(str, THRESHOLDS)))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -79,7 +80,8 @@ def main() -> None:
     start = time.perf_counter()
     pipe.calibration = calibrate(pipe, calibration_prompts(args.calibration_prompts), args.steps)
     print("calibration", pipe.calibration.to_json(), flush=True)
-    rows = measure(pipe, heldout_specs()[:args.prompts], THRESHOLDS, args.steps)
+    thresholds = THRESHOLDS if args.thresholds is None else tuple(float(t) for t in args.thresholds.split(","))
+    rows = measure(pipe, heldout_specs()[:args.prompts], thresholds, args.steps)
     figures = {"model": "shapes (builtin)", "backend": "torch CPU float32", "date": time.strftime("%Y-%m-%d"),
                "steps": args.steps or pipe.defaults.steps, "heldout_prompts": args.prompts,
                "calibration": pipe.calibration.to_json(), "rows": rows,
