@@ -6,7 +6,15 @@ then times per stage at 1024x1024, 8 steps, bf16: text encode, denoise, VAE deco
 peak GPU memory of each. diffusers is only the reference here (test/bench dependency).
 
     python bench/gpu_baseline.py --work /tmp/zbench [--runs 3] [--size 1024] [--steps 8] [--fp8] [--offload]
+        [--eager] [--diffusers-compiled] [--floor] [--starts] [--cold]
     python bench/gpu_baseline.py --work /tmp/zbench-tiny --tiny      # the same flow on CPU, tiny model
+
+ollimg runs as it ships (on CUDA: fused GEMMs and torch.compile'd blocks); `--eager` adds it with
+OLLIMG_COMPILE=off. "first" is the first generation after load (it includes compiling), "prompt
+to PNG" one generation plus PNG encoding, warm. `--floor` measures the sustained bf16 and fp8
+matmul rate and reports denoise as a multiple of the FLOPs at that rate. `--starts` times a fresh
+process from start to first PNG with a warm compile cache, against one with OLLIMG_COMPILE=off;
+`--cold` the same with the page cache dropped (root), for ollimg and diffusers.
 
 The tokenizer is the fixture's small BPE (the real one cannot be downloaded here), so a prompt
 has a different number of tokens than with Qwen's vocabulary; the prompt below is long enough
@@ -168,12 +176,18 @@ def time_ollimg(name: str, models_dir: Path, args, dtype: str, env: dict[str, st
     """Load and time `name` with the OLLIMG_* settings in `env` (restored after)."""
     from ollimg.runtime.torch_backend import fp8_matmul
 
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     fp8_matmul.cache_clear()
+    torch._dynamo.reset()  # each variant compiles (or loads from the on-disk cache) its own graphs
+    inductor.coordinate_descent_tuning = env.get("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING") == "1"
     try:
         return _time_ollimg(name, models_dir, args, dtype)
     finally:
+        inductor.coordinate_descent_tuning = False
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -184,7 +198,6 @@ def time_ollimg(name: str, models_dir: Path, args, dtype: str, env: dict[str, st
 
 def _time_ollimg(name: str, models_dir: Path, args, dtype: str) -> dict:
     from ollimg.runtime import load
-    from ollimg.runtime.images import Parameters, encode
 
     reset_peak()
     start = time.perf_counter()
@@ -192,59 +205,193 @@ def _time_ollimg(name: str, models_dir: Path, args, dtype: str) -> dict:
     sync()
     load_s = time.perf_counter() - start
     weights_gib = peak_gib()
-    runs = []
-    for i in range(args.runs + 1):  # the first run warms up
+    runs, first_s = [], 0.0
+    for i in range(args.runs + 1):  # the first run warms up (and compiles)
         reset_peak()
-        result = pipe.generate(PROMPT, width=args.size, height=args.size, steps=args.steps, guidance=0.0, seed=i)
-        t = dict(result.timings)
-        mark = time.perf_counter()
-        encode(result.images[0], Parameters(PROMPT, None, args.steps, 0.0, i, args.size, args.size, name))
-        t["png"] = time.perf_counter() - mark
+        t = ollimg_image(pipe, name, args, seed=i)
         t["peak_gib"] = peak_gib()
         if i:
             runs.append(t)
+        else:
+            first_s = t["prompt_to_png"]
+    tokens = len(pipe.tokenizer.encode([PROMPT], pipe.defaults.max_sequence_length)[0])
     del pipe
     reset_peak()
-    return {"load_s": load_s, "weights_gib": weights_gib, "runs": runs}
+    return {"load_s": load_s, "first_s": first_s, "weights_gib": weights_gib, "runs": runs, "prompt_tokens": tokens}
 
 
-def time_diffusers(path: Path, args, dtype: str) -> dict:
+def ollimg_image(pipe, name: str, args, seed: int) -> dict:
+    """One generation and its PNG bytes (what the runtime sends), timed per stage."""
+    from ollimg.runtime.images import Parameters, encode
+
+    start = time.perf_counter()
+    result = pipe.generate(PROMPT, width=args.size, height=args.size, steps=args.steps, guidance=0.0, seed=seed)
+    mark = time.perf_counter()
+    encode(result.images[0], Parameters(PROMPT, None, args.steps, 0.0, seed, args.size, args.size, name))
+    t = dict(result.timings)
+    t["png"] = time.perf_counter() - mark
+    t["prompt_to_png"] = time.perf_counter() - start
+    return t
+
+
+def load_diffusers(path: Path, device: str, dtype: str, compiled: bool):
     from diffusers import ZImagePipeline
 
-    from ollimg.runtime.noise import noise
-
-    reset_peak()
     torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-    start = time.perf_counter()
-    pipe = ZImagePipeline.from_pretrained(path, dtype=torch_dtype).to(args.device)
+    pipe = ZImagePipeline.from_pretrained(path, dtype=torch_dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if compiled:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    return pipe
+
+
+def time_diffusers(path: Path, args, dtype: str, compiled: bool = False) -> dict:
+    reset_peak()
+    start = time.perf_counter()
+    pipe = load_diffusers(path, args.device, dtype, compiled)
     sync()
     load_s = time.perf_counter() - start
     weights_gib = peak_gib()
-    runs = []
+    runs, first_s = [], 0.0
     for i in range(args.runs + 1):
         reset_peak()
-        start_latents = torch.from_numpy(noise(i, 1, (16, args.size // 8, args.size // 8))).to(args.device)
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            embeds, _ = pipe.encode_prompt(PROMPT, device=pipe._execution_device, do_classifier_free_guidance=False)
-            sync()
-            t1 = time.perf_counter()
-            latents = pipe(prompt_embeds=embeds, height=args.size, width=args.size, num_inference_steps=args.steps,
-                           guidance_scale=0.0, latents=start_latents, output_type="latent").images
-            sync()
-            t2 = time.perf_counter()
-            z = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-            image = pipe.image_processor.postprocess(pipe.vae.decode(z, return_dict=False)[0], output_type="pil")[0]
-            sync()
-            t3 = time.perf_counter()
-        t = {"text_encode": t1 - t0, "denoise": t2 - t1, "decode": t3 - t2, "png": png_seconds(image),
-             "peak_gib": peak_gib()}
+        t = diffusers_image(pipe, args, seed=i)
+        t["peak_gib"] = peak_gib()
         if i:
             runs.append(t)
+        else:
+            first_s = t["prompt_to_png"]
     del pipe
     reset_peak()
-    return {"load_s": load_s, "weights_gib": weights_gib, "runs": runs}
+    return {"load_s": load_s, "first_s": first_s, "weights_gib": weights_gib, "runs": runs}
+
+
+def diffusers_image(pipe, args, seed: int) -> dict:
+    from ollimg.runtime.noise import noise
+
+    start_latents = torch.from_numpy(noise(seed, 1, (16, args.size // 8, args.size // 8))).to(args.device)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        embeds, _ = pipe.encode_prompt(PROMPT, device=pipe._execution_device, do_classifier_free_guidance=False)
+        sync()
+        t1 = time.perf_counter()
+        latents = pipe(prompt_embeds=embeds, height=args.size, width=args.size, num_inference_steps=args.steps,
+                       guidance_scale=0.0, latents=start_latents, output_type="latent").images
+        sync()
+        t2 = time.perf_counter()
+        z = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        image = pipe.image_processor.postprocess(pipe.vae.decode(z, return_dict=False)[0], output_type="pil")[0]
+        sync()
+        t3 = time.perf_counter()
+    png = png_seconds(image)
+    return {"text_encode": t1 - t0, "denoise": t2 - t1, "decode": t3 - t2, "png": png,
+            "prompt_to_png": t3 - t0 + png}
+
+
+def matmul_rates(device: str, seconds: float = 3.0) -> dict:
+    """Sustained dense matmul TFLOP/s at the denoiser's shape class (8192^3): bf16, and fp8 `_scaled_mm`
+    with row/column scales and fast accumulation (what the fp8 runtime uses)."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t().contiguous().t()
+    sa, sb = torch.ones(n, 1, device=device), torch.ones(1, n, device=device)
+    kernels = {"bf16": lambda: a @ b,
+               "fp8": lambda: torch._scaled_mm(a8, b8, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
+                                                use_fast_accum=True)}
+    rates = {}
+    for label, fn in kernels.items():
+        for _ in range(3):
+            fn()
+        sync()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(10):
+                fn()
+            sync()
+            count += 10
+        rates[label] = 2 * n**3 * count / (time.perf_counter() - start) / 1e12
+    return rates
+
+
+def step_tflop(tokens: int, size: int) -> float:
+    """Matmul and attention FLOPs of one denoising step of the full-size DiT at `size`, batch 1."""
+    from ollimg.runtime.models.zimage.config import TransformerConfig
+
+    config = TransformerConfig.from_json(TRANSFORMER)
+    dim, ffn, layers = config.dim, config.ffn_dim, config.n_layers
+
+    def block(length: int) -> float:
+        return 2 * length * (4 * dim * dim + 3 * dim * ffn) + 4 * length * length * dim
+
+    pad = lambda n: n + (-n) % 32  # noqa: E731
+    image, caption = pad((size // 16) ** 2), pad(tokens)
+    refiners = TRANSFORMER["n_refiner_layers"]
+    return (layers * block(image + caption) + refiners * (block(image) + block(caption))) / 1e12
+
+
+START = """
+import json, sys, time
+t0 = float(sys.argv[1])
+marks = {"python": time.time() - t0}
+which, path, models, size, steps = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+import torch
+marks["import torch"] = time.time() - t0
+torch.zeros(1, device="cuda")
+marks["cuda init"] = time.time() - t0
+sys.path.insert(0, sys.argv[7])
+import gpu_baseline as bench
+class Args: pass
+args = Args(); args.size, args.steps, args.device = size, steps, "cuda"
+if which == "diffusers":
+    pipe = bench.load_diffusers(path, "cuda", "bfloat16", False)
+    bench.sync(); marks["loaded"] = time.time() - t0
+    bench.diffusers_image(pipe, args, 0)
+else:
+    from ollimg.runtime import load
+    pipe = load(path, backend="torch", device="cuda", dtype="bfloat16", models_dir=models)
+    bench.sync(); marks["loaded"] = time.time() - t0
+    bench.ollimg_image(pipe, path, args, 0)
+marks["first png"] = time.time() - t0
+print(json.dumps(marks))
+"""
+
+
+def disk_read_rate(folder: Path, threads: int) -> float:
+    """GB/s reading every file under `folder` with `threads` parallel readers, page cache dropped first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    files = [f for f in folder.rglob("*") if f.is_file()]
+
+    def read(file: Path) -> int:
+        total, buffer = 0, bytearray(16 << 20)
+        with open(file, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                total += n
+        return total
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(read, files))
+    return total / (time.perf_counter() - start) / 1e9
+
+
+def start_to_png(which: str, path: str, models: Path, args, env: dict, cold: bool) -> dict:
+    """A fresh process, from its start to its first PNG (page cache dropped first when `cold`)."""
+    import subprocess
+
+    if cold:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    t0 = time.time()
+    run = subprocess.run([sys.executable, "-c", START, str(t0), which, path, str(models), str(args.size),
+                          str(args.steps), str(ROOT / "bench")], env={**os.environ, **env}, capture_output=True,
+                         text=True, timeout=900)
+    if run.returncode:
+        return {"error": run.stderr[-1500:]}
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -253,13 +400,18 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def table(results: dict) -> str:
-    keys = ["text_encode", "denoise", "decode", "png", "peak_gib"]
-    lines = ["| | " + " | ".join(keys) + " | load s | weights GiB |", "|---" * (len(keys) + 3) + "|"]
+    keys = ["text_encode", "denoise", "decode", "png", "prompt_to_png", "peak_gib"]
+    floor = results.get("floor_s", {})
+    lines = ["| | " + " | ".join(keys) + " | denoise / floor | first s | load s | weights GiB |",
+             "|---" * (len(keys) + 5) + "|"]
     for who, r in results.items():
         if not isinstance(r, dict) or "runs" not in r:
             continue
         cells = [f"{median(r['runs'], k):.3f}" for k in keys]
-        lines.append(f"| {who} | " + " | ".join(cells) + f" | {r['load_s']:.1f} | {r['weights_gib']:.2f} |")
+        ref = floor.get("fp8" if "fp8" in who and "dequantized" not in who else "bf16")
+        ratio = f"{median(r['runs'], 'denoise') / ref:.2f}" if ref else ""
+        lines.append(f"| {who} | " + " | ".join(cells) + f" | {ratio} | {r.get('first_s', 0):.1f} | {r['load_s']:.1f} "
+                     f"| {r['weights_gib']:.2f} |")
     return "\n".join(lines)
 
 
@@ -277,6 +429,18 @@ def main() -> None:
                         help="also time the bf16 model with OLLIMG_OFFLOAD=always (text encoder uploaded per prompt)")
     parser.add_argument("--fp8", action="store_true",
                         help="also import with --quantize fp8 and time it, dequantized per call and multiplied in fp8")
+    parser.add_argument("--eager", action="store_true", help="also time ollimg with OLLIMG_COMPILE=off")
+    parser.add_argument("--diffusers-compiled", action="store_true",
+                        help="also time diffusers with transformer.compile_repeated_blocks(fullgraph=True)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="also time ollimg with inductor's coordinate descent tuning of its kernels")
+    parser.add_argument("--floor", action="store_true", help="measure the matmul rates and the denoise floor")
+    parser.add_argument("--starts", action="store_true", help="time fresh processes to the first PNG (warm compile cache)")
+    parser.add_argument("--cold", action="store_true", help="also with the page cache dropped (needs root)")
+    parser.add_argument("--first-compile", action="store_true",
+                        help="with --starts: first a start with an empty compile cache (the first start ever)")
+    parser.add_argument("--only-starts", action="store_true", help="skip the in-process timings")
+    parser.add_argument("--disk", action="store_true", help="measure the disk's read rate (page cache dropped)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -296,22 +460,59 @@ def main() -> None:
     results["model_bytes"] = model.size
     print(f"model written in {results['write_s']:.1f}s, imported in {results['create_s']:.1f}s "
           f"({model.size / 1e9:.2f} GB)", flush=True)
-    variants = [("ollimg", "zimage-random:bf16", {})]
+    if args.floor:
+        rates = matmul_rates(args.device)
+        results["matmul_tflops"] = rates
+        print("sustained matmul TFLOP/s:", rates, flush=True)
+    variants = [("ollimg", "zimage-random:bf16", {})] if not args.only_starts else []
+    if args.eager:
+        variants.append(("ollimg eager (OLLIMG_COMPILE=off)", "zimage-random:bf16", {"OLLIMG_COMPILE": "off"}))
+    if args.tuned:
+        variants.append(("ollimg, inductor coordinate descent tuning", "zimage-random:bf16",
+                         {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}))
     if args.offload:
         variants.append(("ollimg, text encoder offloaded", "zimage-random:bf16", {"OLLIMG_OFFLOAD": "always"}))
     if args.fp8:
         start = time.perf_counter()
         create(Store(store_dir), "zimage-random:fp8", model_dir, quantize="fp8")
         results["create_fp8_s"] = time.perf_counter() - start
-        variants += [("ollimg fp8, dequantized per call", "zimage-random:fp8", {"OLLIMG_FP8_MATMUL": "off"}),
-                     ("ollimg fp8, fp8 matmul", "zimage-random:fp8", {})]
+        variants += [("ollimg fp8, fp8 matmul", "zimage-random:fp8", {})]
+        if args.eager:
+            variants.append(("ollimg fp8 eager", "zimage-random:fp8", {"OLLIMG_COMPILE": "off"}))
         if args.offload:
             variants.append(("ollimg fp8, fp8 matmul, text encoder offloaded", "zimage-random:fp8", {"OLLIMG_OFFLOAD": "always"}))
     for label, name, env in variants:
         results[label] = time_ollimg(name, store_dir, args, args.dtype, env)
+        if args.floor and "floor_s" not in results:
+            flop = step_tflop(results[label]["prompt_tokens"], args.size) * args.steps
+            results["step_tflop"] = flop / args.steps
+            results["floor_s"] = {k: flop / rate for k, rate in results["matmul_tflops"].items()}
         print(table(results), flush=True)
-    if not args.skip_diffusers:
+    if not args.skip_diffusers and not args.only_starts:
         results["diffusers"] = time_diffusers(model_dir, args, args.dtype)
+        print(table(results), flush=True)
+    if args.diffusers_compiled:
+        results["diffusers compiled"] = time_diffusers(model_dir, args, args.dtype, compiled=True)
+        print(table(results), flush=True)
+    if args.starts or args.cold:
+        starts = {}
+        if args.first_compile:  # an empty compile cache: the first start ever on this machine
+            fresh = args.work / "compile-cache"
+            starts["ollimg, first compile"] = start_to_png(
+                "ollimg", "zimage-random:bf16", store_dir, args,
+                {"TORCHINDUCTOR_CACHE_DIR": str(fresh / "inductor"), "TRITON_CACHE_DIR": str(fresh / "triton")}, False)
+        for cold in [False] + ([True] if args.cold else []):
+            tag = "cold" if cold else "warm page cache"
+            starts[f"ollimg, {tag}"] = start_to_png("ollimg", "zimage-random:bf16", store_dir, args, {}, cold)
+            starts[f"ollimg eager, {tag}"] = start_to_png("ollimg", "zimage-random:bf16", store_dir, args,
+                                                          {"OLLIMG_COMPILE": "off"}, cold)
+            if cold and not args.skip_diffusers:
+                starts[f"diffusers, {tag}"] = start_to_png("diffusers", str(model_dir), store_dir, args, {}, cold)
+            print(json.dumps(starts, indent=1), flush=True)
+        results["starts"] = starts
+    if args.disk:
+        results["disk_gb_s"] = {n: disk_read_rate(store_dir / "blobs", n) for n in (1, 16)}
+        print("disk read GB/s (page cache dropped):", results["disk_gb_s"], flush=True)
     print(json.dumps(results, indent=1))
     print(table(results))
     if args.json:

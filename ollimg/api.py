@@ -91,6 +91,8 @@ class GenerateStep(BaseModel):
     completed: int = 0
     total: int
     elapsed: float = 0.0
+    status: str | None = None
+    """only on step 0, before the first step when that takes long (e.g. "optimizing for this GPU, once")"""
     done: Literal[False] = False
 
 

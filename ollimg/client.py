@@ -60,7 +60,7 @@ class Client:
             if obj.get("done"):
                 final = api.GenerateResponse.model_validate(obj)
             elif "step" in obj and on_step:
-                on_step(Step(obj["step"], obj["total"], obj.get("elapsed", 0.0)))
+                on_step(Step(obj["step"], obj["total"], obj.get("elapsed", 0.0), obj.get("status")))
         if final is None:
             raise OllimgError("the server closed the stream before the images came")
         return final

@@ -188,6 +188,14 @@ def offload() -> str:
     return value
 
 
+def compile_mode() -> str:
+    """OLLIMG_COMPILE: torch.compile of the denoiser's blocks (ollimg/runtime/torch_compile.py)."""
+    value = _env("OLLIMG_COMPILE", "auto").lower() or "auto"
+    if value not in ("auto", "on", "off"):
+        raise InvalidInput(f"OLLIMG_COMPILE={value!r}: use auto (on for CUDA), on or off")
+    return value
+
+
 def fp8_matmul() -> bool:
     value = _env("OLLIMG_FP8_MATMUL", "auto").lower() or "auto"
     if value not in ("auto", "off"):

@@ -26,14 +26,18 @@ class Progress:
 
 @dataclass(frozen=True)
 class Step:
-    """A finished denoising step: `step` of `total` (1-based), seconds since generation started."""
+    """A finished denoising step: `step` of `total` (1-based), seconds since generation started.
+
+    Step 0 with a `status` says what happens before the first step when it takes long (the first
+    run of a compiled graph: "optimizing for this GPU, once")."""
 
     step: int
     total: int
     elapsed: float = 0.0
+    status: str | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 OnProgress = Callable[[Progress], None]

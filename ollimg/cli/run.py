@@ -241,6 +241,9 @@ class _StepBar:
         return self
 
     def __call__(self, step: Step) -> None:
+        if step.status:  # before the first step: long one-off work, said once
+            self.console.print(step.status, highlight=False)
+            return
         if self.bar is not None:
             self.bar.update(self.task, completed=step.step, total=step.total)
         elif step.step in (1, step.total) or time.monotonic() - self.printed >= 1.0:

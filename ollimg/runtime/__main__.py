@@ -6,7 +6,7 @@ Loads one model once, then serves requests from its parent over stdin/stdout fra
   parent -> worker: {"type": "generate", "request": {...}} | {"type": "cancel"} | {"type": "stop"}
                     {"type": "calibrate", "prompts": [...], "steps": N | null} (TeaCache)
   worker -> parent: {"type": "ready", "processor", "memory", "gpu_memory", "load_seconds"}
-                    {"type": "step", "step", "total", "elapsed"}
+                    {"type": "step", "step", "total", "elapsed"[, "status" on step 0]}
                     {"type": "preview", "index", "image" (base64 PNG)}
                     {"type": "result", "result": GenerateResult JSON, "gpu_memory"}
                     {"type": "calibration", "calibration": Calibration JSON}

@@ -44,6 +44,9 @@ class Backend(Protocol):
     def synchronize(self) -> None:
         """Wait for queued device work (timings, progress)."""
 
+    def fence(self, x: Array) -> Any:
+        """A marker after the work queued so far (that computes `x`): `.wait()` blocks until it is done."""
+
     def memory(self) -> int:
         """Bytes the loaded weights hold."""
 

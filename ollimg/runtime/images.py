@@ -13,11 +13,12 @@ import json
 import struct
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from ollimg import __version__ as VERSION
 from ollimg.errors import InvalidInput
+from ollimg.runtime import png
 
 FORMATS = ("png", "jpeg", "webp")
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -100,12 +101,11 @@ def encode(image: Image.Image, params: Parameters | None, format: str = "png", c
         raise InvalidInput(f"invalid compression {compression!r}: use 0 to 100")
     out = io.BytesIO()
     if format == "png":
-        info = PngInfo()
-        if params is not None:
-            info.add_text("parameters", params.text())
-        info.add_itxt("XML:com.adobe.xmp", xmp(), lang="", tkey="")
-        level = 6 if compression is None else round(compression * 9 / 100)
-        image.save(out, "PNG", pnginfo=info, compress_level=level)
+        # Level 1 by default: a few percent larger than zlib's 6, several times faster (ollimg/runtime/png.py).
+        level = 1 if compression is None else round(compression * 9 / 100)
+        chunks = [png.text_chunk("parameters", params.text())] if params is not None else []
+        chunks.append(png.itxt_chunk("XML:com.adobe.xmp", xmp()))
+        return png.encode(np.asarray(image.convert("RGB")), chunks, level)
     else:
         exif = _exif(b"UNICODE\0" + params.text().encode("utf-16-be")) if params is not None else b""
         quality = 90 if compression is None else max(1, 100 - compression)

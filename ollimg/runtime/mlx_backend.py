@@ -73,6 +73,10 @@ class MlxBackend:
     def synchronize(self) -> None:
         mx.synchronize()
 
+    def fence(self, x: mx.array) -> "_Fence":
+        mx.async_eval(x)  # start computing x now; the caller queues the next step meanwhile
+        return _Fence(x)
+
     def memory(self) -> int:
         return self.weight_bytes
 
@@ -97,6 +101,14 @@ class MlxBackend:
                     out[name] = tensor
         return out
 
+
+
+class _Fence:
+    def __init__(self, x: mx.array):
+        self.x = x
+
+    def wait(self) -> None:
+        mx.eval(self.x)
 
 
 def evaluate(*arrays) -> None:

@@ -128,10 +128,22 @@ def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any],
     `after_step(x, i)` when given (inpainting puts the kept area back).
 
     Previews show the model's current guess of the clean latents, x - sigma * velocity (flow
-    matching), through the family's `to_rgb` (latents as a backend array -> uint8 [n, h, w, 3])."""
+    matching), through the family's `to_rgb` (latents as a backend array -> uint8 [n, h, w, 3]).
+
+    Progress and previews of step i are reported once step i + 1 is queued (`backend.fence`): the
+    host waits for a step while the device already has the next one, so it never idles."""
     steps = len(sigmas) - 1
     preview_at = set(np.linspace(0, steps, previews + 2)[1:-1].round().astype(int)) if previews else set()
     mark = time.perf_counter()
+    pending = None  # (step number, fence, preview guess) of the last step queued
+
+    def report(done: int, fence, guess) -> None:
+        fence.wait()
+        if on_step is not None:
+            on_step(Step(done, steps, time.perf_counter() - mark))
+        if guess is not None:
+            on_preview(done, to_rgb(guess))
+
     for i in range(steps):
         v = velocity(x, i)
         guess = x - float(sigmas[i]) * v if on_preview is not None and (i + 1) in preview_at else None
@@ -139,11 +151,12 @@ def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any],
         x = x + dt * v
         if after_step is not None:
             x = after_step(x, i)
-        if on_step is not None:
-            backend.synchronize()
-            on_step(Step(i + 1, steps, time.perf_counter() - mark))
-        if guess is not None:
-            on_preview(i + 1, to_rgb(guess))
+        if pending is not None:
+            report(*pending)
+        if on_step is not None or guess is not None:
+            pending = (i + 1, backend.fence(x), guess)
+    if pending is not None:
+        report(*pending)
     backend.synchronize()
     timings["denoise"] = time.perf_counter() - mark
     return x

@@ -126,7 +126,7 @@ class RuntimeProcess:
                 message = self._frames.get()
                 kind = message.get("type") if message is not _EOF else None
                 if kind == "step" and on_step is not None:
-                    on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0)))
+                    on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0), message.get("status")))
                 elif kind == "preview" and on_preview is not None:
                     on_preview(message["index"], base64.b64decode(message["image"]))
                 elif kind == "result":
@@ -148,7 +148,7 @@ class RuntimeProcess:
                 message = self._frames.get()
                 kind = message.get("type") if message is not _EOF else None
                 if kind == "step" and on_step is not None:
-                    on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0)))
+                    on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0), message.get("status")))
                 elif kind == "calibration":
                     return message["calibration"]
                 elif kind not in ("step", "preview"):

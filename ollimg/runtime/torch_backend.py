@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -48,7 +50,9 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
     """x @ (weight * weight_scale).T + bias as one fp8 matmul: x (..., K) bf16, weight (N, K) fp8.
 
     Each row (token) of x is scaled into the fp8 range by its own absolute maximum; both scales
-    (per token, per output channel) are applied in the kernel, which accumulates in fp32.
+    (per token, per output channel) are applied in the kernel, which accumulates in fp32 (Hopper's
+    fast accumulation: partial sums promoted every few k-blocks, within `bench/fp8_quality.py`'s
+    figures). Under torch.compile the scaling pass fuses into the op that produced x.
     """
     rows = x.reshape(-1, x.shape[-1])  # (M, K)
     amax = torch.linalg.vector_norm(rows, float("inf"), dim=1, keepdim=True, dtype=torch.float32)  # (M, 1)
@@ -57,7 +61,7 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
     inverse = (FP8_MAX * (1 - 2 ** -7) / amax.clamp_(min=1e-12)).to(x.dtype)
     x8 = (rows * inverse).to(FP8)
     out = torch._scaled_mm(x8, weight.t(), scale_a=inverse.float().reciprocal(), scale_b=weight_scale[None, :],
-                           bias=bias, out_dtype=torch.bfloat16)  # (M, N)
+                           bias=bias, out_dtype=torch.bfloat16, use_fast_accum=True)  # (M, N)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -73,11 +77,12 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.weight_scale: torch.Tensor | None = None
+        self.fp8_kernel = False  # set by `assign`: fp8 weight and `fp8_matmul` on its device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if weight.dtype == FP8:
-            if x.dtype == torch.bfloat16 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0 and fp8_matmul(x.device):
+            if x.dtype == torch.bfloat16 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0 and self.fp8_kernel:
                 return scaled_linear(x, weight, self.weight_scale, self.bias)
             weight = (weight.float() * self.weight_scale[:, None]).to(x.dtype)
         return F.linear(x, weight, self.bias)
@@ -95,6 +100,9 @@ def assign(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> n
     missing = [n for n, p in module.named_parameters() if p.is_meta]
     if missing:
         raise InvalidModel(f"{where}: weight {missing[0]} is missing")
+    for linear in module.modules():
+        if isinstance(linear, Linear) and linear.weight.dtype == FP8:
+            linear.fp8_kernel = fp8_matmul(linear.weight.device)
     return module
 
 
@@ -137,6 +145,9 @@ class TorchBackend:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def fence(self, x: torch.Tensor) -> "_Fence":
+        return _Fence(self.device)
+
     def memory(self) -> int:
         return self._bytes
 
@@ -150,6 +161,10 @@ class TorchBackend:
         dtype = dtype or self.torch_dtype
         device = torch.device(device) if device is not None else self.device
         staged = not resident and device.type == "cuda"
+        if resident and device.type == "cuda":
+            out = upload(refs, device, dtype)
+            self._bytes += sum(t.numel() * t.element_size() for t in out.values())
+            return out
         out = {}
         for name, ref in refs.items():
             tensor = mapped(ref)
@@ -193,12 +208,65 @@ class TorchBackend:
             torch.cuda.empty_cache()
 
 
+class _Fence:
+    """A CUDA event recorded on the current stream (nothing to wait for on the CPU)."""
+
+    def __init__(self, device: torch.device):
+        self.event = None
+        if device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+
+
 def load_module(backend: TorchBackend, module_cls, args: tuple, refs: dict[str, TensorRef], where: str,
                 resident: bool = True) -> nn.Module:
     """`module_cls(*args)` built on the meta device with the loaded tensors assigned, in eval mode."""
     with torch.device("meta"):
         module = module_cls(*args)
     return assign(module, backend.load_tensors(refs, resident=resident), where).eval()
+
+
+READERS = 16  # threads reading weights: enough to keep an NVMe queue or a network disk busy
+
+
+def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Tensors on the GPU, read by parallel threads straight into pinned memory (no page cache
+    mapping, no pageable staging copy) and copied asynchronously while later ones are still read.
+    Floats in `dtype` (converted on the GPU); fp8 weights and their scales as stored."""
+
+    def one(name: str, ref: TensorRef) -> torch.Tensor:
+        pinned = read_pinned(ref)
+        tensor = pinned.to(device, non_blocking=True)  # the host allocator keeps `pinned` until the copy is done
+        if tensor.dtype != FP8 and not name.endswith("_scale"):
+            tensor = tensor.to(dtype)
+        return tensor
+
+    with ThreadPoolExecutor(READERS, thread_name_prefix="weights") as pool:
+        futures = {name: pool.submit(one, name, ref) for name, ref in sorted(refs.items(), key=lambda kv: -kv[1].nbytes)}
+        out = {name: futures[name].result() for name in refs}
+    torch.cuda.synchronize(device)
+    if hasattr(torch._C, "_host_emptyCache"):
+        torch._C._host_emptyCache()  # give back the pinned staging blocks
+    return out
+
+
+def read_pinned(ref: TensorRef) -> torch.Tensor:
+    """The tensor's bytes read from its file into page-locked host memory."""
+    if ref.dtype not in STORED:
+        raise InvalidModel(f"{ref.path}: tensor dtype {ref.dtype} is not supported")
+    buffer = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=True)
+    view, done = memoryview(buffer.numpy()), 0
+    with open(ref.path, "rb", buffering=0) as f:
+        while done < ref.nbytes:
+            got = os.preadv(f.fileno(), [view[done:]], ref.offset + done)
+            if got == 0:
+                raise InvalidModel(f"{ref.path}: file ends {ref.nbytes - done} bytes before tensor data does")
+            done += got
+    return buffer.view(STORED[ref.dtype]).reshape(ref.shape)
 
 
 def mapped(ref: TensorRef) -> torch.Tensor:

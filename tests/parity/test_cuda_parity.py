@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ollimg.runtime import load
+from ollimg.runtime import load, torch_compile
 from tests.parity.reference import compare, reference_pipe
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -101,3 +101,43 @@ def test_offloaded_text_encoder_on_cuda(tiny_zimage_dir, monkeypatch):
     assert load(tiny_zimage_dir, backend="torch", device="cuda").components.modules["text_encoder"] is not None
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 30, 80 << 30))  # 1 GiB free
     assert load(tiny_zimage_dir, backend="torch", device="cuda").components.modules["text_encoder"] is None
+
+
+def test_compiled_and_eager_agree_on_cuda(tiny_zimage_dir, monkeypatch):
+    """torch.compile'd blocks (the CUDA default) against OLLIMG_COMPILE=off, bf16 and fp32; the first
+    run of a graph is reported once, and a new size or prompt length compiles nothing new."""
+    import torch._dynamo.utils as dynamo
+
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
+    eager = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="float32")
+    monkeypatch.setenv("OLLIMG_COMPILE", "auto")
+    compiled = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="float32")
+    steps = []
+    a = compiled.generate("a cat", width=64, height=48, steps=3, seed=1, on_step=steps.append)
+    assert [s.status for s in steps if s.step == 0] == [torch_compile.NOTICE]
+    b = eager.generate("a cat", width=64, height=48, steps=3, seed=1)
+    assert abs(a.latents - b.latents).max() <= 1e-4 * abs(b.latents).max()
+    graphs = dynamo.counters["stats"]["unique_graphs"]
+    steps.clear()
+    compiled.generate("a much longer prompt about a cat", width=96, height=32, steps=2, seed=2, on_step=steps.append)
+    assert not [s for s in steps if s.status] and dynamo.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_fused_weights_on_cuda_equal_the_layers(tiny_zimage_dir, monkeypatch):
+    """On CUDA q/k/v and gate/up are one GEMM each; the loaded modules hold no separate ones."""
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
+    pipe = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="float32")
+    block = pipe.components.modules["transformer"].layers[0]
+    assert block.attention.to_qkv is not None and not hasattr(block.attention, "to_q")
+    assert block.feed_forward.w13 is not None and not hasattr(block.feed_forward, "w1")
+
+
+def test_weights_read_into_pinned_memory_equal_the_mapped_ones(tiny_zimage_dir):
+    from ollimg.runtime.source import ModelSource
+    from ollimg.runtime.torch_backend import mapped, upload
+
+    refs = ModelSource.from_dir(tiny_zimage_dir).tensors("transformer")
+    loaded = upload(refs, torch.device("cuda"), torch.float32)
+    assert loaded.keys() == refs.keys()
+    for name, ref in refs.items():
+        assert torch.equal(loaded[name].cpu(), mapped(ref).float()), name

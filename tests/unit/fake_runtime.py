@@ -38,6 +38,9 @@ class FakeRuntime:
         try:
             steps = request.steps or 4
             started = time.monotonic()
+            if self.factory.status and on_step:  # what a compiling runtime says before its first step
+                on_step(Step(0, steps, 0.0, self.factory.status))
+                time.sleep(self.factory.status_delay)
             for i in range(1, steps + 1):
                 time.sleep(self.factory.step_delay)
                 if self._cancel.is_set():
@@ -75,6 +78,8 @@ class FakeFactory:
         self.made: list[FakeRuntime] = []
         self.stopped: list[str] = []
         self.fail_load = False
+        self.status: str | None = None  # a step-0 status sent before the first step
+        self.status_delay = 0.0
         self.crash_at: int | None = None
         self.cancelled = 0
         self.concurrent = 0

@@ -86,7 +86,7 @@ async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: f
             if kind == "step":
                 assert isinstance(value, Step)
                 yield line(api.GenerateStep(model=name, created_at=now(), step=value.step, completed=value.step,
-                                            total=value.total, elapsed=value.elapsed))
+                                            total=value.total, elapsed=value.elapsed, status=value.status))
             elif kind == "preview":
                 index, png = value
                 yield line(api.GeneratePreview(model=name, preview=base64.b64encode(png).decode(), index=index))

@@ -212,7 +212,8 @@ async def _events(job: Job, fmt: str, quality: str | None, kind_prefix: str, pro
                 yield b": keepalive\n\n"
             elif kind == "step" and progress:
                 assert isinstance(value, Step)
-                yield _sse("progress", {"type": "progress", "step": value.step, "total": value.total})
+                yield _sse("progress", {"type": "progress", "step": value.step, "total": value.total,
+                                        **({"status": value.status} if value.status else {})})
             elif kind == "preview":
                 index, png = value
                 yield _sse(f"{kind_prefix}.partial_image", {

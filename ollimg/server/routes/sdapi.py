@@ -101,6 +101,7 @@ class _State:
     step: int = 0
     steps: int = 0
     started: float = 0.0
+    status: str | None = None  # the runtime's note before the first step (shown as textinfo)
 
 
 def _state(request: Request) -> _State:
@@ -151,10 +152,10 @@ async def _generate(body: Txt2ImgRequest, request: Request, **edit) -> Txt2ImgRe
     )
 
     def on_step(step):
-        state.step, state.steps = step.step, step.total
+        state.step, state.steps, state.status = step.step, step.total, step.status
 
     async def work(emit):
-        state.step, state.steps, state.started = 0, req.steps or 0, time.monotonic()
+        state.step, state.steps, state.started, state.status = 0, req.steps or 0, time.monotonic(), None
         return await sched.generate(model, req, keep_alive=sched.keep_alive(None), on_step=on_step)
 
     job = Job(request, work)
@@ -216,7 +217,8 @@ def progress(request: Request) -> dict:
     elapsed = time.monotonic() - state.started if busy else 0.0
     eta = elapsed / fraction - elapsed if fraction else 0.0
     return {
-        "progress": fraction, "eta_relative": eta, "current_image": None, "textinfo": None,
+        "progress": fraction, "eta_relative": eta, "current_image": None,
+        "textinfo": state.status if busy else None,
         "state": {"skipped": False, "interrupted": False, "job": "txt2img" if busy else "", "job_count": len(state.jobs),
                   "job_no": 0, "sampling_step": state.step if busy else 0, "sampling_steps": state.steps if busy else 0},
     }

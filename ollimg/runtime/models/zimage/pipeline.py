@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ollimg.errors import InvalidInput
+from ollimg.progress import Step
 from ollimg.runtime import img2img
 from ollimg.runtime import pipeline as shared
 from ollimg.runtime import teacache as step_cache
@@ -42,6 +43,9 @@ class Components:
     encode_image: Callable[[np.ndarray], np.ndarray] | None = None
     """pixels float32 [1, 3, H, W] in [-1, 1] -> the VAE posterior's mean and log-variance as
     float32 [1, 2 * latent, H/8, W/8]; None when the model holds no VAE encoder (it cannot edit)"""
+    on_status: Callable[[str], None] | None = None
+    """set by the pipeline during a generation: what a backend reports before long one-off work
+    (the first run of a torch.compile'd graph)"""
 
 
 @dataclass
@@ -124,8 +128,13 @@ class ZImagePipeline:
             x0, after_step = self._start_from_image(edit, req, shape, sigmas)
             timings["image_encode"] = time.perf_counter() - mark
         velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization, cache)
-        x = shared.denoise(self.backend, x0, sigmas, velocity, timings, on_step=on_step, previews=previews,
-                           on_preview=on_preview, to_rgb=self.preview, after_step=after_step)
+        if on_step is not None:
+            self.components.on_status = lambda text: on_step(Step(0, len(timesteps), 0.0, text))
+        try:
+            x = shared.denoise(self.backend, x0, sigmas, velocity, timings, on_step=on_step, previews=previews,
+                               on_preview=on_preview, to_rgb=self.preview, after_step=after_step)
+        finally:
+            self.components.on_status = None
         mark = time.perf_counter()
         final = self.backend.to_numpy(x)
         pixels = self.components.decode(x)

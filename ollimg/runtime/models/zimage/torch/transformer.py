@@ -1,9 +1,11 @@
 """The Z-Image single-stream DiT in torch (ZImageTransformer2DModel's numerics, our own code).
 
-Module and parameter names equal the upstream tensor names, so weights load by name.
-Position ids and RoPE angles come from the shared numpy layout; RoPE is applied in float32 as a
-complex multiply on interleaved pairs. Attention is F.scaled_dot_product_attention, so fused
-kernels, torch.compile and CUDA graphs fit without changes here.
+Module and parameter names equal the upstream tensor names, so weights load by name. `fuse()`
+then concatenates the q/k/v projections and the SwiGLU's gate/up projections into one GEMM each
+(done on the GPU, where it pays; the CPU keeps the mapped weights as they are).
+Position ids and RoPE angles come from the shared numpy layout, once per shape; RoPE rotates
+interleaved pairs in float32 with real cos/sin (diffusers' complex multiply, written so that
+torch.compile fuses it). Attention is F.scaled_dot_product_attention.
 """
 
 from __future__ import annotations
@@ -37,9 +39,32 @@ class RMSNorm(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """x (B, L, H, D); freqs complex64 (B, L, D/2): rotate interleaved pairs (x[2j], x[2j+1])."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * freqs.unsqueeze(2)).flatten(3).type_as(x)
+    """x (B, L, H, D); freqs float32 (B, L, D/2, 2) = (cos, sin): rotate interleaved pairs (x[2j], x[2j+1])
+    as the complex product (a + ib)(cos + i sin), in float32.
+
+    Eager, that product is one complex kernel; under torch.compile (which generates no complex
+    code) it is written out in real arithmetic, which the compiler fuses with the casts around it."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, H, D/2, 2)
+    if not torch.compiler.is_compiling():
+        rotated = torch.view_as_complex(pairs) * torch.view_as_complex(freqs).unsqueeze(2)
+        return torch.view_as_real(rotated).flatten(3).type_as(x)
+    a, b = pairs[..., 0], pairs[..., 1]
+    cos, sin = freqs[..., 0].unsqueeze(2), freqs[..., 1].unsqueeze(2)  # (B, L, 1, D/2)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(3).type_as(x)
+
+
+def fused_linear(parts: list[Linear]) -> Linear:
+    """One Linear computing the concatenation of `parts`' outputs (same input; fp8 scales concatenated too)."""
+    first = parts[0]
+    with torch.device("meta"):
+        out = Linear(first.weight.shape[1], sum(p.weight.shape[0] for p in parts), bias=first.bias is not None)
+    out.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
+    if first.bias is not None:
+        out.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+    if first.weight_scale is not None:
+        out.weight_scale = torch.cat([p.weight_scale for p in parts])
+    out.fp8_kernel = first.fp8_kernel
+    return out
 
 
 class Attention(nn.Module):
@@ -52,11 +77,19 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([Linear(dim, dim, bias=False)])
         self.norm_q = RMSNorm(dim // n_heads, eps=1e-5) if qk_norm else None
         self.norm_k = RMSNorm(dim // n_heads, eps=1e-5) if qk_norm else None
+        self.to_qkv: Linear | None = None  # set by fuse()
+
+    def fuse(self) -> None:
+        self.to_qkv = fused_linear([self.to_q, self.to_k, self.to_v])
+        del self.to_q, self.to_k, self.to_v
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, freqs: torch.Tensor) -> torch.Tensor:
-        q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, L, H, D)
-        k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
-        v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
+        if self.to_qkv is not None:
+            q, k, v = self.to_qkv(x).unflatten(-1, (3, self.n_heads, -1)).unbind(2)  # 3 x (B, L, H, D)
+        else:
+            q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, L, H, D)
+            k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
+            v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q, k = apply_rope(q, freqs), apply_rope(k, freqs)
@@ -73,8 +106,16 @@ class FeedForward(nn.Module):
         self.w1 = Linear(dim, hidden, bias=False)
         self.w2 = Linear(hidden, dim, bias=False)
         self.w3 = Linear(dim, hidden, bias=False)
+        self.w13: Linear | None = None  # set by fuse()
+
+    def fuse(self) -> None:
+        self.w13 = fused_linear([self.w1, self.w3])
+        del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w13 is not None:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -157,10 +198,31 @@ class ZImageTransformer(nn.Module):
         self.cap_pad_token = nn.Parameter(torch.empty(1, c.dim), requires_grad=False)
         self.key = key
         self.rope = layout.Rope(c)
+        self._shape_cache = None  # (key, RoPE tables and masks) of the last shape seen
+
+    def fuse(self) -> None:
+        """Concatenate q/k/v and gate/up weights into one GEMM each (frees the separate ones)."""
+        for module in self.modules():
+            if isinstance(module, (Attention, FeedForward)):
+                module.fuse()
 
     def _freqs(self, ids: np.ndarray, device) -> torch.Tensor:
-        angles = torch.from_numpy(self.rope(ids)).to(device)
-        return torch.polar(torch.ones_like(angles), angles)  # complex64 (L, D/2)
+        angles = torch.from_numpy(self.rope(ids))  # float32 (L, D/2)
+        return torch.stack([angles.cos(), angles.sin()], dim=-1).to(device)  # (L, D/2, 2)
+
+    def _positions(self, ht: int, wt: int, lengths: list[int], device):
+        """RoPE tables and masks of one request's shape: (img_freqs, cap_freqs, cap_mask, freqs, mask),
+        computed once and reused by every step (no host work or upload inside the loop)."""
+        key = (ht, wt, tuple(lengths), str(device))
+        if self._shape_cache and self._shape_cache[0] == key:
+            return self._shape_cache[1]
+        cap_lens = [layout.padded(n) for n in lengths]
+        img_freqs = torch.stack([self._freqs(layout.image_positions(lc, ht, wt), device) for lc in cap_lens])
+        cap_freqs, cap_mask = _pad_batch([self._freqs(layout.caption_positions(n), device) for n in lengths])
+        freqs, mask = _pad_batch([torch.cat([img_freqs[i], cap_freqs[i, :lc]]) for i, lc in enumerate(cap_lens)])
+        tables = (img_freqs, cap_freqs, cap_mask, freqs, mask)
+        self._shape_cache = (key, tables)
+        return tables
 
     def forward(self, x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor], cache=None) -> torch.Tensor:
         """x float32 (B, C, H, W) latents; t float32 [B]; caps B features (L_i, cap_feat_dim) -> float32 (B, C, H, W).
@@ -180,22 +242,19 @@ class ZImageTransformer(nn.Module):
         img = torch.cat([img, self.x_pad_token.expand(B, n_pad - n, -1)], dim=1)
 
         cap_lens = [layout.padded(len(f)) for f in caps]
-        img_freqs = torch.stack([self._freqs(layout.image_positions(lc, ht, wt), dev) for lc in cap_lens])
+        img_freqs, cap_freqs, cap_mask, freqs, mask = self._positions(ht, wt, [len(f) for f in caps], dev)
         for block in self.noise_refiner:
             img = block(img, None, img_freqs, adaln)
 
-        cap_items, cap_freq_items = [], []
+        cap_items = []
         for feats, lc in zip(caps, cap_lens):
             emb = self.cap_embedder(feats.to(dev, dtype))
             cap_items.append(torch.cat([emb, self.cap_pad_token.expand(lc - len(feats), -1)]))
-            cap_freq_items.append(self._freqs(layout.caption_positions(len(feats)), dev))
-        cap, cap_mask = _pad_batch(cap_items)
-        cap_freqs, _ = _pad_batch(cap_freq_items)
+        cap, _ = _pad_batch(cap_items)
         for block in self.context_refiner:
             cap = block(cap, cap_mask, cap_freqs)
 
-        unified, mask = _pad_batch([torch.cat([img[i], cap[i, :lc]]) for i, lc in enumerate(cap_lens)])
-        freqs, _ = _pad_batch([torch.cat([img_freqs[i], cap_freqs[i, :lc]]) for i, lc in enumerate(cap_lens)])
+        unified, _ = _pad_batch([torch.cat([img[i], cap[i, :lc]]) for i, lc in enumerate(cap_lens)])
 
         def run(hidden: torch.Tensor) -> torch.Tensor:
             for block in self.layers:

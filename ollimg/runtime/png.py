@@ -1,0 +1,89 @@
+"""A fast PNG writer: the "Up" filter in numpy and zlib deflate on several threads (as pigz does).
+
+Pillow's PNG writer filters adaptively and deflates on one thread: about 0.19 s for a 1024x1024
+image on the H200 machine, a fifth of a whole generation there. Here the rows are split into
+parts deflated in parallel (zlib releases the GIL), each part primed with the 32 KiB before it
+and ended with a sync flush, so the parts join into one valid zlib stream. At level 1 a photo-like
+image comes out about 9 % larger than Pillow's default level 6 (bench/README.md, "PNG encoding").
+Any PNG reader reads the result. Imports numpy and zlib only.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+WINDOW = 32768  # deflate's window: each part is primed with this much of the data before it
+PART = 1 << 18  # bytes of filtered rows per thread, at least
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="png")
+    return _pool
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def text_chunk(key: str, text: str) -> bytes:
+    """tEXt when `text` is Latin-1, else iTXt (UTF-8), as Pillow's PngInfo.add_text does."""
+    try:
+        return chunk(b"tEXt", key.encode("latin-1") + b"\0" + text.encode("latin-1"))
+    except UnicodeEncodeError:
+        return itxt_chunk(key, text)
+
+
+def itxt_chunk(key: str, text: str) -> bytes:
+    """Uncompressed iTXt with empty language and translated keyword."""
+    return chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8"))
+
+
+def filtered(rgb: np.ndarray) -> bytes:
+    """The scanlines of uint8 [H, W, 3]: each row prefixed with its filter type, 2 (Up: the
+    difference from the row above, mod 256), the first row with 0 (None)."""
+    h, w, _ = rgb.shape
+    rows = rgb.reshape(h, w * 3)
+    out = np.empty((h, w * 3 + 1), np.uint8)
+    out[0, 0], out[0, 1:] = 0, rows[0]
+    out[1:, 0] = 2
+    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])  # uint8 arithmetic wraps, as the filter wants
+    return out.tobytes()
+
+
+def deflate(raw: bytes, level: int) -> bytes:
+    """A zlib stream of `raw`, deflated in parallel parts."""
+    parts = max(1, min(_threads()._max_workers, len(raw) // PART))
+    size = -(-len(raw) // parts)
+    view = memoryview(raw)
+
+    def part(i: int) -> bytes:
+        start, end = i * size, min(len(raw), (i + 1) * size)
+        if start:
+            compressor = zlib.compressobj(level, zlib.DEFLATED, -15, zdict=bytes(view[max(0, start - WINDOW):start]))
+        else:
+            compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        body = compressor.compress(view[start:end])
+        return body + compressor.flush(zlib.Z_FINISH if end == len(raw) else zlib.Z_SYNC_FLUSH)
+
+    bodies = list(_threads().map(part, range(parts))) if parts > 1 else [part(0)]
+    header = bytes([0x78, 0x01])  # deflate, 32 KiB window, no preset dictionary (FCHECK makes it % 31 == 0)
+    return header + b"".join(bodies) + struct.pack(">I", zlib.adler32(raw))
+
+
+def encode(rgb: np.ndarray, chunks: list[bytes] = (), level: int = 1) -> bytes:
+    """PNG bytes of uint8 [H, W, 3], with `chunks` (e.g. text_chunk(...)) before the image data."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3] pixels, got {rgb.dtype} {list(rgb.shape)}")
+    h, w, _ = rgb.shape
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))  # 8-bit RGB, no interlace
+    data = chunk(b"IDAT", deflate(filtered(np.ascontiguousarray(rgb)), level))
+    return SIGNATURE + header + b"".join(chunks) + data + chunk(b"IEND", b"")

@@ -1,0 +1,94 @@
+"""The GPU speed paths of the torch Z-Image runtime, checked on the CPU: fused GEMMs equal the
+separate layers (bf16/fp32 and fp8 weights), and torch.compile'd blocks (OLLIMG_COMPILE=on; CUDA
+turns it on by default) equal eager ones, report their first run, compile no new graph for a new
+size, and a second process with the same cache compiles nothing (inductor's FX graph cache hits).
+The same on the GPU: tests/parity/test_cuda_parity.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ollimg.runtime import load, torch_compile
+
+
+def transformer_output(pipe, seed=0):
+    transformer = pipe.components.modules["transformer"]
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((2, 16, 8, 6)).astype(np.float32))
+    caps = [torch.from_numpy(rng.standard_normal((n, transformer.config.cap_feat_dim)).astype(np.float32)) for n in (5, 40)]
+    with torch.inference_mode():
+        return transformer(x, np.array([0.3, 0.3], np.float32), caps)
+
+
+def test_fused_projections_equal_the_separate_layers(tiny_zimage_dir, monkeypatch):
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
+    pipe = load(tiny_zimage_dir, backend="torch", device="cpu")
+    before = transformer_output(pipe)
+    pipe.components.modules["transformer"].fuse()
+    attention = pipe.components.modules["transformer"].layers[0].attention
+    assert attention.to_qkv is not None and not hasattr(attention, "to_q")
+    after = transformer_output(pipe)
+    assert torch.allclose(after, before, rtol=1e-5, atol=1e-5 * before.abs().max().item())
+
+
+def test_fused_fp8_projections_keep_their_per_channel_scales(tiny_zimage_dir, store_dir, monkeypatch):
+    from ollimg.create import create
+    from ollimg.manifest import Store
+
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
+    create(Store(store_dir), "tiny:fp8", tiny_zimage_dir, quantize="fp8")
+    pipe = load("tiny:fp8", backend="torch", device="cpu", models_dir=store_dir)
+    before = transformer_output(pipe)
+    pipe.components.modules["transformer"].fuse()
+    fused = pipe.components.modules["transformer"].layers[0].feed_forward.w13
+    assert fused.weight.dtype == torch.float8_e4m3fn and fused.weight_scale.shape == (fused.weight.shape[0],)
+    after = transformer_output(pipe)
+    assert torch.allclose(after, before, rtol=1e-5, atol=1e-5 * before.abs().max().item())
+
+
+WARM_START = """
+import json, sys
+import torch._dynamo.utils as dynamo
+from ollimg.runtime import load
+pipe = load(sys.argv[1], backend="torch", device="cpu")
+pipe.generate("a red circle", width=32, height=32, steps=2, seed=3, guidance=0)
+print(json.dumps(dict(dynamo.counters["inductor"])))
+"""
+
+
+@pytest.mark.slow
+def test_compiled_blocks_equal_eager_and_a_warm_cache_compiles_nothing(tiny_zimage_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
+    eager = load(tiny_zimage_dir, backend="torch", device="cpu").generate(
+        "a red circle", width=32, height=32, steps=2, seed=3, guidance=0)
+    monkeypatch.setenv("OLLIMG_COMPILE", "on")
+    pipe = load(tiny_zimage_dir, backend="torch", device="cpu")
+    steps = []
+    compiled = pipe.generate("a red circle", width=32, height=32, steps=2, seed=3, guidance=0, on_step=steps.append)
+    assert [s.status for s in steps if s.step == 0] == [torch_compile.NOTICE]
+    assert [s.step for s in steps if s.step] == [1, 2]
+    assert np.abs(compiled.latents - eager.latents).max() <= 1e-5 * np.abs(eager.latents).max()
+
+    import torch._dynamo.utils as dynamo
+
+    graphs = dynamo.counters["stats"]["unique_graphs"]
+    steps.clear()
+    pipe.generate("a much longer prompt: two blue squares", width=48, height=32, steps=2, seed=4, guidance=0,
+                  on_step=steps.append)
+    assert not [s for s in steps if s.status]
+    assert dynamo.counters["stats"]["unique_graphs"] == graphs  # dynamic sizes: no new graph
+
+    env = {**os.environ, "OLLIMG_COMPILE": "on", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    run = subprocess.run([sys.executable, "-c", WARM_START, str(tiny_zimage_dir)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    counters = json.loads(run.stdout.strip().splitlines()[-1])
+    assert counters.get("fxgraph_cache_hit", 0) >= 2 and counters.get("fxgraph_cache_miss", 0) == 0, counters
