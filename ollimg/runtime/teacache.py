@@ -85,7 +85,7 @@ def check_threshold(threshold: float | None, calibrated: bool, model: str) -> fl
     if threshold is None:
         return None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
-        raise InvalidInput(f"invalid teacache {threshold!r}: use a threshold from 0 to 100 (0.3 is a usual start)")
+        raise InvalidInput(f"invalid teacache {threshold!r}: use a threshold from 0 to 100 (0.2 is a usual start)")
     if not calibrated:
         raise InvalidInput(f"model {model} has no TeaCache calibration; run: ollimg calibrate {model}")
     return float(threshold)
