@@ -97,11 +97,14 @@ class GenerateStep(BaseModel):
 
 
 class GeneratePreview(BaseModel):
-    """One NDJSON line of a streamed generate with `previews`: the image so far, as a base64 PNG."""
+    """One NDJSON line of a streamed generate with `previews`: one image of the batch so far, as a
+    base64 PNG. With `n` > 1 each preview comes once per image, in image order."""
 
     model: str
     preview: str = Field(description="base64 PNG at the requested size")
-    index: int = Field(description="0-based number of this preview")
+    index: int = Field(description="0-based number of this preview (of this image)")
+    image_index: int = Field(0, description="0-based image of the batch it shows (image i uses seed + i)")
+    step: int | None = Field(None, description="the denoising step it shows")
     done: Literal[False] = False
 
 
@@ -119,6 +122,7 @@ class GenerateResponse(BaseModel):
     height: int | None = None
     steps: int | None = None
     guidance: float | None = None
+    strength: float | None = Field(None, description="an edit's strength, as used (the model's default if not asked)")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
     load_duration: int = Field(0, description="nanoseconds spent loading the model")
     total_duration: int = Field(0, description="nanoseconds for the whole request")
@@ -297,8 +301,12 @@ class GalleryImage(BaseModel):
     guidance: float
     seed: int
     format: Format
-    bytes: int = Field(description="bytes of the image and its thumbnail")
+    bytes: int = Field(description="bytes of the image, its thumbnail and an edit's source image and mask")
     timings: dict[str, float] = Field(default_factory=dict)
+    strength: float | None = Field(None, description="an edit's strength; absent for images made from text alone")
+    source_digest: str | None = Field(None, description="an edit's: sha256 of the uploaded image; its PNG is at "
+                                                        "/api/gallery/{id}/source")
+    mask: bool = Field(False, description="the edit had a mask, at /api/gallery/{id}/mask (white = redrawn)")
 
 
 class GalleryResponse(BaseModel):

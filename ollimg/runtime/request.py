@@ -54,6 +54,7 @@ class GenerateResult:
     guidance: float
     format: str = "png"
     timings: dict[str, float] = field(default_factory=dict)
+    strength: float | None = None  # an edit's strength, as used (None: text to image)
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -36,7 +36,7 @@ from typing import Any, AsyncIterator, Callable
 from ollimg import config
 from ollimg.errors import Busy, RuntimeFailed, TimedOut
 from ollimg.manifest import Model, Name
-from ollimg.progress import Step
+from ollimg.progress import OnPreview, Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 from ollimg.server import admission, memory
 
@@ -113,12 +113,12 @@ class Scheduler:
         keep_alive: float | None,
         on_load: Callable[[float], None] | None = None,
         on_step: Callable[[Step], None] | None = None,
-        on_preview: Callable[[int, bytes], None] | None = None,
+        on_preview: OnPreview | None = None,
     ) -> GenerateResult:
         """Runs one generation on the model's runtime (loading it first if needed).
 
         Callbacks run on the event loop: on_load(seconds spent loading, 0 if warm) once the
-        runtime is ready, on_step per finished step, on_preview(index, png) per partial image.
+        runtime is ready, on_step per finished step, on_preview per preview (a Preview: which one, of which image).
         """
         loop = asyncio.get_running_loop()
         plan = self._plan(model, request.width, request.height, request.steps, request.n)

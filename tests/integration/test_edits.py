@@ -6,7 +6,9 @@ not), native `/api/generate` with images, and every bad input answered with a 4x
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import shutil
 
 import httpx
@@ -121,6 +123,49 @@ def test_native_generate_with_images_and_metadata(server):
     text = image.info["parameters"]
     assert "Denoising strength: 0.6" in text
     assert f"Source image hash: {hashlib.sha256(source).hexdigest()}" in text
+
+
+def test_native_edit_kept_in_the_gallery_with_its_parameters(server):
+    """What the web page's Edit view does: stream with previews, keep in the gallery, read it back."""
+    source = png(photo())
+    mask = Image.new("L", (70, 53), 0)
+    mask.paste(255, (20, 10, 60, 40))
+    body = {"model": MODEL, "prompt": "a boat", "steps": 4, "seed": 4, "strength": 0.5, "n": 2, "previews": 1,
+            "gallery": True, "images": ["data:image/png;base64," + base64.b64encode(source).decode()],
+            "mask": base64.b64encode(png(mask)).decode()}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=120) as r:
+        lines = [json.loads(text) for text in r.iter_lines() if text.strip()]
+    previews, done = [ln for ln in lines if "preview" in ln], lines[-1]
+    assert [p["image_index"] for p in previews] == [0, 1] and done["strength"] == 0.5
+    for image_id, seed in zip(done["gallery_ids"], (4, 5), strict=True):
+        kept = httpx.get(f"{server.url}/api/gallery/{image_id}").json()
+        assert (kept["seed"], kept["strength"], kept["mask"]) == (seed, 0.5, True)
+        assert kept["source_digest"] == "sha256:" + hashlib.sha256(source).hexdigest()
+        served = httpx.get(f"{server.url}/api/gallery/{image_id}/source")
+        assert served.status_code == 200 and Image.open(io.BytesIO(served.content)).size == (70, 53)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.content))), np.asarray(photo()))
+        served = httpx.get(f"{server.url}/api/gallery/{image_id}/mask")
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.content))), np.asarray(mask))
+    plain = httpx.post(server.url + "/api/generate", timeout=120, json={
+        "model": MODEL, "prompt": "x", "steps": 1, "width": 32, "height": 32, "stream": False, "gallery": True}).json()
+    kept = httpx.get(f"{server.url}/api/gallery/{plain['gallery_ids'][0]}").json()
+    assert kept["strength"] is None and kept["mask"] is False and plain.get("strength") is None
+    assert httpx.get(f"{server.url}/api/gallery/{kept['id']}/source").status_code == 404
+
+
+def test_native_edit_errors_name_their_field(server):
+    """Before the stream: a bad image (param images); after it started: a model that cannot edit (param model)."""
+    r = httpx.post(server.url + "/api/generate", timeout=60, json={
+        "model": MODEL, "prompt": "x", "images": [base64.b64encode(b"not an image").decode()]})
+    assert r.status_code == 400 and r.json()["param"] == "images" and "is not an image" in r.json()["error"]
+    r = httpx.post(server.url + "/api/generate", timeout=60, json={
+        "model": MODEL, "prompt": "x", "images": [base64.b64encode(png(photo())).decode()],
+        "mask": base64.b64encode(png(alpha_mask(64, 48))).decode()})
+    assert r.status_code == 400 and r.json()["param"] == "mask"
+    with httpx.stream("POST", server.url + "/api/generate", timeout=120, json={
+            "model": "noenc", "prompt": "x", "steps": 2, "images": [base64.b64encode(png(photo())).decode()]}) as r:
+        last = [json.loads(text) for text in r.iter_lines() if text.strip()][-1]
+    assert last["param"] == "model" and "cannot edit images: it has no VAE encoder" in last["error"]
 
 
 def edit_status(server, files, data=None) -> httpx.Response:

@@ -154,9 +154,9 @@ class ZImagePipeline:
             return None
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(images) > 1:
-            raise InvalidInput(f"{self.name} edits one image at a time, got {len(images)} images")
+            raise InvalidInput(f"{self.name} edits one image at a time, got {len(images)} images", param="images")
         if self.components.encode_image is None:
-            raise InvalidInput(f"model {self.name} cannot edit images: it has no VAE encoder")
+            raise InvalidInput(f"model {self.name} cannot edit images: it has no VAE encoder", param="model")
         image = images[0]
         if mask is not None and mask.size != image.size:
             raise InvalidInput(f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}: "
