@@ -33,6 +33,7 @@ import numpy as np
 from ollimg.errors import InvalidInput
 from ollimg.runtime import img2img
 from ollimg.runtime import pipeline as shared
+from ollimg.runtime import teacache as step_cache
 from ollimg.runtime.flow_match import schedule
 from ollimg.runtime.models.flux2 import layout
 from ollimg.runtime.models.flux2.config import Flux2Config
@@ -67,8 +68,9 @@ class Components:
     prepare: Callable[..., Any]
     """(text features [B, L, D], reference tokens [Lr, C] or None, their grids, h, w) -> the
     transformer's per-generation context"""
-    transformer: Callable[[Any, np.ndarray, Any], Any]
-    """x float32 [B, C, h, w], t float32 [B] (`model_time`), a context -> float32 [B, C, h, w] velocity"""
+    transformer: Callable[..., Any]
+    """x float32 [B, C, h, w], t float32 [B] (`model_time`), a context, a TeaCache StepCache or None
+    -> float32 [B, C, h, w] velocity"""
     decode: Callable[[Any], np.ndarray]
     """the final float32 latents [B, C, h, w] -> uint8 [B, 16h, 16w, 3] pixels (denormalised by the
     BatchNorm statistics, unpatchified, decoded in the compute dtype)"""
@@ -88,6 +90,7 @@ class Flux2Pipeline:
         self.name, self.digest, self.config = name, digest, config
         self.tokenizer, self.backend, self.components = tokenizer, backend, components
         self.load_seconds = 0.0
+        self.calibration: step_cache.Calibration | None = None  # set by `ollimg.runtime.load`
 
     @property
     def defaults(self):
@@ -103,7 +106,8 @@ class Flux2Pipeline:
                  latents: np.ndarray | None = None, images: list | None = None, mask: Any = None,
                  strength: float | None = None, on_step: shared.OnStep | None = None,
                  max_sequence_length: int | None = None, previews: int = 0,
-                 on_preview: shared.OnPreview | None = None) -> shared.Result:
+                 on_preview: shared.OnPreview | None = None, teacache: float | None = None,
+                 teacache_record: bool = False) -> shared.Result:
         """Images for `prompt` (a list gives a batch; each prompt makes `n` images, in prompt order),
         conditioned on the reference `images` (PIL images) when given; with references and no
         size, the size of the first reference (as diffusers).
@@ -114,7 +118,9 @@ class Flux2Pipeline:
         multiples of 16.
 
         `latents`: float32 [n, C, height/16, width/16] (the normalised, patchified latent space)
-        instead of the seeded noise."""
+        instead of the seeded noise. `teacache`: a TeaCache threshold (None: off; the model must be
+        calibrated); `teacache_record`: run every step and record TeaCache's calibration trace in
+        `Result.cache`."""
         d = self.defaults
         inpaint, images = self._inpaint(images, mask, strength, latents)
         references = self._reference_pixels(images, 1 if inpaint else 0)
@@ -159,7 +165,8 @@ class Flux2Pipeline:
             timings["image_encode"] = time.perf_counter() - mark
         context = self.components.prepare(text, refs, ref_sizes, h, w)
         neg_context = self.components.prepare(neg_text, refs, ref_sizes, h, w) if cfg else None
-        velocity = self._velocity(context, neg_context, sigmas, req.total, req.guidance)
+        cache = step_cache.start(self, len(sigmas) - 1, teacache, teacache_record)  # the steps that run
+        velocity = self._velocity(context, neg_context, sigmas, req.total, req.guidance, cache)
         x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings, on_step=on_step,
                            previews=previews, on_preview=on_preview, to_rgb=self.components.decode,
                            after_step=after_step)
@@ -169,8 +176,11 @@ class Flux2Pipeline:
         timings["decode"] = time.perf_counter() - mark
         images_out = shared.to_images(pixels)
         timings["total"] = time.perf_counter() - start
+        if cache is not None:
+            timings.update(cache.counts())
         return shared.Result(images_out, req.seed, [req.seed + i for i in range(req.total)], req.width, req.height,
-                             req.steps, req.guidance, timings, final, strength=inpaint.strength if inpaint else None)
+                             req.steps, req.guidance, timings, final, cache,
+                             strength=inpaint.strength if inpaint else None)
 
     def _reference_pixels(self, images, taken: int = 0) -> list[np.ndarray]:
         """Each reference image as the VAE takes it (float32 [3, h, w] in [-1, 1], h and w multiples
@@ -226,15 +236,16 @@ class Flux2Pipeline:
                                                   for i in range(len(prompts)) for _ in range(n)])
         return rows(0), rows(len(prompts)) if negatives is not None else None
 
-    def _velocity(self, context, neg_context, sigmas, total, guidance):
-        """velocity(x, i) for the Euler loop: the (guided) transformer output."""
+    def _velocity(self, context, neg_context, sigmas, total, guidance, cache):
+        """velocity(x, i) for the Euler loop: the (guided) transformer output (through TeaCache if
+        `cache`; the two CFG branches are separate forwards, each with its own cache)."""
         transformer = self.components.transformer
 
         def velocity(x, i: int):
             t = np.full(total, model_time(sigmas[i]), np.float32)
-            pred = transformer(x, t, context)
+            pred = transformer(x, t, context, cache and cache.step(i, ("cond",)))
             if neg_context is not None:
-                neg = transformer(x, t, neg_context)
+                neg = transformer(x, t, neg_context, cache and cache.step(i, ("uncond",)))
                 pred = neg + guidance * (pred - neg)
             return pred
 
