@@ -159,3 +159,24 @@ def test_klein_mlx_threshold_zero_is_exact_and_a_large_one_skips(klein_dirs, var
     pipe = load(klein_dirs[variant], backend="mlx", device="cpu", dtype="float32")
     pipe.calibration = Calibration((1.0, 0.0), 0.0, 6, 1, 1)  # the fit is tested on torch; the rule is shared
     check_klein(pipe, klein_options(options))
+
+
+def test_klein_inpainting_caches_only_the_steps_that_run(klein_pipes):
+    """An inpaint at strength 0.5 runs the last 3 of 6 steps: threshold 0 is exact, and a large one
+    reuses only the middle one of those (the first and last that run always run)."""
+    from PIL import Image
+
+    from tests.parity.klein_reference import reference_image
+
+    pipe = klein_pipes["distilled"]
+    image = reference_image(32, 48, seed=1)
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, (0, 0, image.width // 2, image.height))
+    options = {"images": [image], "mask": mask, "strength": 0.5}
+    plain = pipe.generate(PROMPTS, **SMALL, **options)
+    exact = pipe.generate(PROMPTS, **SMALL, **options, teacache=0.0)
+    assert (exact.timings["steps_run"], exact.timings["steps_reused"]) == (3, 0)
+    assert np.array_equal(exact.latents, plain.latents) and np.array_equal(pixels(exact), pixels(plain))
+    cached = pipe.generate(PROMPTS, **SMALL, **options, teacache=100.0)
+    assert (cached.timings["steps_run"], cached.timings["steps_reused"]) == (2, 1)
+    assert not np.array_equal(cached.latents, plain.latents)
