@@ -2,7 +2,8 @@
 then generate held-out prompts (training/shapes/world.py, prompt i with seed i) uncached and at
 each threshold, and compare: the fraction of skipped steps, the mean and 99th-percentile absolute
 pixel difference from the uncached image (0-255, over every channel of every image) and the
-shapes checker's scores (training/shapes/check.py).
+shapes checker's five scores (training/shapes/check.py: background, color, position, kind,
+count).
 
     PYTHONPATH=. python bench/teacache_quality.py --prompts 120 --json bench/results/teacache_quality_shapes.json
     PYTHONPATH=. python bench/teacache_quality.py --prompts 48 --steps 30 --json bench/results/teacache_quality_shapes_30.json
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts to generate per threshold")
     parser.add_argument("--calibration-prompts", type=int, default=16)
     parser.add_argument("--steps", type=int, default=None, help="default: the model's (8)")
+    parser.add_argument("--thresholds", default=None, help="comma-separated (default: %s)" % ",".join(map(str, THRESHOLDS)))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -78,16 +80,17 @@ def main() -> None:
     start = time.perf_counter()
     pipe.calibration = calibrate(pipe, calibration_prompts(args.calibration_prompts), args.steps)
     print("calibration", pipe.calibration.to_json(), flush=True)
-    rows = measure(pipe, heldout_specs()[:args.prompts], THRESHOLDS, args.steps)
+    thresholds = THRESHOLDS if args.thresholds is None else tuple(float(t) for t in args.thresholds.split(","))
+    rows = measure(pipe, heldout_specs()[:args.prompts], thresholds, args.steps)
     figures = {"model": "shapes (builtin)", "backend": "torch CPU float32", "date": time.strftime("%Y-%m-%d"),
                "steps": args.steps or pipe.defaults.steps, "heldout_prompts": args.prompts,
                "calibration": pipe.calibration.to_json(), "rows": rows,
                "seconds": round(time.perf_counter() - start, 1)}
-    print(f"{'threshold':>9} {'skipped':>7} {'mean':>6} {'p99':>5} {'bg':>5} {'color':>5} {'pos':>5}")
+    print(f"{'threshold':>9} {'skipped':>7} {'mean':>6} {'p99':>5} {'bg':>5} {'color':>5} {'pos':>5} {'kind':>5} {'count':>5}")
     for r in rows:
         t = "off" if r["threshold"] is None else f"{r['threshold']:g}"
         print(f"{t:>9} {r['skipped']:7.1%} {r['mean_diff']:6.2f} {r['p99_diff']:5.0f} {r['background']:5.2f} "
-              f"{r['color']:5.2f} {r['position']:5.2f}")
+              f"{r['color']:5.2f} {r['position']:5.2f} {r['kind']:5.2f} {r['count']:5.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

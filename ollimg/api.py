@@ -2,25 +2,65 @@
 
 Native API (`/api/*`, ollama-like, NDJSON streams) and the OpenAI-compatible images API (`/v1/*`).
 Field constraints here are the validation the server applies and what its OpenAPI document says.
-Imports pydantic and errors.
+Every request body is a `RequestBody`: JSON `true`/`false` is no number there and NaN/Infinity
+are refused, with a 400 that names the field. Imports pydantic, errors, config (the one duration
+parser) and the runtime's request limits (the one seed ceiling).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ollimg import config
 from ollimg.errors import InvalidInput
+from ollimg.runtime.request import MAX_SEED
 
 MAX_PROMPT = 32000
 MIN_SIZE, MAX_SIZE = 16, 4096
-MAX_SEED = 2**63 - 1
 Format = Literal["png", "jpeg", "webp"]
-KeepAlive = str | float | None
 
+_SEED_HELP = (f"default: random; image i uses seed + i; 0 to {MAX_SEED} (2^53 - 16: every image's seed is a whole "
+              "number that any JSON reader, JavaScript's too, holds exactly)")
 _KEEP_ALIVE_HELP = "how long the model stays loaded: seconds or a duration like 5m; 0 unloads after the request, negative keeps it"
+
+
+def _duration(value: Any) -> Any:
+    """keep_alive as sent, once the one duration parser has accepted it (no bool, NaN or Infinity)."""
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("use a number of seconds or a duration like 5m")
+    try:
+        config.parse_duration(value)
+    except InvalidInput as e:
+        raise ValueError(e.message) from None
+    return value
+
+
+KeepAlive = Annotated[str | float | None, BeforeValidator(_duration)]
+
+
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or annotation is Any or any(_takes_bool(a) for a in typing.get_args(annotation))
+
+
+class RequestBody(BaseModel):
+    """A request's JSON: pydantic's lax mode would read `true` as 1 and take NaN and Infinity as
+    floats; here a boolean is refused wherever a field does not take one, and so is a float that is
+    not finite."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 class Error(BaseModel):
@@ -37,7 +77,7 @@ class Error(BaseModel):
 _TEACACHE_HELP = "TeaCache threshold (default: off); the model must be calibrated (ollimg calibrate)"
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestBody):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=500)
@@ -47,7 +87,7 @@ class GenerateRequest(BaseModel):
     height: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=16, description="default: the model's")
     steps: int | None = Field(None, ge=1, le=200, description="default: the model's")
     guidance: float | None = Field(None, ge=0, le=100, description="default: the model's")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="default: random; image i uses seed + i")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=_SEED_HELP)
     n: int = Field(1, ge=1, le=10)
     format: Format = "png"
     compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality")
@@ -97,11 +137,14 @@ class GenerateStep(BaseModel):
 
 
 class GeneratePreview(BaseModel):
-    """One NDJSON line of a streamed generate with `previews`: the image so far, as a base64 PNG."""
+    """One NDJSON line of a streamed generate with `previews`: one image of the batch so far, as a
+    base64 PNG. With `n` > 1 each preview comes once per image, in image order."""
 
     model: str
     preview: str = Field(description="base64 PNG at the requested size")
-    index: int = Field(description="0-based number of this preview")
+    index: int = Field(description="0-based number of this preview (of this image)")
+    image_index: int = Field(0, description="0-based image of the batch it shows (image i uses seed + i)")
+    step: int | None = Field(None, description="the denoising step it shows")
     done: Literal[False] = False
 
 
@@ -119,6 +162,7 @@ class GenerateResponse(BaseModel):
     height: int | None = None
     steps: int | None = None
     guidance: float | None = None
+    strength: float | None = Field(None, description="an edit's strength, as used (the model's default if not asked)")
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
     load_duration: int = Field(0, description="nanoseconds spent loading the model")
     total_duration: int = Field(0, description="nanoseconds for the whole request")
@@ -169,7 +213,7 @@ class PsResponse(BaseModel):
     models: list[RunningModel]
 
 
-class ModelRequest(BaseModel):
+class ModelRequest(RequestBody):
     """A request naming one model (`name` is accepted as ollama's older spelling)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -225,10 +269,10 @@ class PushRequest(PullRequest):
 class DeleteResponse(BaseModel):
     deleted: list[str] = Field(description="display names removed")
     blobs: int = Field(description="blobs no other model used, now removed")
-    bytes: int = Field(description="bytes freed")
+    bytes: int = Field(description="disk space freed, in bytes (the blocks the blobs held)")
 
 
-class CopyRequest(BaseModel):
+class CopyRequest(RequestBody):
     source: str = Field(min_length=1, max_length=500)
     destination: str = Field(min_length=1, max_length=500)
 
@@ -247,7 +291,7 @@ class ProgressResponse(BaseModel):
     deduplicated_bytes: int | None = None
 
 
-class SaveRequest(BaseModel):
+class SaveRequest(RequestBody):
     """`POST /api/save`: the answer is the archive itself, an OCI image layout in a tar."""
 
     models: list[str] = Field(min_length=1, max_length=1000, description="the models to save")
@@ -256,8 +300,11 @@ class SaveRequest(BaseModel):
 
 
 class LoadResponse(BaseModel):
-    """`POST /api/load` (body: a .tar or .tar.zst archive): the models it loaded."""
+    """`POST /api/load` (body: a .tar or .tar.zst archive): the models it loaded. With `stream`
+    (the default) the last NDJSON line, after ProgressResponse lines (`loading <12hex>` and
+    `skipping <12hex>` with bytes, `writing manifest`); with `stream=false` the whole answer."""
 
+    status: Literal["success"] = "success"
     models: list[str] = Field(description="display names, in the archive's order")
     new_bytes: int = Field(description="blob bytes added to the store")
     deduplicated_bytes: int = Field(description="blob bytes the store already had")
@@ -297,8 +344,12 @@ class GalleryImage(BaseModel):
     guidance: float
     seed: int
     format: Format
-    bytes: int = Field(description="bytes of the image and its thumbnail")
+    bytes: int = Field(description="bytes of the image, its thumbnail and an edit's source image and mask")
     timings: dict[str, float] = Field(default_factory=dict)
+    strength: float | None = Field(None, description="an edit's strength; absent for images made from text alone")
+    source_digest: str | None = Field(None, description="an edit's: sha256 of the uploaded image; its PNG is at "
+                                                        "/api/gallery/{id}/source")
+    mask: bool = Field(False, description="the edit had a mask, at /api/gallery/{id}/mask (white = redrawn)")
 
 
 class GalleryResponse(BaseModel):
@@ -312,7 +363,7 @@ class GalleryResponse(BaseModel):
 # -- OpenAI-compatible images API ---------------------------------------------------------------
 
 
-class ImageGenerationRequest(BaseModel):
+class ImageGenerationRequest(RequestBody):
     """OpenAI's `POST /v1/images/generations`, plus the extras `seed`, `steps`, `negative_prompt`, `guidance_scale`."""
 
     model_config = ConfigDict(extra="ignore")
@@ -331,7 +382,7 @@ class ImageGenerationRequest(BaseModel):
     user: str | None = Field(None, max_length=500)
     stream: bool | None = False
     partial_images: int | None = Field(0, ge=0, le=3)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=_SEED_HELP)
     steps: int | None = Field(None, ge=1, le=200)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)
     guidance_scale: float | None = Field(None, ge=0, le=100)

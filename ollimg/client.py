@@ -1,7 +1,8 @@
 """The HTTP client of the native API (httpx), used by the CLI and by Python callers.
 
 Errors come back as the OllimgError subclass named by the wire `code`; a server that does not
-answer is ServerUnreachable. Streams (generate, create, pull, push) call back per line; save and load stream archive bytes.
+answer is ServerUnreachable. Streams (generate, create, pull, push, load) call back per line; save and load
+stream archive bytes.
 Imports api, config, errors, hosts and progress; never fastapi.
 """
 
@@ -127,24 +128,33 @@ class Client:
             raise self._unreachable(e) from None
 
     def load_archive(self, chunks: Iterable[bytes], total: int | None = None, on_progress: OnProgress | None = None) -> api.LoadResponse:
-        """Sends an archive's bytes to POST /api/load. Progress: `loading` with bytes sent (of `total`)."""
+        """Sends an archive's bytes to POST /api/load. Progress: `sending` with the bytes sent (of
+        `total`) while they go (the server loads them as they arrive), then the server's own lines
+        (`loading <12hex>`, `skipping <12hex>`, `writing manifest`), which httpx reads only once the
+        whole body is sent."""
         self.version()  # a wrong API key answers here, not as a broken pipe halfway through a large upload
 
         def body() -> Iterator[bytes]:
             done = shown = 0
             if on_progress:
-                on_progress(Progress("loading", None, 0, total))
+                on_progress(Progress("sending", None, 0, total))
             for chunk in chunks:
                 yield chunk
                 done += len(chunk)
                 if on_progress and (done - shown >= CHUNK or done == total):
                     shown = done
-                    on_progress(Progress("loading", None, done, total))
+                    on_progress(Progress("sending", None, done, total))
 
         headers = {"Content-Type": "application/octet-stream"}
         if total is not None:
             headers["Content-Length"] = str(total)
-        return api.LoadResponse.model_validate(self._request("POST", "/api/load", content=body(), headers=headers))
+        last = None
+        for last in self._stream("/api/load", content=body(), headers=headers):
+            if on_progress and last.get("status") != "success":
+                on_progress(Progress(str(last.get("status")), last.get("digest"), last.get("completed"), last.get("total")))
+        if last is None or last.get("status") != "success":
+            raise OllimgError("the server closed the /api/load stream before it finished")
+        return api.LoadResponse.model_validate(last)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -167,9 +177,10 @@ class Client:
             raise _error(response.status_code, response.read())
         return response.json() if response.content else None
 
-    def _stream(self, path: str, body: dict) -> Iterator[dict]:
+    def _stream(self, path: str, body: dict | None = None, **kwargs: Any) -> Iterator[dict]:
+        """POSTs `body` as JSON (or what kwargs say: content, headers) and yields the NDJSON lines."""
         try:
-            with self._http.stream("POST", path, json=body) as response:
+            with self._http.stream("POST", path, json=body, **kwargs) as response:
                 if response.status_code >= 400:
                     raise _error(response.status_code, response.read())
                 for text in response.iter_lines():

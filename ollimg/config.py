@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -55,7 +56,8 @@ SETTINGS = [
     Setting("OLLIMG_MAX_PIXELS", "4194304", "most pixels (width x height) per image a request may ask for (2048x2048)"),
     Setting("OLLIMG_MAX_IMAGES", "4", "most images per request"),
     Setting("OLLIMG_MAX_STEPS", "100", "most denoising steps per request"),
-    Setting("OLLIMG_MAX_BODY", "32MB", "largest request body accepted (413 beyond); units B, KB, MB, GB"),
+    Setting("OLLIMG_MAX_BODY", "32MB", "largest request body accepted (413 beyond); units B, KB, MB, GB; not for "
+            "/api/load, whose archive streams into the store"),
     Setting("OLLIMG_MAX_GENERATION_TIME", "10m", "longest a generation may run before it is cancelled (504); "
             "0 for no limit"),
 ]
@@ -119,9 +121,12 @@ def base_url() -> str:
 
 
 def parse_duration(value: str | int | float | None, default: float | None = 300.0) -> float | None:
-    """Seconds from '5m', '1h30m', '10s', '300' or a number; negative means forever (None)."""
+    """Seconds from '5m', '1h30m', '10s', '300' or a number; negative means forever (None).
+    A boolean, NaN or Infinity is no duration."""
     if value is None or value == "":
         return default
+    if isinstance(value, bool):
+        raise InvalidInput(f"invalid duration {value!r}: use a number of seconds or a form like 5m, 1h, 30s")
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
@@ -133,6 +138,8 @@ def parse_duration(value: str | int | float | None, default: float | None = 300.
         seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)?", match.group(2)))
         if match.group(1):
             seconds = -seconds
+    if not math.isfinite(seconds):
+        raise InvalidInput(f"invalid duration {value!r}: use a finite number of seconds or a form like 5m, 1h, 30s")
     return None if seconds < 0 else seconds
 
 

@@ -53,9 +53,11 @@ def create(
     if dtype not in (None, *DTYPES):
         raise InvalidInput(f"unsupported --dtype {dtype!r}: use {', '.join(DTYPES)}")
     progress = on_progress or (lambda p: None)
-    progress(Progress(f"reading {source}"))
     src = read_source(Path(source))
     fp8 = _fp8_set(src) if quantize == "fp8" else None
+    # The first progress comes once the source is read and checked: a server answers what fails
+    # up to here with a 4xx before its stream starts.
+    progress(Progress(f"importing {src.root.name}", None, 0, sum(ref.nbytes for ref in src.tensors.values())))
     pending: list[BlobWriter] = []  # every blob this call writes; they land together before the manifest
     try:
         with store.lock():

@@ -12,12 +12,15 @@ class OllimgError(Exception):
     code = "error"
     exit_code = 1
     http_status = 500
+    param: str | None = None  # the request field at fault, when one is (sent as `param`)
 
-    def __init__(self, message: str, code: str | None = None):
+    def __init__(self, message: str, code: str | None = None, param: str | None = None):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if param is not None:
+            self.param = param
 
     def __str__(self) -> str:
         return self.message

@@ -2,10 +2,13 @@
 
 Layout of the gallery dir (`OLLIMG_GALLERY`, default `<user data dir>/gallery`), per image `ID`:
 `ID.<png|jpeg|webp>` (the image as generated), `ID.thumb.jpg` (at most 256 px) and `ID.json` (its
-parameters). Each file is written to a temp file and renamed; the JSON lands last, so an image is
-in the gallery only when complete, and files without their JSON (a crash mid-write) are removed
-when the gallery is opened. After each add, the oldest images go until the total is within the cap
-(`OLLIMG_GALLERY_MAX`; 0 keeps nothing). IDs sort by creation time.
+parameters); an edit adds `ID.source.png` (the image it started from, as the runtime got it) and,
+with a mask, `ID.mask.png` (greyscale, white = redrawn), so its settings can be used again (an edit
+of n images keeps n copies: each entry is whole on its own). Each file is written to a temp file
+and renamed; the JSON lands last, so an image is in the gallery only when complete, and files
+without their JSON (a crash mid-write) are removed when the gallery is opened. After each add,
+the oldest images go until the total is within the cap (`OLLIMG_GALLERY_MAX`; 0 keeps nothing).
+IDs sort by creation time.
 
 Imports errors and PIL; knows nothing of HTTP, the scheduler or torch.
 """
@@ -50,6 +53,9 @@ class Entry:
     bytes: int = 0
     model_digest: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    strength: float | None = None  # an edit's strength (None: made from text alone)
+    source_digest: str | None = None  # an edit's: sha256 of the uploaded image (its PNG: ID.source.png)
+    mask: bool = False  # an edit with a mask (ID.mask.png)
 
     @classmethod
     def from_json(cls, data: dict) -> "Entry":
@@ -99,6 +105,18 @@ class Gallery:
     def thumb_path(self, entry: Entry) -> Path:
         return self.root / f"{entry.id}.thumb.jpg"
 
+    def source_path(self, entry: Entry) -> Path:
+        """An edit's input image (ImageNotFound when the entry was made from text alone)."""
+        if entry.source_digest is None:
+            raise ImageNotFound(f"image {entry.id!r} was made from text alone: it has no source image")
+        return self.root / f"{entry.id}.source.png"
+
+    def mask_path(self, entry: Entry) -> Path:
+        """An edit's mask (ImageNotFound when it had none)."""
+        if not entry.mask:
+            raise ImageNotFound(f"image {entry.id!r} had no mask")
+        return self.root / f"{entry.id}.mask.png"
+
     def models(self) -> list[str]:
         """The model names that made the kept images, sorted."""
         with self._lock:
@@ -110,20 +128,29 @@ class Gallery:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add(self, image: bytes, entry: Entry) -> Entry | None:
-        """Keeps an image (entry.id, created_at and bytes are filled in); None when the cap keeps nothing."""
+    def add(self, image: bytes, entry: Entry, source: bytes | None = None, mask: bytes | None = None) -> Entry | None:
+        """Keeps an image (entry.id, created_at, bytes and mask are filled in) and, for an edit
+        (entry.source_digest set), the PNGs of its `source` image and `mask`; None when the cap
+        keeps nothing."""
         if self.max_bytes <= 0:
             return None
         if entry.format not in FORMATS:
             raise InvalidInput(f"unsupported image format {entry.format!r}")
+        if (source is None) != (entry.source_digest is None) or (mask is not None and source is None):
+            raise InvalidInput("an edit's source image and its digest go together (and a mask needs them)")
         entry.id, entry.created_at = _new_id()
+        entry.mask = mask is not None
         thumb = _thumbnail(image)
-        entry.bytes = len(image) + len(thumb)
+        entry.bytes = len(image) + len(thumb) + len(source or b"") + len(mask or b"")
         with self._lock:
             index = self._index()
             self.root.mkdir(parents=True, exist_ok=True)
             _write(self.image_path(entry), image)
             _write(self.thumb_path(entry), thumb)
+            if source is not None:
+                _write(self.source_path(entry), source)
+            if mask is not None:
+                _write(self.mask_path(entry), mask)
             _write(self.root / f"{entry.id}.json", json.dumps(asdict(entry), indent=1).encode())
             index[entry.id] = entry
             self._trim(index)
@@ -182,6 +209,10 @@ class Gallery:
         _unlink(self.root / f"{entry.id}.json")  # first: without it the rest is a leftover
         _unlink(self.image_path(entry))
         _unlink(self.thumb_path(entry))
+        if entry.source_digest is not None:
+            _unlink(self.source_path(entry))
+        if entry.mask:
+            _unlink(self.mask_path(entry))
 
 
 def _new_id() -> tuple[str, str]:

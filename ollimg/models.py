@@ -11,11 +11,13 @@ import difflib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ollimg.errors import ModelNotFound
+from ollimg.blobs.store import PARTIAL_PREFIX
+from ollimg.errors import Busy, ModelNotFound, StoreError
 from ollimg.manifest import Model, Name, Store
 from ollimg.progress import OnProgress, Progress
 
@@ -100,8 +102,11 @@ def copy(store: Store, source: Name, target: Name) -> Model:
 @dataclass
 class Pruned:
     blobs: int = 0
-    bytes: int = 0
+    bytes: int = 0  # disk space given back (blocks, not the apparent size of sparse files)
     temp_files: int = 0
+
+
+RESUMABLE = 24 * 3600  # seconds an interrupted pull's partial download waits for a pull to continue it
 
 
 def prune(store: Store) -> Pruned:
@@ -113,13 +118,59 @@ def prune(store: Store) -> Pruned:
             if digest not in referenced:
                 result.bytes += _delete(store, digest)
                 result.blobs += 1
-        temps = store.blobs.temp_files()
-        if store.manifests_root.is_dir():
-            temps += [p for p in store.manifests_root.rglob(".tmp-*") if p.is_file()]
-        for path in temps:
+        _remove_temp_files(store, result, keep_resumable=False)
+    return result
+
+
+def remove_stale_temp_files(store: Store) -> Pruned:
+    """The temp files interrupted writers left (a killed pull, create or load), removed after a pull.
+
+    Only while no writer runs: every writer, in any process, holds the store lock shared while it
+    has temp files, so when the exclusive lock is free at once none of them is in use; when it is
+    not, nothing is removed (the next pull, or `prune`, does it). Then `.tmp-<id>` files all go
+    (nothing ever continues them), and a partial download of a large blob goes once its blob is
+    stored or when no byte has reached it for RESUMABLE seconds; until then a pull resumes it.
+    """
+    result = Pruned()
+    try:
+        with store.lock(exclusive=True, wait=False):
+            _remove_temp_files(store, result, keep_resumable=True)
+    except Busy:
+        log.debug("another writer is busy with %s: its temp files stay", store.root)
+    except OSError as e:  # a clean-up that fails must not hide how the pull ended
+        log.warning("could not remove stale temp files in %s (%s); run: ollimg prune", store.root, e)
+    return result
+
+
+def _remove_temp_files(store: Store, result: Pruned, keep_resumable: bool) -> None:
+    """Call with the store lock held exclusively."""
+    temps = store.blobs.temp_files()
+    if store.manifests_root.is_dir():
+        temps += [p for p in store.manifests_root.rglob(".tmp-*") if p.is_file()]
+    keep = _resumable(store, temps) if keep_resumable else set()
+    for path in temps:
+        if path not in keep:
             result.bytes += _unlink(path)
             result.temp_files += 1
-    return result
+
+
+def _resumable(store: Store, temps: list) -> set:
+    """The partial downloads (each file and its resume record) a later pull may still continue."""
+    groups: dict[str, list] = {}
+    for path in temps:
+        if path.name.startswith(PARTIAL_PREFIX):
+            groups.setdefault(path.name[len(PARTIAL_PREFIX):][:64], []).append(path)
+    keep = set()
+    now = time.time()
+    for hex_digest, paths in groups.items():
+        try:
+            newest = max(p.stat().st_mtime for p in paths)
+            stored = store.blobs.has("sha256:" + hex_digest)
+        except (OSError, StoreError):  # gone meanwhile, or not a digest: not ours to keep
+            continue
+        if not stored and now - newest < RESUMABLE:
+            keep.update(paths)
+    return keep
 
 
 @dataclass
@@ -204,16 +255,24 @@ def _size(store: Store, digest: str) -> int:
 
 
 def _delete(store: Store, digest: str) -> int:
-    size = _size(store, digest)
-    store.blobs.delete(digest)
-    return size
+    return _unlink(store.blobs.path(digest))
 
 
 def _unlink(path) -> int:
+    """Removes a file; returns the disk space that gives back."""
     try:
-        size = path.stat().st_size
+        st = path.lstat()
         path.unlink()
-        return size
     except FileNotFoundError:
         return 0
+    return _freed(st)
+
+
+def _freed(st: os.stat_result) -> int:
+    """What removing a file frees: its blocks on disk (a sparse partial download of 100 GB may hold
+    a few KB; a small blob a whole block), nothing while another hard link keeps the data."""
+    if st.st_nlink > 1:
+        return 0
+    blocks = getattr(st, "st_blocks", None)  # not on Windows: there, the size
+    return st.st_size if blocks is None else blocks * 512
 

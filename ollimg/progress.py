@@ -40,8 +40,20 @@ class Step:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class Preview:
+    """A live preview: number `index` (0-based, evenly spaced steps) of image `image` of the batch
+    (0-based), at denoising step `step`, as PNG bytes."""
+
+    index: int
+    image: int
+    step: int
+    png: bytes
+
+
 OnProgress = Callable[[Progress], None]
 OnStep = Callable[[Step], None]
+OnPreview = Callable[[Preview], None]
 
 
 STEP = 1 << 20

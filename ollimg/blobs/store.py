@@ -33,6 +33,7 @@ from ollimg.errors import DigestMismatch, NoSpace, StoreError
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 CHUNK = 8 * 1024 * 1024
+PARTIAL_PREFIX = ".tmp-partial-sha256-"  # + hex: a resumable download (and `.json`, its record)
 
 
 def check_digest(digest: str) -> str:
@@ -293,7 +294,7 @@ class BlobStore:
 
     def partial_path(self, digest: str) -> Path:
         """The stable temp file a resumable download of `digest` fills; a later run continues it."""
-        return self.root / (".tmp-partial-sha256-" + check_digest(digest).split(":", 1)[1])
+        return self.root / (PARTIAL_PREFIX + check_digest(digest).split(":", 1)[1])
 
     def land(self, writers: list[BlobWriter]) -> None:
         """Make blobs committed with `sync=False` durable, then visible (rename each).

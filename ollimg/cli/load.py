@@ -2,8 +2,8 @@
 its first bytes, a layout directory, or stdin) into the store.
 
 Through a running server (its store: the archive's bytes are sent to it; a directory is sent as
-a tar made on the fly), else into the local store. Progress on stderr (or NDJSON on stdout with
---json); the loaded names on stdout.
+a tar made on the fly; the server streams its progress lines back), else into the local store.
+Progress on stderr (or NDJSON on stdout with --json); the loaded names on stdout.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ollimg.cli.format import human_bytes
 from ollimg.cli.transfer import TransferDisplay
 from ollimg.errors import InvalidModel
 from ollimg.manifest import Store
+from ollimg.progress import OnProgress, Progress
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +41,7 @@ def load_command(
         if client is not None:
             with client:
                 chunks, total = _bytes_of(path)
-                result = client.load_archive(chunks, total, on_progress=display)
+                result = client.load_archive(chunks, total, on_progress=_upload_view(display))
             names, new, dedup = result.models, result.new_bytes, result.deduplicated_bytes
         else:
             loaded = archive.load(Store(), path or archive.read_chunks(sys.stdin.buffer), on_progress=display)
@@ -52,6 +53,18 @@ def load_command(
     for name in names:
         typer.echo(f"loaded '{name}'")
     typer.echo(f"{human_bytes(new)} new, {human_bytes(dedup)} already in the store")
+
+
+def _upload_view(display: TransferDisplay) -> OnProgress:
+    """Through a server the bar is the upload's (the server loads the bytes as they arrive); the
+    server's per-blob lines reach the client only once the upload has ended, so they are shown as
+    NDJSON (--json) and otherwise only its statuses (`writing manifest`)."""
+
+    def show(progress: Progress) -> None:
+        if display.mode == "json" or progress.digest is None:
+            display(progress)
+
+    return show
 
 
 def _bytes_of(path: Path | None) -> tuple[Iterator[bytes], int | None]:

@@ -139,7 +139,10 @@ class Repl:
             elif key == "steps":
                 s.steps = _positive(value, key)
             elif key == "seed":
-                s.seed = None if value.lower() in ("random", "") else _positive(value, key, allow_zero=True)
+                seed = None if value.lower() in ("random", "") else _positive(value, key, allow_zero=True)
+                if seed is not None and seed > api.MAX_SEED:
+                    raise InvalidInput(f"seed {value}: use a whole number from 0 to {api.MAX_SEED}")
+                s.seed = seed
             elif key == "guidance":
                 if float(value) < 0:
                     raise InvalidInput("guidance must be 0 or more")

@@ -75,6 +75,9 @@ class Name:
     def _validate(self, original: str) -> None:
         if len(self.host) > 350 or not _HOST.fullmatch(self.host):
             raise InvalidName(f"invalid name {original!r}: {self.host!r} is not a valid registry host")
+        port = self.host.rpartition("]")[2].partition(":")[2]
+        if port and not 1 <= int(port) <= 65535:
+            raise InvalidName(f"invalid name {original!r}: registry port {port} is out of range: use 1 to 65535")
         for what, value in (("namespace", self.namespace), ("model", self.model)):
             if len(value) > 80:
                 raise InvalidName(f"invalid name {original!r}: {what} is longer than 80 characters")

@@ -20,7 +20,7 @@ from functools import partial
 
 import httpx
 
-from ollimg import config
+from ollimg import config, models
 from ollimg.blobs.store import BlobWriter, check_digest
 from ollimg.errors import Cancelled, DigestMismatch, InvalidModel, ModelNotFound, NoSpace, RegistryError, StoreError
 from ollimg.manifest import Descriptor, Manifest, Model, Name, Store
@@ -47,8 +47,15 @@ def pull(store: Store, name: Name | str, *, insecure: bool | None = None, concur
     `verifying sha256 digest`, `writing manifest`, `success`. `on_progress` may raise to stop.
     """
     name = name if isinstance(name, Name) else Name.parse(name)
-    workers = concurrency or config.registry_concurrency()
-    report = Reporter(on_progress)
+    try:
+        return _pull(store, name, insecure, concurrency or config.registry_concurrency(), Reporter(on_progress))
+    finally:
+        # What interrupted writers left goes now, if no other writer runs (models.remove_stale_temp_files
+        # says which files); this pull's own partial downloads stay for the next one to resume.
+        models.remove_stale_temp_files(store)
+
+
+def _pull(store: Store, name: Name, insecure: bool | None, workers: int, report: Reporter) -> Model:
     with Registry(name.host, insecure=insecure, connections=workers) as registry, store.lock():
         report.status("pulling manifest")
         raw = fetch_manifest(registry, name)

@@ -39,9 +39,9 @@ def push(store: Store, name: Name | str, *, insecure: bool | None = None, concur
     if name.digest:
         raise InvalidName(f"push takes a tag, not a digest: ollimg push {name.with_tag(name.tag).display()}")
     workers = concurrency or config.registry_concurrency()
+    model = store.get(name)  # not found before the first progress: a server answers 404, not a stream
     report = Reporter(on_progress)
     report.status("retrieving manifest")
-    model = store.get(name)
     blobs = list({d.digest: d for d in model.manifest.blobs()}.values())
     with Registry(name.host, insecure=insecure, connections=workers) as registry:
         upload = Upload(store, registry, name, report, workers)

@@ -7,10 +7,10 @@ Loads one model once, then serves requests from its parent over stdin/stdout fra
                     {"type": "calibrate", "prompts": [...], "steps": N | null} (TeaCache)
   worker -> parent: {"type": "ready", "processor", "memory", "gpu_memory", "load_seconds"}
                     {"type": "step", "step", "total", "elapsed"[, "status" on step 0]}
-                    {"type": "preview", "index", "image" (base64 PNG)}
+                    {"type": "preview", "index", "image_index", "step", "image" (base64 PNG)}
                     {"type": "result", "result": GenerateResult JSON, "gpu_memory"}
                     {"type": "calibration", "calibration": Calibration JSON}
-                    {"type": "error", "code", "message"}
+                    {"type": "error", "code", "message", "param" (the request field at fault, if any)}
 
 Generation runs on the main thread; a reader thread takes `cancel` (checked between steps),
 `stop` and end of input. The worker exits when asked, when stdin closes and when its parent
@@ -36,7 +36,7 @@ log = logging.getLogger("ollimg.runtime.worker")
 
 def _error(e: BaseException) -> dict:
     if isinstance(e, OllimgError):
-        return {"type": "error", "code": e.code, "message": e.message}
+        return {"type": "error", "code": e.code, "message": e.message, **({"param": e.param} if e.param else {})}
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
         return {"type": "error", "code": OutOfMemory.code, "message": f"out of memory: {str(e).splitlines()[0] if str(e) else ''}"}
     return {"type": "error", "code": RuntimeFailed.code, "message": f"{type(e).__name__}: {e}"}
@@ -127,12 +127,15 @@ class Worker:
         previews = iter(range(req.previews))
 
         def on_preview(step: int, rgb) -> None:
+            """One frame per image of the batch, each naming its image (`image_index`)."""
             from PIL import Image
 
-            image = Image.fromarray(rgb[0], "RGB").resize((result_size[0], result_size[1]), Image.BILINEAR)
-            png = encode(image, None, "png", compression=10)
-            self.channel.send({"type": "preview", "index": next(previews), "step": step,
-                               "image": base64.b64encode(png).decode("ascii")})
+            index = next(previews)
+            for image_index, pixels in enumerate(rgb):
+                image = Image.fromarray(pixels, "RGB").resize((result_size[0], result_size[1]), Image.BILINEAR)
+                png = encode(image, None, "png", compression=10)
+                self.channel.send({"type": "preview", "index": index, "image_index": image_index, "step": step,
+                                   "image": base64.b64encode(png).decode("ascii")})
 
         options = {}
         if req.teacache is not None:
@@ -160,7 +163,7 @@ class Worker:
             images.append(encode(image, params, req.format, req.compression))
         result.timings["encode"] = time.perf_counter() - mark
         return GenerateResult(images, result.seeds, result.width, result.height, result.steps, result.guidance,
-                              req.format.lower(), result.timings)
+                              req.format.lower(), result.timings, getattr(result, "strength", None))
 
     def _edit(self, req) -> dict:
         """The pipeline's edit arguments (PIL images) and per-request CFG knobs, refused when its
@@ -183,7 +186,8 @@ class Worker:
         missing = [k for k in wanted if k not in accepted]
         if missing:
             what = "input images" if "images" in missing else " or ".join(missing)
-            raise InvalidInput(f"model {req.model_name or self.pipeline.name} cannot edit images: it takes no {what}")
+            raise InvalidInput(f"model {req.model_name or self.pipeline.name} cannot edit images: it takes no {what}",
+                               param="model")
         edit = {**knobs, "images": [Image.open(io.BytesIO(base64.b64decode(b))) for b in req.images]}
         if req.mask is not None:
             edit["mask"] = Image.open(io.BytesIO(base64.b64decode(req.mask)))

@@ -2,12 +2,17 @@
 under `ollimg/runtime/models/`. A family package has `load(source, backend) -> Pipeline` and a
 `weights` module (its key maps and its FP8 set, which `ollimg create --quantize fp8` reads).
 
+`CAPABILITIES` says what each family's pipelines take besides a prompt, so that the server can
+refuse an edit a model cannot do before it loads the model (ollimg/server/capabilities.py); a
+family's `generate` enforces the same rules.
+
 Imports no torch or mlx, and no family until one is asked for.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
 
 from ollimg.errors import InvalidModel
@@ -15,6 +20,23 @@ from ollimg.errors import InvalidModel
 FAMILIES = {
     "ZImagePipeline": "zimage",
     "Flux2KleinPipeline": "flux2",
+}
+
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family's pipelines take besides a prompt."""
+
+    images: int  # input images per request: the one to edit and references (0: text to image only)
+    mask: bool  # inpainting: a mask over the (first) image
+    strength: bool  # redrawing the (first) image by a strength
+    encoder: str = "vae/encoder.conv_in.weight"  # the stored tensor without which a model cannot take images
+
+
+CAPABILITIES = {
+    "ZImagePipeline": Capabilities(images=1, mask=True, strength=True),
+    "Flux2KleinPipeline": Capabilities(images=8, mask=True, strength=True),  # 8: flux2.pipeline.MAX_REFERENCES
 }
 
 

@@ -3,9 +3,11 @@ img2img and inpaint pipelines do it (`VaeImageProcessor.preprocess`, `get_timest
 `scale_noise`, the posterior sample of `retrieve_latents`, the inpainting blend).
 
     pixels()          an input image as the VAE takes it: RGB, resized (Lanczos) to the output size
-    mask_cells()      a mask as the reference takes it: grey, resized, binarised, then nearest to latent cells
+    mask_pixels()     a mask as the reference takes it: grey, resized, binarised (1 redraws)
+    mask_cells()      that mask per latent cell, the nearest pixel of each
     start()           the schedule cut by `strength` (the later steps only)
     posterior_noise() the seeded noise of the VAE posterior's sample (its own stream, not the initial noise's)
+    keep_known()      the inpainting blend after each step: the kept area back at the next step's noise level
 
 Backend-neutral numpy; imports no torch or mlx and names no family.
 """
@@ -46,12 +48,17 @@ def pixels(image, width: int, height: int) -> np.ndarray:
     return (2.0 * array - 1.0).transpose(2, 0, 1)[None]
 
 
-def mask_cells(mask, width: int, height: int, scale: int) -> np.ndarray:
-    """float32 [1, 1, height/scale, width/scale] of 0 (keep) and 1 (redraw) from a PIL mask (white
-    redraws): greyscale, resized like the image, binarised at 0.5, then the nearest pixel of each
-    latent cell (torch's `interpolate(mode="nearest")`)."""
+def mask_pixels(mask, width: int, height: int) -> np.ndarray:
+    """float32 [height, width] of 0 (keep) and 1 (redraw) from a PIL mask (white redraws): greyscale,
+    resized like the image, binarised at 0.5."""
     grey = np.asarray(_resized(mask.convert("L") if mask.mode != "L" else mask, width, height)).astype(np.float32)
-    binary = (grey / 255.0 >= 0.5).astype(np.float32)
+    return (grey / 255.0 >= 0.5).astype(np.float32)
+
+
+def mask_cells(mask, width: int, height: int, scale: int) -> np.ndarray:
+    """float32 [1, 1, height/scale, width/scale] of 0 (keep) and 1 (redraw): `mask_pixels`, then the
+    nearest pixel of each latent cell (torch's `interpolate(mode="nearest")`)."""
+    binary = mask_pixels(mask, width, height)
     h, w = height // scale, width // scale
     rows = np.minimum(np.floor(np.arange(h, dtype=np.float32) * np.float32(height / h)).astype(int), height - 1)
     cols = np.minimum(np.floor(np.arange(w, dtype=np.float32) * np.float32(width / w)).astype(int), width - 1)
@@ -85,3 +92,18 @@ def scale_noise(sample, noise, sigma: float):
     """The flow-matching forward process at `sigma`: sigma * noise + (1 - sigma) * sample (any arrays)."""
     sigma = np.float32(sigma)
     return float(sigma) * noise + float(np.float32(1.0) - sigma) * sample
+
+
+def keep_known(backend, image: np.ndarray, noise: np.ndarray, cells: np.ndarray, sigmas: np.ndarray):
+    """`after_step(x, i)` for the Euler loop when inpainting: where `cells` is 0 the image's latents
+    (`image`, float32 like x) noised to the next step's sigma with the initial `noise`, and after the
+    last step the latents themselves; where it is 1 the loop's own (values between blend)."""
+    keep_image, keep_noise = backend.from_numpy(image), backend.from_numpy(noise)
+    redraw, keep = backend.from_numpy(cells), backend.from_numpy(1 - cells)
+    last = len(sigmas) - 2
+
+    def blend(x, i: int):
+        kept = scale_noise(keep_image, keep_noise, sigmas[i + 1]) if i < last else keep_image
+        return keep * kept + redraw * x
+
+    return blend

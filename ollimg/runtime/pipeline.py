@@ -18,9 +18,9 @@ import numpy as np
 
 from ollimg.errors import InvalidInput
 from ollimg.progress import Step
+from ollimg.runtime.request import MAX_IMAGES, MAX_SEED
 
 MAX_SIDE = 4096
-MAX_IMAGES = 16
 OnStep = Callable[[Step], None]
 OnPreview = Callable[[int, np.ndarray], None]  # (step, rgb uint8 [n, h, w, 3], any size up to the image's)
 
@@ -106,8 +106,8 @@ def request(defaults, prompt, negative_prompt, width, height, steps, guidance, s
         raise InvalidInput(f"invalid n {n!r}: at most {MAX_IMAGES} images per request")
     if seed is None:
         seed = secrets.randbelow(2**31)
-    if not isinstance(seed, int) or seed < 0 or seed >= 2**63 - MAX_IMAGES:
-        raise InvalidInput(f"invalid seed {seed!r}: use a whole number from 0 to 2^63")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise InvalidInput(f"invalid seed {seed!r}: use a whole number from 0 to {MAX_SEED}")
     return Request(prompts, negatives, width, height, steps, guidance, seed, n)
 
 

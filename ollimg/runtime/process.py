@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ollimg.errors import Cancelled, OllimgError, RuntimeFailed, by_code
-from ollimg.progress import Step
+from ollimg.progress import OnPreview, Preview, Step
 from ollimg.runtime.channel import Channel
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 
@@ -114,7 +114,7 @@ class RuntimeProcess:
 
     # --- requests ---
     def generate(self, request: GenerateRequest, on_step: Callable[[Step], None] | None = None,
-                 on_preview: Callable[[int, bytes], None] | None = None) -> GenerateResult:
+                 on_preview: OnPreview | None = None) -> GenerateResult:
         with self._busy:
             if not self.alive:
                 raise RuntimeFailed(f"runtime for {self.model} is not running", stderr_tail=self.stderr_tail())
@@ -128,7 +128,8 @@ class RuntimeProcess:
                 if kind == "step" and on_step is not None:
                     on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0), message.get("status")))
                 elif kind == "preview" and on_preview is not None:
-                    on_preview(message["index"], base64.b64decode(message["image"]))
+                    on_preview(Preview(message["index"], message.get("image_index", 0), message.get("step", 0),
+                                       base64.b64decode(message["image"])))
                 elif kind == "result":
                     self.gpu_memory = int(message.get("gpu_memory") or self.gpu_memory)
                     return GenerateResult.from_json(message["result"])
@@ -172,7 +173,7 @@ class RuntimeProcess:
         text = message.get("message") or context
         if issubclass(cls, RuntimeFailed):
             return cls(text, stderr_tail=tail)
-        error = cls(text) if cls is not Cancelled else Cancelled(text)
+        error = cls(text, param=message.get("param")) if cls is not Cancelled else Cancelled(text)
         error.stderr_tail = tail
         return error
 

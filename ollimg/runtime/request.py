@@ -1,6 +1,7 @@
 """What a runtime is asked and what it answers: GenerateRequest and GenerateResult.
 
-Plain dataclasses that travel as JSON between the server and the runtime subprocess. Imports no
+Plain dataclasses that travel as JSON between the server and the runtime subprocess, and the
+limits both sides check (MAX_IMAGES, MAX_SEED: the one seed ceiling the API states too). Imports no
 torch or mlx (the server imports this).
 """
 
@@ -8,6 +9,11 @@ from __future__ import annotations
 
 import base64
 from dataclasses import asdict, dataclass, field, fields
+
+MAX_IMAGES = 16  # images one request may make
+# Image i uses seed + i; every image's seed stays at most 2^53 - 1, the largest whole number that
+# every JSON reader (JavaScript's included, and the OpenAPI document's float bounds) holds exactly.
+MAX_SEED = 2**53 - MAX_IMAGES
 
 
 @dataclass
@@ -54,6 +60,7 @@ class GenerateResult:
     guidance: float
     format: str = "png"
     timings: dict[str, float] = field(default_factory=dict)
+    strength: float | None = None  # an edit's strength, as used (None: text to image)
 
     def to_json(self) -> dict:
         data = asdict(self)

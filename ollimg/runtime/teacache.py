@@ -8,7 +8,8 @@ the branch's cached residual of the whole block stack (out = in + residual); oth
 runs, the residual is refreshed and the accumulator reset. The first and last steps always run.
 m_{i-1} is the previous step's input whether that step ran or not, as in TeaCache. When one forward
 carries several branches (batched CFG) the stack is skipped only if every branch may skip; a run
-refreshes every branch it carries. Threshold 0 never skips.
+refreshes every branch it carries. Threshold 0 never skips. A step counts as reused when every
+forward at that step reused its cache (a family may run its CFG branches as separate forwards).
 
 A family opts in through two things, both backend arrays [B, ...] with the branches stacked in
 equal row blocks along axis 0, in the order the family names them:
@@ -84,7 +85,7 @@ def check_threshold(threshold: float | None, calibrated: bool, model: str) -> fl
     if threshold is None:
         return None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
-        raise InvalidInput(f"invalid teacache {threshold!r}: use a threshold from 0 to 100 (0.3 is a usual start)")
+        raise InvalidInput(f"invalid teacache {threshold!r}: use a threshold from 0 to 100 (0.2 is a usual start)")
     if not calibrated:
         raise InvalidInput(f"model {model} has no TeaCache calibration; run: ollimg calibrate {model}")
     return float(threshold)
@@ -110,11 +111,21 @@ class TeaCache:
         self.backend, self.steps, self.threshold = backend, steps, threshold
         self.calibration, self.record = calibration, record
         self.branches: dict[str, Branch] = {}
-        self.ran = self.reused = 0
+        self.ran_steps: set[int] = set()  # steps where some forward ran the stack
+        self.reused_steps: set[int] = set()  # steps where some forward reused the cache
         self.trace: list[tuple[str, int, float, float]] = []
 
     def step(self, i: int, branches: tuple[str, ...]) -> "StepCache":
         return StepCache(self, i, branches)
+
+    @property
+    def ran(self) -> int:
+        return len(self.ran_steps)
+
+    @property
+    def reused(self) -> int:
+        """The steps whose every forward reused the cache."""
+        return len(self.reused_steps - self.ran_steps)
 
     def counts(self) -> dict[str, float]:
         return {"steps_run": float(self.ran), "steps_reused": float(self.reused)}
@@ -149,7 +160,7 @@ class StepCache:
                 must_run = must_run or branch.accumulated >= cache.threshold
             branch.previous = m
         if not must_run:
-            cache.reused += 1
+            cache.reused_steps.add(self.i)
             residuals = [b.residual for b in parts]
             return hidden + (residuals[0] if len(residuals) == 1 else cache.backend.concat(residuals))
         out = run(hidden)
@@ -159,7 +170,7 @@ class StepCache:
             if cache.record and inputs[k] is not None and branch.residual is not None:
                 cache.trace.append((name, self.i, inputs[k], cache._change(new, branch.residual)))
             branch.residual, branch.accumulated = new, 0.0
-        cache.ran += 1
+        cache.ran_steps.add(self.i)
         return out
 
 

@@ -5,7 +5,8 @@ and the access log, as ASGI middlewares the app installs.
 but CORS preflight, except the web page's HTML shell (`GET /`) and its static files under `/web/`,
 which hold no data and ask for the key in the browser; every API they call needs it.
 The body limit (OLLIMG_MAX_BODY) refuses a declared Content-Length at once and counts the bytes of
-a chunked body as they arrive, so no body is read whole before it is known to be small enough.
+a chunked body as they arrive, so no body is read whole before it is known to be small enough;
+`/api/load` alone is not limited (its archive goes a piece at a time into the store, as a pull's blobs do).
 The access log (logger `ollimg.access`) has one line per request: client, method, path (no query
 string), status, bytes sent, seconds. Imports config and errors; no route knows about these rules.
 """
@@ -57,6 +58,9 @@ class ApiKey:
         await self.app(scope, receive, send)
 
 
+STREAMED_BODIES = ("/api/load",)  # read a piece at a time into the store, never held whole: no OLLIMG_MAX_BODY
+
+
 class BodyLimit:
     """Refuses bodies over OLLIMG_MAX_BODY with 413: by Content-Length before reading, else while reading."""
 
@@ -64,7 +68,7 @@ class BodyLimit:
         self.app, self.error_response = app, error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in STREAMED_BODIES:
             await self.app(scope, receive, send)
             return
         limit = config.max_body()

@@ -147,7 +147,8 @@ async def _validation_error(request: Request, e: Exception) -> JSONResponse:
         return error_response(request.url.path, InvalidInput("the request body is not valid JSON"))
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     field = ".".join(loc)
-    message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    text = str(first.get("msg")).removeprefix("Value error, ")  # a validator's own message, as it is
+    message = f"{field}: {text}" if field else text
     return error_response(request.url.path, InvalidInput(f"invalid request: {message}"), param=field or None)
 
 

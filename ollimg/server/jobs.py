@@ -24,10 +24,12 @@ FINAL = ("done", "error")
 class Job:
     """Runs `work(emit)`; events are (kind, value): whatever work emits, then ("done", result) or ("error", exc)."""
 
-    def __init__(self, request: Request, work: Callable[[Emit], Awaitable[Any]]):
+    def __init__(self, request: Request, work: Callable[[Emit], Awaitable[Any]], watch: bool = True):
+        """`watch` False: no watcher reads `receive()`, for work that reads the request body itself
+        (it sees the client go away as the body breaking off)."""
         self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._task = asyncio.create_task(self._main(work))
-        self._watch = asyncio.create_task(self._watch_disconnect(request))
+        self._watch = asyncio.create_task(self._watch_disconnect(request)) if watch else None
 
     def emit(self, kind: str, value: Any = None) -> None:
         self._events.put_nowait((kind, value))
@@ -73,7 +75,11 @@ class Job:
 
     def close(self) -> None:
         self._task.cancel()
-        self._watch.cancel()
+        self._stop_watching()
+
+    def _stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
 
     async def _main(self, work: Callable[[Emit], Awaitable[Any]]) -> None:
         try:
@@ -87,7 +93,7 @@ class Job:
             log.exception("request failed")
             self.emit("error", internal_error(e))
         finally:
-            self._watch.cancel()
+            self._stop_watching()
 
     async def _watch_disconnect(self, request: Request) -> None:
         while True:

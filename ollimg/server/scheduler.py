@@ -8,7 +8,8 @@ wait, a new one gets Busy (503). A cancelled request cancels its generation. A r
 is dropped: the failing request gets the error with its stderr tail, the next one starts a fresh
 runtime.
 
-Every generation and load first passes admission (admission.py): the configured limits, then its
+Every generation first passes the capability check (capabilities.py: can the model take its
+input images?), and every generation and load admission (admission.py): the configured limits, then its
 estimated peak memory against free memory plus what unloading idle models would release. A
 generation that runs past OLLIMG_MAX_GENERATION_TIME is cancelled (504). Cancel reaches the runtime
 at once and takes effect at its next step boundary; a runtime that has not ended the generation
@@ -36,9 +37,9 @@ from typing import Any, AsyncIterator, Callable
 from ollimg import config
 from ollimg.errors import Busy, RuntimeFailed, TimedOut
 from ollimg.manifest import Model, Name
-from ollimg.progress import Step
+from ollimg.progress import OnPreview, Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
-from ollimg.server import admission, memory
+from ollimg.server import admission, capabilities, memory
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,15 @@ class Scheduler:
         keep_alive: float | None,
         on_load: Callable[[float], None] | None = None,
         on_step: Callable[[Step], None] | None = None,
-        on_preview: Callable[[int, bytes], None] | None = None,
+        on_preview: OnPreview | None = None,
     ) -> GenerateResult:
         """Runs one generation on the model's runtime (loading it first if needed).
 
         Callbacks run on the event loop: on_load(seconds spent loading, 0 if warm) once the
-        runtime is ready, on_step per finished step, on_preview(index, png) per partial image.
+        runtime is ready, on_step per finished step, on_preview per preview (a Preview: which one, of which image).
         """
         loop = asyncio.get_running_loop()
+        capabilities.check(model, request)
         plan = self._plan(model, request.width, request.height, request.steps, request.n)
         need = self._admit(model, plan)
         async with self._use(model, keep_alive, need) as (runner, load_seconds):

@@ -8,21 +8,25 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ollimg.archive import Archive
 from ollimg.manifest import Name, Store
 from tests.conftest import OLLIMG, cli_env
 from tests.integration.test_registry import assert_same_model, run_cli as _run_cli, small_model
 from tests.integration.test_server import Server
-from tests.synthetic_model import listing
+from tests.synthetic_model import listing, pipeline_tensors, write_model
 
 
 TIMEOUT = 300  # seconds for one command: generous, the test machine is shared
+MiB = 1 << 20
 
 
 def run_cli(*args: str, models: Path) -> subprocess.CompletedProcess:
@@ -98,7 +102,7 @@ def test_cli_bad_input_is_one_line_and_lands_nothing(tmp_path):
 def served(tmp_path_factory):
     """A real `ollimg serve` whose store holds one model; OLLIMG_API_KEY is set."""
     root = tmp_path_factory.mktemp("archive-serve")
-    srv = Server(root)
+    srv = Server(root, OLLIMG_MAX_BODY="64KB")  # an archive is more: /api/load streams, the limit is not for it
     srv.env["OLLIMG_API_KEY"] = "s3cret"
     small_model(Store(root / "models"), "me/served:v1", seed=5)
     srv.start()
@@ -131,7 +135,18 @@ def test_save_and_load_through_the_server(served, tmp_path):
     plain.write_bytes(renamed)
     loaded = cli("load", str(plain), "--json")
     assert loaded.returncode == 0, loaded.stderr
-    assert json.loads(loaded.stdout.splitlines()[-1])["models"] == ["me/renamed:v2"]
+    lines = [json.loads(line) for line in loaded.stdout.splitlines()]
+    assert lines[-1]["status"] == "success" and lines[-1]["models"] == ["me/renamed:v2"]
+    sent = [e for e in lines if e["status"] == "sending"]
+    assert sent[0]["completed"] == 0 and sent[-1]["completed"] == sent[-1]["total"] == len(renamed)
+    # then the server's own lines: every blob of the model is already in its store
+    skipped = {e["digest"] for e in lines if e["status"].startswith("skipping ")}
+    assert skipped == {d.digest for d in server_store.get(Name.parse("me/served:v1")).manifest.blobs()}
+    assert {"status": "writing manifest"} in lines
+    assert server_store.get(Name.parse("me/renamed:v2")).raw == server_store.get(Name.parse("me/served:v1")).raw
+    shown = cli("load", str(plain))  # stderr is not a terminal: plain progress lines
+    assert shown.returncode == 0 and shown.stdout.startswith("loaded 'me/renamed:v2'"), shown.stderr
+    assert "loading: " in shown.stderr and "writing manifest" in shown.stderr, shown.stderr
     assert server_store.get(Name.parse("me/renamed:v2")).raw == server_store.get(Name.parse("me/served:v1")).raw
 
     # a layout directory is sent as a tar made on the fly
@@ -170,11 +185,59 @@ def test_api_save_and_load_over_http(served, tmp_path):
     missing = httpx.post(served.url + "/api/save", json={"models": ["me/none:v1"]}, headers=key)
     assert missing.status_code == 404 and missing.json()["code"] == "model_not_found"
 
+    # streamed (the default): progress lines as for pull, the last one the result
     answer = httpx.post(served.url + "/api/load", content=data, headers=key)
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == {"models": ["me/served:v1"], "new_bytes": 0, "deduplicated_bytes": answer.json()["deduplicated_bytes"]}
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/x-ndjson", answer.text
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    size = sum(d.size for d in Store(Path(served.env["OLLIMG_MODELS"])).get(Name.parse("me/served:v1")).manifest.blobs())
+    assert lines[-1] == {"status": "success", "models": ["me/served:v1"], "new_bytes": 0, "deduplicated_bytes": size}
+    skipped = [e for e in lines[:-1] if e["status"].startswith("skipping ")]
+    blobs = Store(Path(served.env["OLLIMG_MODELS"])).get(Name.parse("me/served:v1")).manifest.blobs()
+    assert {e["digest"] for e in skipped} == {d.digest for d in blobs}
+    assert all(e["status"] == "skipping " + e["digest"][7:19] and e["completed"] == e["total"] for e in skipped)
+    single = httpx.post(served.url + "/api/load?stream=false", content=data, headers=key)
+    assert single.status_code == 200 and single.json() == lines[-1]
+
+    # an error found once lines have gone out is a final error line; with stream=false a 400
     bad = httpx.post(served.url + "/api/load", content=data[:-100], headers=key)
+    assert bad.status_code == 200
+    last = json.loads(bad.text.splitlines()[-1])
+    assert last["code"] == "invalid_model" and "truncated" in last["error"], bad.text
+    bad = httpx.post(served.url + "/api/load?stream=false", content=data[:-100], headers=key)
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_model" and "truncated" in bad.json()["error"]
+    # what fails before the first blob is a 4xx before any line, streamed or not
+    for junk in (b"x" * 100, b"\x1f\x8b" + b"\0" * 600, b""):
+        refused = httpx.post(served.url + "/api/load", content=junk, headers=key)
+        assert refused.status_code == 400 and refused.headers["content-type"] == "application/json", refused.text
+        assert refused.json()["code"] == "invalid_model"
+
+
+def test_api_load_streams_its_lines_while_the_archive_still_arrives(served, tmp_path):
+    """A client that reads while it sends (curl does) sees the 200 and the first progress lines
+    before it has sent the whole archive: the server loads as the bytes come."""
+    here = Store(tmp_path / "here")
+    write_model(here, "me/streamed:v1", pipeline_tensors(24, 12 * MiB, seed=7), {}, seed=7)
+    data = b"".join(Archive(here, [Name.parse("me/streamed:v1")]).chunks())  # a plain tar, index.json first
+    half = len(data) // 2  # several of the server's 1 MiB pieces
+    with socket.create_connection(("127.0.0.1", served.port), timeout=60) as sock:
+        sock.sendall(f"POST /api/load HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n"
+                     f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+        sock.sendall(data[:half])
+        early = b""
+        while b'"status"' not in early:
+            chunk = sock.recv(65536)
+            assert chunk, early
+            early += chunk
+        assert early.startswith(b"HTTP/1.1 200 ") and b"application/x-ndjson" in early
+        sock.sendall(data[half:])
+        rest = early
+        while not rest.endswith(b"0\r\n\r\n"):  # the chunked answer's end
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    assert b'"status":"success"' in rest and b'"models":["me/streamed:v1"]' in rest
+    assert Store(Path(served.env["OLLIMG_MODELS"])).exists(Name.parse("me/streamed:v1"))
 
 
 def _rename(tar_bytes: bytes, old: str, new: str) -> bytes:
@@ -235,3 +298,22 @@ def test_a_pushed_model_copied_out_by_skopeo_loads(registry, tmp_path):
         assert loaded.returncode == 0, (kind, loaded.stderr)
         assert loaded.stdout.splitlines()[0] == f"loaded '{Name.parse(name).display()}'"
         assert_same_model(src, dst, name)
+
+
+def test_a_client_that_goes_away_mid_upload_lands_nothing(served, tmp_path):
+    here = Store(tmp_path / "here")
+    write_model(here, "me/abandoned:v1", pipeline_tensors(24, 12 * MiB, seed=8), {}, seed=8)
+    data = b"".join(Archive(here, [Name.parse("me/abandoned:v1")]).chunks())
+    server_store = Store(Path(served.env["OLLIMG_MODELS"]))
+    before = listing(server_store.root)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=60) as sock:
+        sock.sendall(f"POST /api/load HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+        while b'"status"' not in sock.recv(65536):
+            pass
+    deadline = time.monotonic() + 30
+    while listing(server_store.root) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert listing(server_store.root) == before  # no model, no blob, no temp file
+    ok = httpx.post(served.url + "/api/load?stream=false", content=data, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json()["models"] == ["me/abandoned:v1"], ok.text

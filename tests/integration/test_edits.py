@@ -6,7 +6,9 @@ not), native `/api/generate` with images, and every bad input answered with a 4x
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import shutil
 
 import httpx
@@ -99,8 +101,8 @@ def test_openai_edit_streamed(oai):
 
 
 def test_openai_edit_several_images_reach_the_server(oai):
-    """The SDK sends a list as image[] parts; Z-Image edits one, and says so."""
-    with pytest.raises(openai.BadRequestError, match="edits one image at a time, got 2 images"):
+    """The SDK sends a list as image[] parts; Z-Image edits one, and the server says so before loading."""
+    with pytest.raises(openai.BadRequestError, match="takes at most 1 input image, got 2"):
         oai.images.edit(model=MODEL, image=[("a.png", png(photo())), ("b.png", png(photo(32, 32)))], prompt="x",
                         extra_body={"steps": 2})
 
@@ -121,6 +123,50 @@ def test_native_generate_with_images_and_metadata(server):
     text = image.info["parameters"]
     assert "Denoising strength: 0.6" in text
     assert f"Source image hash: {hashlib.sha256(source).hexdigest()}" in text
+
+
+def test_native_edit_kept_in_the_gallery_with_its_parameters(server):
+    """What the web page's Edit view does: stream with previews, keep in the gallery, read it back."""
+    source = png(photo())
+    mask = Image.new("L", (70, 53), 0)
+    mask.paste(255, (20, 10, 60, 40))
+    body = {"model": MODEL, "prompt": "a boat", "steps": 4, "seed": 4, "strength": 0.5, "n": 2, "previews": 1,
+            "gallery": True, "images": ["data:image/png;base64," + base64.b64encode(source).decode()],
+            "mask": base64.b64encode(png(mask)).decode()}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=120) as r:
+        lines = [json.loads(text) for text in r.iter_lines() if text.strip()]
+    previews, done = [ln for ln in lines if "preview" in ln], lines[-1]
+    assert [p["image_index"] for p in previews] == [0, 1] and done["strength"] == 0.5
+    for image_id, seed in zip(done["gallery_ids"], (4, 5), strict=True):
+        kept = httpx.get(f"{server.url}/api/gallery/{image_id}").json()
+        assert (kept["seed"], kept["strength"], kept["mask"]) == (seed, 0.5, True)
+        assert kept["source_digest"] == "sha256:" + hashlib.sha256(source).hexdigest()
+        served = httpx.get(f"{server.url}/api/gallery/{image_id}/source")
+        assert served.status_code == 200 and Image.open(io.BytesIO(served.content)).size == (70, 53)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.content))), np.asarray(photo()))
+        served = httpx.get(f"{server.url}/api/gallery/{image_id}/mask")
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.content))), np.asarray(mask))
+    plain = httpx.post(server.url + "/api/generate", timeout=120, json={
+        "model": MODEL, "prompt": "x", "steps": 1, "width": 32, "height": 32, "stream": False, "gallery": True}).json()
+    kept = httpx.get(f"{server.url}/api/gallery/{plain['gallery_ids'][0]}").json()
+    assert kept["strength"] is None and kept["mask"] is False and plain.get("strength") is None
+    assert httpx.get(f"{server.url}/api/gallery/{kept['id']}/source").status_code == 404
+
+
+def test_native_edit_errors_name_their_field(server):
+    """A bad image (param images), a mask of another size (param mask), a model that cannot edit (param
+    model): all before the stream starts (the last refused before the model loads)."""
+    r = httpx.post(server.url + "/api/generate", timeout=60, json={
+        "model": MODEL, "prompt": "x", "images": [base64.b64encode(b"not an image").decode()]})
+    assert r.status_code == 400 and r.json()["param"] == "images" and "is not an image" in r.json()["error"]
+    r = httpx.post(server.url + "/api/generate", timeout=60, json={
+        "model": MODEL, "prompt": "x", "images": [base64.b64encode(png(photo())).decode()],
+        "mask": base64.b64encode(png(alpha_mask(64, 48))).decode()})
+    assert r.status_code == 400 and r.json()["param"] == "mask"
+    with httpx.stream("POST", server.url + "/api/generate", timeout=120, json={
+            "model": "noenc", "prompt": "x", "steps": 2, "images": [base64.b64encode(png(photo())).decode()]}) as r:
+        status, last = r.status_code, [json.loads(text) for text in r.iter_lines() if text.strip()][-1]
+    assert status == 400 and last["param"] == "model" and "cannot edit images: it has no VAE encoder" in last["error"]
 
 
 def edit_status(server, files, data=None) -> httpx.Response:
@@ -188,10 +234,19 @@ def test_upload_limit_before_the_body_is_read(server):
     assert r.status_code == 413
 
 
-def test_a_model_that_cannot_edit(server):
+def test_a_model_that_cannot_edit_is_refused_before_it_loads(server):
+    """On every interface: a 400 naming the reason, and the model never loaded."""
+    message = "model noenc:latest cannot edit images: it has no VAE encoder"
+    image = base64.b64encode(png(photo())).decode()
     r = httpx.post(server.url + "/v1/images/edits", files={"image": ("a.png", png(photo()))},
                    data={"model": "noenc", "prompt": "x"}, timeout=120)
-    assert r.status_code == 400 and "cannot edit images: it has no VAE encoder" in r.json()["error"]["message"]
+    assert r.status_code == 400 and message in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/api/generate", json={"model": "noenc", "prompt": "x", "images": [image]}, timeout=120)
+    assert r.status_code == 400 and message in r.json()["error"]
+    r = httpx.post(server.url + "/sdapi/v1/img2img", timeout=120, json={
+        "prompt": "x", "init_images": [image], "override_settings": {"sd_model_checkpoint": "noenc"}})
+    assert r.status_code == 400 and message in r.text
+    assert "noenc" not in {m["name"].split(":")[0] for m in server.ps()}
 
 
 def test_cli_run_with_image_and_mask(server, tmp_path):
@@ -290,10 +345,16 @@ def test_cfg_knobs_on_every_interface(server, oai, tmp_path):
 
 
 def test_openai_edit_several_reference_images_with_klein(oai):
-    """FLUX.2 klein takes several images as references (image[] parts); it has no mask or strength."""
+    """FLUX.2 klein takes several images as references (image[] parts); with a mask or a strength it
+    inpaints the first (Flux2KleinInpaintPipeline), the others staying references."""
     result = oai.images.edit(model="klein", image=[("a.png", png(photo(80, 64))), ("b.png", png(photo(64, 64)))],
                              prompt="the two together", extra_body={"steps": 2, "seed": 1})
     assert decode(result.data[0].b64_json).size == (80, 64)
-    with pytest.raises(openai.BadRequestError, match="cannot edit images: it takes no strength"):
-        oai.images.edit(model="klein", image=("a.png", png(photo(64, 64))), prompt="x",
-                        extra_body={"steps": 2, "strength": 0.5})
+    inpainted = oai.images.edit(model="klein", image=[("a.png", png(photo())), ("b.png", png(photo(64, 64)))],
+                                mask=("m.png", png(alpha_mask())), prompt="x", extra_body={"steps": 2, "seed": 1})
+    assert decode(inpainted.data[0].b64_json).size == (64, 48)
+    redrawn = oai.images.edit(model="klein", image=("a.png", png(photo(64, 64))), prompt="x",
+                              extra_body={"steps": 2, "strength": 0.5})
+    assert decode(redrawn.data[0].b64_json).size == (64, 64)
+    with pytest.raises(openai.BadRequestError, match="takes at most 8 input images, got 9"):
+        oai.images.edit(model="klein", image=[("a.png", png(photo(64, 64)))] * 9, prompt="x", extra_body={"steps": 2})

@@ -34,10 +34,11 @@ def test_generate_streams_steps_and_returns_images(runtime):
     steps, previews = [], []
     result = runtime.generate(GenerateRequest("a cat", width=48, height=32, steps=4, seed=5, n=2, previews=2,
                                               model_name="tiny:latest"),
-                              on_step=steps.append, on_preview=lambda i, png: previews.append((i, png)))
+                              on_step=steps.append, on_preview=previews.append)
     assert [s.step for s in steps] == [1, 2, 3, 4] and all(s.total == 4 for s in steps)
-    assert [i for i, _ in previews] == [0, 1]
-    assert Image.open(io.BytesIO(previews[0][1])).size == (48, 32)
+    assert [(p.index, p.image, p.step) for p in previews] == [(0, 0, 1), (0, 1, 1), (1, 0, 3), (1, 1, 3)]
+    assert {Image.open(io.BytesIO(p.png)).size for p in previews} == {(48, 32)}
+    assert previews[2].png != previews[3].png  # each image of the batch (seeds 5 and 6) has its own preview
     assert result.seeds == [5, 6] and len(result.images) == 2 and (result.width, result.height) == (48, 32)
     image = Image.open(io.BytesIO(result.images[1]))
     assert image.format == "PNG" and image.size == (48, 32)

@@ -151,14 +151,27 @@ def test_openai_n2_each_its_own_seed(oai, runtime):
 
 def test_openai_stream(oai, runtime):
     events = list(oai.images.generate(
-        model=MODEL, prompt="a star", size="32x32", stream=True, partial_images=1, output_format="jpeg",
+        model=MODEL, prompt="a star", size="32x32", stream=True, partial_images=2, output_format="jpeg", n=2,
         extra_body={"steps": 3, "progress": True},  # step events only when asked
     ))
     types = [e.type for e in events]
     assert types.count("progress") == 3
-    assert types[-1] == "image_generation.completed"
+    assert types[-2:] == ["image_generation.completed"] * 2
     assert decode(events[-1].b64_json).format == "JPEG"
-    assert "image_generation.partial_image" in types
+    partial = [e for e in events if e.type == "image_generation.partial_image"]  # 2 per image of the batch
+    assert [(e.partial_image_index, e.model_extra["image_index"]) for e in partial] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert partial[0].b64_json != partial[1].b64_json  # each image's own preview
+    assert [e.model_extra["image_index"] for e in events[-2:]] == [0, 1]
+
+
+def test_native_stream_previews_every_image_of_a_batch(server, runtime):
+    lines = list(generate_lines(server, {"prompt": "a star", "width": 32, "height": 32, "steps": 4, "n": 2,
+                                         "seed": 3, "previews": 1}))
+    previews = [ln for ln in lines if "preview" in ln]
+    assert [(p["index"], p["image_index"], p["step"]) for p in previews] == [(0, 0, 2), (0, 1, 2)]
+    assert previews[0]["preview"] != previews[1]["preview"]
+    assert {decode(p["preview"]).size for p in previews} == {(32, 32)}
+    assert lines[-1]["done"] and lines[-1]["seeds"] == [3, 4]
 
 
 def test_openai_errors(oai):

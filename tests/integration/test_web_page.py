@@ -9,6 +9,7 @@ With OLLIMG_WEB_SCREENSHOTS=DIR, the tests that take screenshots also write them
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import re
@@ -44,12 +45,16 @@ RECORD = """() => {
     .observe(document.getElementById(id), { childList: true, characterData: true, subtree: true });
   text("status", window.seen.status);
   text("pull-status", window.seen.pull);
+  window.seen.slots = [];  // every preview shown, in either view: [view, image index, src]
   new MutationObserver((records) => {
     for (const r of records) {
       const img = r.type === "attributes" ? r.target : null;
-      if (img && img.classList.contains("preview")) window.seen.previews.push(img.src);
+      if (!img || !img.classList.contains("preview")) continue;
+      const view = img.closest(".view").id;
+      if (view === "view-create") window.seen.previews.push(img.src);
+      window.seen.slots.push([view, Number(img.closest(".slot").dataset.image), img.src]);
     }
-  }).observe(document.getElementById("results"), { attributes: true, attributeFilter: ["src"], subtree: true });
+  }).observe(document.querySelector("main"), { attributes: true, attributeFilter: ["src"], subtree: true });
   new MutationObserver(() => window.seen.bar.push(document.getElementById("pull-bar").value))
     .observe(document.getElementById("pull-bar"), { attributes: true });
 }"""
@@ -90,8 +95,9 @@ def open_page(pg: Page, server: Server, view: str = "create") -> None:
     pg.goto(f"{server.url}/#{view}")
     pg.evaluate(RECORD)
     expect(pg.locator(f"#view-{view}")).to_be_visible()
-    if view == "create":
-        expect(pg.locator("#model option").first).to_have_attribute("value", re.compile(r"\S"))
+    if view in ("create", "edit"):
+        prefix = "edit-" if view == "edit" else ""
+        expect(pg.locator(f"#{prefix}model option").first).to_have_attribute("value", re.compile(r"\S"))
 
 
 def generate(pg: Page, prompt: str, **fields: str) -> None:
@@ -103,9 +109,9 @@ def generate(pg: Page, prompt: str, **fields: str) -> None:
     expect(pg.locator("#results img.final").first).to_be_visible()
 
 
-def screenshot(pg: Page, path: Path) -> None:
+def screenshot(pg: Page, path: Path, full_page: bool = False) -> None:
     """A screenshot that shows something; also written to OLLIMG_WEB_SCREENSHOTS when set."""
-    pg.screenshot(path=str(path))
+    pg.screenshot(path=str(path), full_page=full_page)
     with Image.open(path) as img:
         assert len(img.getcolors(1 << 16) or range(1 << 16)) > 16  # drawn, not blank
         if docs := os.environ.get("OLLIMG_WEB_SCREENSHOTS"):  # small files for the repo: 256 colours suit a UI
@@ -146,6 +152,16 @@ def test_generate_shows_progress_previews_and_the_image(page, server):
     assert str(kept[0]["seed"]) == seed and kept[0]["steps"] == 8
 
 
+def test_a_batch_of_two_shows_a_preview_of_each_image(page, server):
+    open_page(page, server)
+    generate(page, "a small green square in the center on a white background", n="2", steps="3", seed="11")
+    expect(page.locator("#results img.final")).to_have_count(2)
+    previews = [(i, src) for view, i, src in page.evaluate("window.seen.slots") if view == "view-create"]
+    first, second = ([src for i, src in previews if i == k] for k in (0, 1))
+    assert first and second and set(first).isdisjoint(second), previews  # each image its own previews
+    assert gallery(server, q="green square")["total"] == 2
+
+
 def test_bad_size_shows_an_error_next_to_the_field(page, server):
     open_page(page, server)
     before = gallery(server)["total"]
@@ -177,6 +193,126 @@ def test_stop_cancels_on_the_server(page, server):
     }""", arg=server.url, timeout=30_000)
     log = server.log.read_text()
     assert "cancelling generation on shapes:latest" in log
+    assert gallery(server)["total"] == before
+
+
+# -- edit -----------------------------------------------------------------------------------------
+
+
+def picture(path: Path) -> bytes:
+    """A 128x128 picture like the built-in model's: a red circle on a blue background."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (128, 128), (40, 60, 200))
+    ImageDraw.Draw(image).ellipse((20, 20, 76, 76), fill=(220, 30, 30))
+    image.save(path)
+    return path.read_bytes()
+
+
+# Drops an image on the Edit view, or pastes one, as a browser does: a DataTransfer holding a File.
+HAND_OVER = """([how, b64]) => {
+  const data = new DataTransfer();
+  data.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], "start.png", { type: "image/png" }));
+  if (how === "drop") {
+    document.getElementById("edit-drop").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+  } else {
+    document.getElementById("edit-prompt").dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }));
+  }
+}"""
+
+
+def test_edit_with_a_painted_mask_lands_in_the_gallery(page, server, tmp_path):
+    prompt = "a large yellow triangle at the bottom right on a blue background"
+    source = picture(tmp_path / "start.png")
+    open_page(page, server, "edit")
+    page.set_input_files("#edit-file", str(tmp_path / "start.png"))
+    canvas = page.locator("#edit-canvas")
+    expect(canvas).to_be_visible()
+    expect(page.locator("#edit-size")).to_have_value("")  # the image's size: the model's, 128x128
+    canvas.focus()  # from the keyboard: the brush starts in the middle; a dot above it
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("Space")
+    dot = page.evaluate("[Math.round(paint.cursor.x), Math.round(paint.cursor.y)]")  # canvas pixels: the image's here
+    assert dot[0] == 64 and dot[1] < 60
+    box = canvas.bounding_box()  # with the mouse: a stroke in the bottom right
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] * 0.9, steps=5)
+    page.mouse.up()
+    page.focus("#edit-strength")
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")  # 0.6 -> 0.8
+    expect(page.locator("#edit-strength-value")).to_have_text("0.80")
+    page.fill("#edit-prompt", prompt)
+    page.fill("#edit-seed", "77")
+    with page.expect_request("**/api/generate") as sent:
+        page.keyboard.press("Control+Enter")
+    expect(page.locator("#edit-results img.final")).to_be_visible()
+    body = sent.value.post_data_json
+    assert body["images"][0].endswith(base64.b64encode(source).decode()) and body["strength"] == 0.8
+    with Image.open(io.BytesIO(base64.b64decode(body["mask"].split(",", 1)[1]))) as mask:  # transparent = redrawn
+        alpha = mask.getchannel("A")
+        assert mask.size == (128, 128) and alpha.getpixel((110, 110)) == 0 and alpha.getpixel((5, 120)) == 255
+        assert alpha.getpixel(tuple(dot)) == 0 and alpha.getpixel((5, 5)) == 255  # the keyboard's dot
+    assert any(view == "view-edit" for view, _, _ in page.evaluate("window.seen.slots"))  # previews, as in Create
+    expect(page.locator("#edit-timings")).to_contain_text("strength 0.8")
+    page.evaluate("document.activeElement.blur()")
+    screenshot(page, tmp_path / "web-edit.png", full_page=True)
+
+    kept = gallery(server, q=prompt)["images"]
+    assert len(kept) == 1 and (kept[0]["seed"], kept[0]["strength"], kept[0]["mask"]) == (77, 0.8, True)
+    assert kept[0]["source_digest"] == "sha256:" + hashlib.sha256(source).hexdigest()
+    page.goto(f"{server.url}/#gallery")
+    page.fill("#gallery-q", prompt)
+    expect(page.locator(".thumb")).to_have_count(1)
+    expect(page.locator(".thumb .badge")).to_have_text("edit")
+    page.locator(".thumb").first.click()
+    expect(page.locator("#viewer-params")).to_contain_text("strength 0.8, inside a mask")
+    page.click("#viewer-reuse")  # the image it started from, its mask and its settings, back in Edit
+    expect(page.locator("#view-edit")).to_be_visible()
+    expect(page.locator("#edit-image-info")).to_contain_text("128×128")
+    assert page.input_value("#edit-prompt") == prompt and page.input_value("#edit-seed") == "77"
+    expect(page.locator("#edit-strength-value")).to_have_text("0.80")
+    page.wait_for_function("() => maskPainted()")
+
+
+def test_bad_edits_show_errors_next_to_their_field(page, server, tmp_path, tiny_zimage_dir):
+    before = gallery(server)["total"]
+    open_page(page, server, "edit")
+    page.fill("#edit-prompt", "a red circle")
+    page.click("#edit-generate")
+    expect(page.locator("#edit-image-error")).to_contain_text("Choose, drop or paste an image")
+    (tmp_path / "notes.png").write_text("not a picture")
+    page.set_input_files("#edit-file", str(tmp_path / "notes.png"))
+    expect(page.locator("#edit-image-error")).to_contain_text("notes.png is not an image this browser can read")
+    expect(page.locator("#edit-file")).to_have_attribute("aria-invalid", "true")
+    picture(tmp_path / "start.png")
+    for how, name in (("drop", "start.png"), ("paste", "the pasted image")):  # the other two ways in
+        page.evaluate(HAND_OVER, [how, base64.b64encode((tmp_path / "start.png").read_bytes()).decode()])
+        expect(page.locator("#edit-image-info")).to_have_text(f"{name}, 128×128 pixels.")
+        expect(page.locator("#edit-image-error")).to_be_empty()
+        expect(page.locator("#edit-file")).not_to_have_attribute("aria-invalid", "true")
+
+    no_encoder = tmp_path / "no-encoder"  # a model whose VAE cannot encode: it cannot edit
+    shutil.copytree(tiny_zimage_dir, no_encoder)
+    from safetensors.numpy import load_file, save_file
+
+    vae = next((no_encoder / "vae").glob("*.safetensors"))
+    save_file({k: v for k, v in load_file(vae).items() if not k.startswith(("encoder.", "quant_conv."))}, vae)
+    httpx.post(server.url + "/api/create", json={"model": "noenc", "from": str(no_encoder)}, timeout=120).raise_for_status()
+    try:
+        page.reload()
+        page.set_input_files("#edit-file", str(tmp_path / "start.png"))
+        page.select_option("#edit-model", "noenc:latest")
+        page.fill("#edit-prompt", "a red circle")
+        page.fill("#edit-steps", "2")
+        page.click("#edit-generate")
+        expect(page.locator("#edit-model-error")).to_contain_text("cannot edit images: it has no VAE encoder")
+        expect(page.locator("#edit-model")).to_have_attribute("aria-invalid", "true")
+        assert page.inner_text("#edit-form-error") == "" and page.inner_text("#edit-image-error") == ""
+    finally:
+        httpx.request("DELETE", server.url + "/api/delete", json={"model": "noenc"}, timeout=60)
     assert gallery(server)["total"] == before
 
 
@@ -323,12 +459,21 @@ def test_views_on_desktop_and_phone(browser, server, tmp_path):
         context = browser.new_context(viewport=viewport, color_scheme=scheme)
         pg = context.new_page()
         pg.set_default_timeout(TIMEOUT)
-        for view in ("create", "gallery", "models"):
+        for view in ("create", "edit", "gallery", "models") if label else ("create", "gallery", "models"):
             pg.goto(f"{server.url}/#{view}")
             if view == "create":
                 expect(pg.locator("#model option").first).to_have_attribute("value", re.compile(r"\S"))
                 if not label:  # once is enough: the phone shows the form
                     generate(pg, PROMPT, seed="1")
+            elif view == "edit":  # on the phone (the desktop's is the edit test's): an image and a stroke of mask
+                picture(tmp_path / "start.png")
+                pg.set_input_files("#edit-file", str(tmp_path / "start.png"))
+                box = pg.locator("#edit-canvas").bounding_box()
+                pg.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.8)
+                pg.mouse.down()
+                pg.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.8, steps=4)
+                pg.mouse.up()
+                assert pg.evaluate("maskPainted()")
             elif view == "gallery":
                 expect(pg.locator(".thumb img").first).to_have_attribute("src", re.compile("^blob:"))
             else:

@@ -10,7 +10,7 @@ import threading
 import time
 
 from ollimg.errors import Cancelled, RuntimeFailed
-from ollimg.progress import Step
+from ollimg.progress import Preview, Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 
 
@@ -53,7 +53,8 @@ class FakeRuntime:
                 if on_step:
                     on_step(Step(i, steps, time.monotonic() - started))
                 if on_preview and request.previews and i == steps // 2:
-                    on_preview(0, b"\x89PNG preview")
+                    for k in range(request.n):
+                        on_preview(Preview(0, k, i, f"\x89PNG preview {k}".encode()))
             seed = 42 if request.seed is None else request.seed
             self.generations += 1
             return GenerateResult(

@@ -77,7 +77,8 @@ def test_repl_set_and_errors(capsys):
     assert settings.seed is None and settings.negative is None
     for bad, message in (("/set width 100", "multiple of 16"), ("/set steps 0", "above 0"), ("/set steps x", "not a number"),
                          ("/set n 11", "at most 10"), ("/set format gif", "unknown --format"), ("/set color red", "unknown setting"),
-                         ("/frobnicate", "unknown command"), ("/set guidance -1", "0 or more")):
+                         ("/frobnicate", "unknown command"), ("/set guidance -1", "0 or more"),
+                         ("/set seed 9007199254740977", "from 0 to 9007199254740976")):
         with pytest.raises(InvalidInput, match=message):
             repl.command(bad)
     assert settings == Settings(768, 512, 4, None, 1.5, None, 2, "jpeg") and drawn == []  # bad lines changed nothing
@@ -134,3 +135,19 @@ def test_repl_set_teacache():
     repl.command("/set teacache off")
     assert settings.teacache is None
 
+
+
+@pytest.mark.parametrize("value, seconds", [("5m", 300.0), ("1h30m", 5400.0), (10, 10.0), ("-1", None), (-5, None), (0, 0.0)])
+def test_durations(value, seconds):
+    from ollimg.config import parse_duration
+
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", [True, False, float("nan"), float("inf"), float("-inf"), "nan", "inf", "9" * 400, "5 m"])
+def test_what_is_no_duration(value):
+    """keep_alive and OLLIMG_KEEP_ALIVE: booleans and numbers that are not finite are refused."""
+    from ollimg.config import parse_duration
+
+    with pytest.raises(InvalidInput, match="invalid duration"):
+        parse_duration(value)

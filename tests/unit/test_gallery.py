@@ -48,6 +48,27 @@ def test_add_list_get_delete(tmp_path):
         g.get(first.id)
 
 
+def test_an_edit_keeps_its_source_and_mask(tmp_path):
+    g = Gallery(tmp_path / "g", max_bytes=10**9)
+    made = entry("a boat")
+    made.strength, made.source_digest = 0.6, "sha256:" + "ab" * 32
+    mask = Image.new("L", (64, 64), 0)
+    out = io.BytesIO()
+    mask.save(out, "PNG")
+    kept = g.add(png("red"), made, png("blue"), out.getvalue())
+    again = Gallery(tmp_path / "g", max_bytes=10**9).get(kept.id)  # read back from its JSON
+    assert (again.strength, again.source_digest, again.mask) == (0.6, made.source_digest, True)
+    assert g.source_path(again).read_bytes() == png("blue") and g.mask_path(again).read_bytes() == out.getvalue()
+    assert again.bytes == sum(p.stat().st_size for p in (tmp_path / "g").iterdir() if not p.name.endswith(".json"))
+    plain = g.add(png("green"), entry())
+    with pytest.raises(ImageNotFound, match="no source image"):
+        g.source_path(plain)
+    with pytest.raises(ImageNotFound, match="no mask"):
+        g.mask_path(plain)
+    g.delete(kept.id)
+    assert not list((tmp_path / "g").glob(f"{kept.id}*"))
+
+
 def test_history_survives_a_new_gallery_and_leftovers_go(tmp_path):
     root = tmp_path / "g"
     kept = Gallery(root, max_bytes=10**9).add(png(), entry(seed=7))
@@ -139,7 +160,8 @@ def test_generate_keeps_nothing_it_cannot_read_and_says_so(tmp_path):
 def test_generate_streams_previews_on_request(tmp_path):
     async def fn(c, _):
         lines = []
-        async with c.stream("POST", "/api/generate", json={"model": "tiny", "prompt": "x", "steps": 4, "previews": 1}) as r:
+        async with c.stream("POST", "/api/generate", json={"model": "tiny", "prompt": "x", "steps": 4, "previews": 1,
+                                                           "n": 2}) as r:
             async for text in r.aiter_lines():
                 if text.strip():
                     lines.append(json.loads(text))
@@ -148,9 +170,9 @@ def test_generate_streams_previews_on_request(tmp_path):
 
     lines, plain = call(tmp_path, fn)
     kinds = ["preview" if "preview" in obj else "step" if "step" in obj else "done" for obj in lines]
-    assert kinds == ["step", "step", "preview", "step", "step", "done"]
-    preview = lines[2]
-    assert preview["index"] == 0 and preview["done"] is False and preview["preview"]
+    assert kinds == ["step", "step", "preview", "preview", "step", "step", "done"]
+    assert [(p["index"], p["image_index"], p["step"]) for p in lines[2:4]] == [(0, 0, 2), (0, 1, 2)]
+    assert lines[2]["done"] is False and lines[2]["preview"] != lines[3]["preview"]
     assert '"preview"' not in plain  # none unless asked
 
 

@@ -18,6 +18,8 @@ R = "registry.ollimg.dev"
         ("localhost/z", "localhost", "library", "z", "latest", "localhost/library/z:latest"),
         ("ghcr.io/me/z:v1.0", "ghcr.io", "me", "z", "v1.0", "ghcr.io/me/z:v1.0"),
         ("127.0.0.1:5000/a/b", "127.0.0.1:5000", "a", "b", "latest", "127.0.0.1:5000/a/b:latest"),
+        ("localhost:65535/a/b", "localhost:65535", "a", "b", "latest", "localhost:65535/a/b:latest"),
+        ("[::1]:1/a/b", "[::1]:1", "a", "b", "latest", "[::1]:1/a/b:latest"),
         ("a.b_c-d", R, "library", "a.b_c-d", "latest", "a.b_c-d:latest"),
         ("x:_t.1-2", R, "library", "x", "_t.1-2", "x:_t.1-2"),
     ],
@@ -62,6 +64,10 @@ def test_registry_from_env(monkeypatch):
         ("x/../y", "namespace '..'"),
         ("a b", "model"),
         ("a:b:c", "tag"),
+        ("127.0.0.1:99999/a/b", "registry port 99999 is out of range: use 1 to 65535"),
+        ("localhost:65536/a/b", "registry port 65536"),
+        ("localhost:0/a/b", "registry port 0"),
+        ("[::1]:70000/a/b", "registry port 70000"),
     ],
 )
 def test_invalid(text, why):

@@ -129,3 +129,20 @@ def test_backend_choice(monkeypatch):
         backend.choose("tpu")
     monkeypatch.setenv("OLLIMG_BACKEND", "auto")
     assert backend.choose() in ("torch", "mlx")
+
+
+def test_the_seed_ceiling_is_the_apis():
+    """One ceiling: what the API states (api.MAX_SEED) is what the runtime takes, for every image."""
+    from types import SimpleNamespace
+
+    from ollimg import api
+    from ollimg.runtime.pipeline import request
+    from ollimg.runtime.request import MAX_IMAGES, MAX_SEED
+
+    assert api.MAX_SEED == MAX_SEED and MAX_SEED + MAX_IMAGES - 1 == 2**53 - 1
+    defaults = SimpleNamespace(width=16, height=16, steps=1, guidance=0.0)
+    top = request(defaults, "p", None, None, None, None, None, MAX_SEED, MAX_IMAGES)
+    assert top.seed == MAX_SEED
+    for bad in (MAX_SEED + 1, -1, True, 1.0):
+        with pytest.raises(InvalidInput, match=f"from 0 to {MAX_SEED}"):
+            request(defaults, "p", None, None, None, None, None, bad, 1)

@@ -42,7 +42,9 @@ def test_images_generations_stream(tmp_path):
     assert status == 200 and ctype.startswith("text/event-stream")
     events = sse_events(text)
     names = [e for e, _ in events]
-    assert names.count("progress") == 4 and names.count("image_generation.partial_image") == 1
+    assert names.count("progress") == 4 and names.count("image_generation.partial_image") == 2  # one per image
+    partial = [d for e, d in events if e == "image_generation.partial_image"]
+    assert [(d["partial_image_index"], d["image_index"]) for d in partial] == [(0, 0), (0, 1)]
     assert names[-2:] == ["image_generation.completed", "image_generation.completed"]
     assert events[0][1] == {"type": "progress", "step": 1, "total": 4}
     done = [d for e, d in events if e == "image_generation.completed"]

@@ -80,6 +80,19 @@ def test_a_branch_keeps_its_cache_when_the_batch_changes():
     assert cache.reused == 1 and np.allclose(out - m[1], 2.0)
 
 
+def test_separate_branch_forwards_decide_alone_and_a_step_is_reused_only_when_both_are():
+    """A family that runs its CFG branches as two forwards per step (FLUX.2 klein base)."""
+    cache = TeaCache(NumpyBackend(), 4, 0.25, LINEAR)
+    calm, busy = inputs([0.01, 0.01, 0.01]), inputs([0.5, 0.01, 0.01])
+    outs = []
+    for i in range(4):
+        outs.append(cache.step(i, ("cond",)).stack(calm[i], calm[i], lambda h: h + 1.0))
+        outs.append(cache.step(i, ("uncond",)).stack(busy[i], busy[i], lambda h: h + 3.0))
+    # step 1: cond reuses, uncond runs (the step ran); step 2: both reuse; steps 0 and 3 run
+    assert (cache.ran, cache.reused) == (3, 1) and cache.reused_steps == {1, 2}
+    assert np.allclose(outs[2] - calm[1], 1.0) and np.allclose(outs[5] - busy[2], 3.0)
+
+
 def test_record_runs_every_step_and_traces_changes():
     cache = TeaCache(NumpyBackend(), 4, record=True)
     run_steps(cache, inputs([0.1, 0.2, 0.3]))

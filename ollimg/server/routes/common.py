@@ -87,7 +87,7 @@ def internal_error(e: BaseException) -> OllimgError:
 
 
 def error_line(e: OllimgError) -> bytes:
-    return line(api.Error(error=wire_message(e), code=e.code))
+    return line(api.Error(error=wire_message(e), code=e.code, param=e.param))
 
 
 def openai_error(e: OllimgError, status: int, param: str | None = None) -> api.OpenAIError:

@@ -1,13 +1,15 @@
 """Gallery routes: the images kept by `POST /api/generate` with `"gallery": true`.
 
 `GET /api/gallery` lists them (newest first, filtered by model or prompt words, paged with
-`before`), `GET /api/gallery/{id}/image` and `/thumbnail` serve their bytes, `DELETE
-/api/gallery/{id}` removes one. The gallery itself (ollimg/gallery.py) lives in app.state.
+`before`), `GET /api/gallery/{id}/image` and `/thumbnail` serve their bytes (an edit's also
+`/source` and `/mask`), `DELETE /api/gallery/{id}` removes one. The gallery itself
+(ollimg/gallery.py) lives in app.state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 
 from fastapi import APIRouter, Query, Request
@@ -34,6 +36,8 @@ async def keep(request: Request, model_name: str, model_digest: str, req: Genera
     """Keeps a generation's images in the gallery; their ids (an image that could not be kept is logged)."""
 
     g = gallery(request)
+    source = base64.b64decode(req.images[0]) if req.images else None  # an edit: its first (only) image
+    mask = base64.b64decode(req.mask) if req.mask else None
 
     def add_all() -> list[str]:
         ids = []
@@ -42,9 +46,10 @@ async def keep(request: Request, model_name: str, model_digest: str, req: Genera
                 id="", created_at="", model=model_name, model_digest=model_digest, prompt=req.prompt,
                 negative_prompt=req.negative_prompt, width=result.width, height=result.height, steps=result.steps,
                 guidance=result.guidance, seed=seed, format=result.format, timings=dict(result.timings),
+                strength=result.strength, source_digest=req.image_digests[0] if source is not None else None,
             )
             try:
-                kept = g.add(image, entry)
+                kept = g.add(image, entry, source, mask)
             except (OSError, ValueError) as e:
                 log.warning("gallery: could not keep an image of %s: %s", model_name, e)
                 continue
@@ -90,6 +95,22 @@ def image_bytes(image_id: str, request: Request) -> FileResponse:
 def thumbnail(image_id: str, request: Request) -> FileResponse:
     g = gallery(request)
     return FileResponse(g.thumb_path(g.get(image_id)), media_type="image/jpeg")
+
+
+@router.get("/api/gallery/{image_id}/source", response_class=FileResponse,
+            responses={200: {"description": "an edit's input image (PNG, as the model got it); 404 for images "
+                                            "made from text alone"}, **ERRORS})
+def source_bytes(image_id: str, request: Request) -> FileResponse:
+    g = gallery(request)
+    return FileResponse(g.source_path(g.get(image_id)), media_type="image/png")
+
+
+@router.get("/api/gallery/{image_id}/mask", response_class=FileResponse,
+            responses={200: {"description": "an edit's mask (greyscale PNG, white = redrawn); 404 when it had none"},
+                       **ERRORS})
+def mask_bytes(image_id: str, request: Request) -> FileResponse:
+    g = gallery(request)
+    return FileResponse(g.mask_path(g.get(image_id)), media_type="image/png")
 
 
 @router.delete("/api/gallery/{image_id}", response_model=api.GalleryImage, responses=ERRORS)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ollimg import api, input_images
 from ollimg.calibrate import check_teacache
 from ollimg.errors import InvalidInput, OllimgError
-from ollimg.progress import Step
+from ollimg.progress import Preview, Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 from ollimg.server import defaults
 from ollimg.server.jobs import Job
@@ -52,10 +52,14 @@ async def generate(body: api.GenerateRequest, request: Request):
         return api.GenerateResponse(model=name, created_at=now(), done_reason="load", load_duration=int(seconds * 1e9))
 
     asked = defaults.without_stock(model, defaults.Settings(body.steps, body.guidance, body.width, body.height))
-    images, mask, digests = input_images.prepare([input_images.from_base64(i, "images") for i in body.images or []],
-                                                 input_images.from_base64(body.mask, "mask") if body.mask else None)
+    try:
+        images, mask, digests = input_images.prepare([input_images.from_base64(i, "images") for i in body.images or []],
+                                                     input_images.from_base64(body.mask, "mask") if body.mask else None)
+    except InvalidInput as e:
+        e.param = "mask" if "mask" in e.message else "images"
+        raise
     if body.strength is not None and not images:
-        raise InvalidInput("strength needs images: send the image to edit in images")
+        raise InvalidInput("strength needs images: send the image to edit in images", param="strength")
     req = GenerateRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, width=asked.width, height=asked.height,
         steps=asked.steps, guidance=asked.guidance, seed=body.seed, n=body.n, format=body.format,
@@ -68,7 +72,7 @@ async def generate(body: api.GenerateRequest, request: Request):
     async def work(emit):
         result = await sched.generate(
             model, req, keep_alive=keep_alive, on_load=lambda s: emit("load", s),
-            on_step=lambda s: emit("step", s), on_preview=lambda i, png: emit("preview", (i, png)),
+            on_step=lambda s: emit("step", s), on_preview=lambda p: emit("preview", p),
         )
         ids = await gallery.keep(request, name, model.digest, req, result) if body.gallery else []
         return result, ids
@@ -88,8 +92,9 @@ async def _stream(job: Job, name: str, fmt: str, load_seconds: float, started: f
                 yield line(api.GenerateStep(model=name, created_at=now(), step=value.step, completed=value.step,
                                             total=value.total, elapsed=value.elapsed, status=value.status))
             elif kind == "preview":
-                index, png = value
-                yield line(api.GeneratePreview(model=name, preview=base64.b64encode(png).decode(), index=index))
+                assert isinstance(value, Preview)
+                yield line(api.GeneratePreview(model=name, preview=base64.b64encode(value.png).decode(), index=value.index,
+                                               image_index=value.image, step=value.step or None))
             elif kind == "done":
                 yield line(_final(name, fmt, value, load_seconds, started))
             elif kind == "error":
@@ -106,7 +111,8 @@ def _final(name: str, fmt: str, done: tuple[GenerateResult, list[str]], load_sec
     return api.GenerateResponse(
         model=name, created_at=now(), images=images, image=images[0] if images else None, format=fmt,
         seed=result.seeds[0] if result.seeds else None, seeds=list(result.seeds), width=result.width,
-        height=result.height, steps=result.steps, guidance=result.guidance, timings=dict(result.timings),
+        height=result.height, steps=result.steps, guidance=result.guidance, strength=result.strength,
+        timings=dict(result.timings),
         load_duration=int(load_seconds * 1e9), total_duration=int((time.monotonic() - started) * 1e9),
         gallery_ids=gallery_ids,
     )

@@ -133,10 +133,14 @@ async def _progress(request: Request, call: Callable[..., Any], stream: bool):
     first, result = await job.begin("progress", stream)
     if not stream:
         return JSONResponse(_success(result).model_dump(exclude_none=True))
-    return StreamingResponse(_progress_lines(job, first), media_type=NDJSON)
+    return StreamingResponse(progress_lines(job, first), media_type=NDJSON)
 
 
-async def _progress_lines(job: Job, first: tuple[str, Any]) -> AsyncIterator[bytes]:
+async def progress_lines(job: Job, first: tuple[str, Any],
+                         success: Callable[[Any], Any] | None = None) -> AsyncIterator[bytes]:
+    """A job's Progress as NDJSON lines, then `success(result)` (default: `{"status": "success"}`
+    with the model's digest and byte counts) or the error line."""
+    success = success or _success
     async def events():
         yield first
         if first[0] not in ("done", "error"):
@@ -150,7 +154,7 @@ async def _progress_lines(job: Job, first: tuple[str, Any]) -> AsyncIterator[byt
                 if value.status != "success":  # the final line says it, once
                     yield line(value.to_json())
             elif kind == "done":
-                yield line(_success(value))
+                yield line(success(value))
             elif kind == "error":
                 assert isinstance(value, OllimgError)
                 yield error_line(value)

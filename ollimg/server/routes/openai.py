@@ -2,7 +2,9 @@
 `POST /v1/images/edits` (multipart: `image` or `image[]`, optional `mask`), answered as JSON or SSE.
 
 Streaming sends `image_generation.partial_image` (`image_edit.` for edits) when `partial_images` >
-0 and one `image_generation.completed` (`image_edit.completed`) per image; `event: progress` per
+0, `partial_images` of them per image of the batch (each with OpenAI's `partial_image_index` and
+the extra `image_index`, 0-based), and one `image_generation.completed` (`image_edit.completed`)
+per image, in order, with its `image_index`; `event: progress` per
 step (`{"type": "progress", "step", "total"}`) only when the request asks with the extra
 `"progress": true` (the openai SDK would read them as empty partial images). `response_format: url`
 is refused (400): images are returned inline only. No model, or one of OpenAI's names (dall-e-*,
@@ -26,7 +28,7 @@ from ollimg import api, config, input_images
 from ollimg.calibrate import check_teacache
 from ollimg.errors import InvalidInput, OllimgError, UploadTooLarge
 from ollimg.manifest import Model
-from ollimg.progress import Step
+from ollimg.progress import Preview, Step
 from ollimg.runtime.request import GenerateRequest, GenerateResult
 from ollimg.server import defaults
 from ollimg.server.jobs import Job
@@ -89,7 +91,8 @@ async def edits(request: Request):
         body = api.ImageEditRequest.model_validate(fields)
     except ValidationError as e:
         first = e.errors()[0]
-        raise _invalid(f"invalid {'.'.join(map(str, first['loc'])) or 'request'}: {first['msg']}",
+        text = first["msg"].removeprefix("Value error, ")  # a validator's own message, as it is
+        raise _invalid(f"invalid {'.'.join(map(str, first['loc'])) or 'request'}: {text}",
                        str(first["loc"][0]) if first["loc"] else "request") from None
     if not images:
         raise _invalid("image is required: send the image to edit as a file part named image (or image[])", "image")
@@ -165,11 +168,16 @@ async def _images(request: Request, body: api.ImageGenerationRequest, kind: str,
     async def work(emit):
         return await sched.generate(
             model, req, keep_alive=keep_alive, on_load=lambda s: emit("load", s),
-            on_step=lambda s: emit("step", s), on_preview=lambda i, png: emit("preview", (i, png)),
+            on_step=lambda s: emit("step", s), on_preview=lambda p: emit("preview", p),
         )
 
     job = Job(request, work)
-    _, result = await job.begin("load", stream)
+    try:
+        _, result = await job.begin("load", stream)
+    except OllimgError as e:
+        if e.param == "images":  # the runtime names the native field; OpenAI's is `image`
+            e.param = "image"
+        raise
     if not stream:
         return JSONResponse(_response(result, fmt, body.quality).model_dump(exclude_none=True))
     return StreamingResponse(_events(job, fmt, body.quality, kind, bool(body.progress)), media_type=SSE,
@@ -215,11 +223,11 @@ async def _events(job: Job, fmt: str, quality: str | None, kind_prefix: str, pro
                 yield _sse("progress", {"type": "progress", "step": value.step, "total": value.total,
                                         **({"status": value.status} if value.status else {})})
             elif kind == "preview":
-                index, png = value
+                assert isinstance(value, Preview)
                 yield _sse(f"{kind_prefix}.partial_image", {
-                    "type": f"{kind_prefix}.partial_image", "b64_json": base64.b64encode(png).decode(),
-                    "partial_image_index": index, "created_at": int(time.time()), "size": "auto",
-                    "output_format": "png", **common,
+                    "type": f"{kind_prefix}.partial_image", "b64_json": base64.b64encode(value.png).decode(),
+                    "partial_image_index": value.index, "image_index": value.image, "created_at": int(time.time()),
+                    "size": "auto", "output_format": "png", **common,
                 })
             elif kind == "done":
                 size = f"{value.width}x{value.height}"

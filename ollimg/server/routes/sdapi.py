@@ -39,12 +39,12 @@ router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 ERRORS = {s: {"model": api.Error} for s in (400, 401, 403, 404, 499, 500, 503, 507)}
 
 
-class Txt2ImgRequest(BaseModel):
+class Txt2ImgRequest(api.RequestBody):
     model_config = ConfigDict(extra="ignore")
 
     prompt: str = Field("", max_length=api.MAX_PROMPT)
     negative_prompt: str | None = Field(None, max_length=api.MAX_PROMPT)
-    seed: int = Field(-1, ge=-1, le=api.MAX_SEED, description="-1: random")
+    seed: int = Field(-1, ge=-1, le=api.MAX_SEED, description=f"-1: random; image i uses seed + i; at most {api.MAX_SEED}")
     steps: int | None = Field(None, ge=1, le=200)
     cfg_scale: float | None = Field(None, ge=0, le=100)
     width: int | None = Field(None, ge=8, le=api.MAX_SIZE)
@@ -73,7 +73,7 @@ class Txt2ImgResponse(BaseModel):
     info: str = Field(description="JSON text: prompt, seed, all_seeds, width, height, steps, cfg_scale, sd_model_name, infotexts")
 
 
-class Options(BaseModel):
+class Options(api.RequestBody):
     model_config = ConfigDict(extra="allow")
 
     sd_model_checkpoint: str | None = Field(None, max_length=500)

@@ -1,5 +1,6 @@
 """The AutoencoderKL decoder (diffusers' AutoencoderKL.decode) on MLX, and its encoder
-(channels-last pixels in, channels-first latents out). Same as torch.py.
+(channels-last pixels in, channels-first latents out). Same as torch.py, large images in strips
+in lockstep as there (`tiles.py`).
 
 Parameter names are diffusers' `decoder.*` (and `post_quant_conv.*` when the config uses one), so
 the stored names load as they are; only conv kernels change layout (torch OIHW -> MLX OHWI, see
@@ -16,8 +17,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig
-from ollimg.runtime.components.autoencoder_kl.tiles import tile_ramp, tile_starts
+from ollimg.runtime.components.autoencoder_kl.tiles import STRIP_ELEMENTS, halo, strips
 from ollimg.runtime.mlx_backend import evaluate
+
+ATTENTION_SCORES = 1 << 28  # query chunks keep the score matrix at most this many values
 
 
 class GroupNorm(nn.Module):
@@ -37,6 +40,50 @@ class GroupNorm(nn.Module):
         return out.astype(x.dtype)
 
 
+def group_stats(norm: GroupNorm, x: mx.array, rows: list[tuple[int, int]]) -> tuple[mx.array, mx.array]:
+    """`norm` over all of x (B, H, W, C) as a float32 scale and shift per (batch, channel), (B, 1, 1, C)
+    each: the statistics read strip by strip (two passes), folded with the weight and bias."""
+    b, h, w, c = x.shape
+    g = norm.groups
+    part = lambda a, e: x[:, a:e].astype(mx.float32).reshape(b, -1, g, c // g)  # noqa: E731
+    count = h * w * (c // g)
+    total = mx.zeros((b, g), dtype=mx.float32)
+    for a, e in rows:
+        total = total + part(a, e).sum(axis=(1, 3))
+        evaluate(total)  # one strip's float32 copy at a time
+    mean, total = total / count, mx.zeros((b, g), dtype=mx.float32)
+    for a, e in rows:
+        total = total + ((part(a, e) - mean[:, None, :, None]) ** 2).sum(axis=(1, 3))
+        evaluate(total)
+    rstd = mx.repeat(mx.rsqrt(total / count + norm.eps), c // g, axis=1)  # (B, C)
+    scale = rstd * norm.weight.astype(mx.float32)
+    shift = norm.bias.astype(mx.float32) - mx.repeat(mean, c // g, axis=1) * scale
+    return scale[:, None, None, :], shift[:, None, None, :]
+
+
+def normed(x: mx.array, stats: tuple[mx.array, mx.array]) -> mx.array:
+    """A GroupNorm of a strip of the tensor whose `group_stats` these are, computed in float32."""
+    scale, shift = stats
+    return (x.astype(mx.float32) * scale + shift).astype(x.dtype)
+
+
+def conv_rows(conv: nn.Conv2d, x: mx.array, start: int, end: int, pre) -> mx.array:
+    """Rows [start, end) of conv(pre(x)) (stride 1, same padding), from those rows of x and the halo."""
+    lo, hi = halo(start, end, x.shape[1], conv.weight.shape[1] // 2)
+    return conv(pre(x[:, lo:hi]))[:, start - lo: end - lo]
+
+
+def norm_conv(norm: GroupNorm, conv: nn.Conv2d, x: mx.array, elements: int) -> mx.array:
+    """conv(silu(norm(x))) strip by strip, the GroupNorm statistics taken over all of x."""
+    b, h, w, c = x.shape
+    stats = group_stats(norm, x, strips(h, w, c, elements))
+    out = mx.zeros((b, h, w, conv.weight.shape[0]), dtype=x.dtype)
+    for a, e in strips(h, w, max(c, conv.weight.shape[0]), elements):
+        out[:, a:e] = conv_rows(conv, x, a, e, lambda t: nn.silu(normed(t, stats)))
+        evaluate(out)  # one strip at a time
+    return out
+
+
 class ResnetBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, groups: int):
         super().__init__()
@@ -54,6 +101,17 @@ class ResnetBlock(nn.Module):
             x = self.conv_shortcut(x)
         return x + h
 
+    def lockstep(self, x: mx.array, elements: int) -> mx.array:
+        """__call__ strip by strip with the whole image's GroupNorm statistics."""
+        h = norm_conv(self.norm1, self.conv1, x, elements)
+        h = norm_conv(self.norm2, self.conv2, h, elements)
+        if "conv_shortcut" not in self:
+            return x + h
+        for a, e in strips(x.shape[1], x.shape[2], x.shape[3] + h.shape[3], elements):
+            h[:, a:e] = h[:, a:e] + self.conv_shortcut(x[:, a:e])
+            evaluate(h)
+        return h
+
 
 class Attention(nn.Module):
     """Single-head self-attention over all pixels, with its own GroupNorm and a residual."""
@@ -70,7 +128,9 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         t = self.group_norm(x).reshape(b, 1, h * w, c)  # (B, 1, HW, C): one head
         q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(c))
+        n = max(1, ATTENTION_SCORES // (h * w))  # queries per chunk: large images attend in chunks
+        o = mx.concatenate([mx.fast.scaled_dot_product_attention(q[:, :, i: i + n], k, v, scale=1.0 / math.sqrt(c))
+                            for i in range(0, h * w, n)], axis=2)
         return x + self.to_out[0](o).reshape(b, h, w, c)
 
 
@@ -97,6 +157,16 @@ class Upsample(nn.Module):
         x = mx.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
         return self.conv(x)
 
+    def lockstep(self, x: mx.array, elements: int) -> mx.array:
+        """__call__ strip by strip: rows [a, e) of x give rows [2a, 2e), from one more row on each side."""
+        b, h, w, c = x.shape
+        out = mx.zeros((b, 2 * h, 2 * w, c), dtype=x.dtype)
+        for a, e in strips(h, 4 * w, c, elements):
+            lo, hi = halo(a, e, h)
+            out[:, 2 * a: 2 * e] = self(x[:, lo:hi])[:, 2 * (a - lo): 2 * (e - lo)]
+            evaluate(out)
+        return out
+
 
 class UpBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, layers: int, groups: int, upsample: bool):
@@ -109,6 +179,13 @@ class UpBlock(nn.Module):
             x = resnet(x)
         for up in self.upsamplers:
             x = up(x)
+        return x
+
+    def lockstep(self, x: mx.array, elements: int) -> mx.array:
+        for resnet in self.resnets:
+            x = resnet.lockstep(x, elements)
+        for up in self.upsamplers:
+            x = up.lockstep(x, elements)
         return x
 
 
@@ -132,13 +209,20 @@ class Decoder(nn.Module):
             x = block(x)
         return self.conv_out(nn.silu(self.conv_norm_out(x)))
 
+    def lockstep(self, z: mx.array, elements: int) -> mx.array:
+        """__call__ for a large latent: the latent-resolution layers whole (the attention sees every
+        cell), the rest strip by strip in lockstep (tiles.py)."""
+        x = self.mid_block(self.conv_in(z))
+        evaluate(x)
+        for block in self.up_blocks:
+            x = block.lockstep(x, elements)
+        return norm_conv(self.conv_norm_out, self.conv_out, x, elements)
+
 
 class VaeDecoder(nn.Module):
     """`decode(z)`: latents already unscaled (z / scaling_factor + shift_factor) -> pixels in [-1, 1].
 
-    Latents larger than `tile` cells a side are decoded in overlapping tiles blended with linear
-    ramps, exactly as the torch backend tiles them, so memory stays that of one tile and both
-    backends give the same image.
+    Latents larger than `tile` cells a side go in strips in lockstep, as on the torch backend.
     """
 
     def __init__(self, cfg):
@@ -147,36 +231,16 @@ class VaeDecoder(nn.Module):
         self.decoder = Decoder(cfg)
         if cfg.use_post_quant_conv:
             self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
-        self.tile = 128  # latent cells per tile side (1024 pixels at 8 pixels a cell)
-        self.overlap = 16  # latent cells shared by neighbouring tiles
+        self.tile = 128  # the largest latent side decoded whole (1024 pixels at 8 pixels a cell)
+        self.strip = STRIP_ELEMENTS
 
     def decode(self, z: mx.array) -> mx.array:  # (B, 16, h, w) -> (B, 8h, 8w, 3), channels last
         z = z.astype(self.decoder.conv_in.weight.dtype).transpose(0, 2, 3, 1)
-        if max(z.shape[1:3]) <= self.tile:
-            return self._decode(z)
-        return self._tiled(z)
-
-    def _decode(self, z: mx.array) -> mx.array:  # (B, h, w, 16) -> (B, 8h, 8w, 3)
         if "post_quant_conv" in self:
             z = self.post_quant_conv(z)
-        return self.decoder(z)
-
-    def _tiled(self, z: mx.array) -> mx.array:
-        b, h, w, _ = z.shape
-        s, size, stride = self.scale, self.tile, self.tile - self.overlap
-        out = mx.zeros((b, h * s, w * s, 3), dtype=mx.float32)
-        weight = mx.zeros((h * s, w * s, 1), dtype=mx.float32)
-        for top in tile_starts(h, size, stride):
-            for left in tile_starts(w, size, stride):
-                tile = self._decode(z[:, top: top + size, left: left + size]).astype(mx.float32)
-                th, tw = tile.shape[1:3]
-                ramp = mx.array(tile_ramp(th, tw, self.overlap * s, top > 0, left > 0,
-                                          top + size < h, left + size < w))[:, :, None]
-                ys, xs = slice(top * s, top * s + th), slice(left * s, left * s + tw)
-                out[:, ys, xs] += tile * ramp
-                weight[ys, xs] += ramp
-                evaluate(out, weight)  # one tile at a time
-        return out / weight
+        if max(z.shape[1:3]) <= self.tile:
+            return self.decoder(z)
+        return self.decoder.lockstep(z, self.strip)
 
 
 class Downsample(nn.Module):
@@ -188,6 +252,15 @@ class Downsample(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:  # (B, H, W, C) -> (B, H/2, W/2, C)
         return self.conv(mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)]))
+
+    def lockstep(self, x: mx.array, elements: int) -> mx.array:
+        """__call__ strip by strip: output rows [a, e) read input rows [2a, 2e + 1) (the last strip pads)."""
+        b, h, w, c = x.shape
+        out = mx.zeros((b, h // 2, w // 2, c), dtype=x.dtype)
+        for a, e in strips(h // 2, 4 * w, c, elements):
+            out[:, a:e] = self(x[:, 2 * a: min(2 * e + 1, h)])
+            evaluate(out)
+        return out
 
 
 class DownBlock(nn.Module):
@@ -201,6 +274,13 @@ class DownBlock(nn.Module):
             x = resnet(x)
         for down in self.downsamplers:
             x = down(x)
+        return x
+
+    def lockstep(self, x: mx.array, elements: int) -> mx.array:
+        for resnet in self.resnets:
+            x = resnet.lockstep(x, elements)
+        for down in self.downsamplers:
+            x = down.lockstep(x, elements)
         return x
 
 
@@ -225,23 +305,39 @@ class Encoder(nn.Module):
             x = block(x)
         return self.conv_out(nn.silu(self.conv_norm_out(self.mid_block(x))))
 
+    def lockstep(self, x: mx.array, elements: int) -> mx.array:
+        """__call__ for a large image: strip by strip in lockstep down to latent resolution, then whole."""
+        b, h, w, _ = x.shape
+        cout = self.conv_in.weight.shape[0]
+        y = mx.zeros((b, h, w, cout), dtype=x.dtype)
+        for a, e in strips(h, w, cout, elements):
+            y[:, a:e] = conv_rows(self.conv_in, x, a, e, lambda t: t)
+            evaluate(y)
+        for block in self.down_blocks:
+            y = block.lockstep(y, elements)
+        return self.conv_out(nn.silu(self.conv_norm_out(self.mid_block(y))))
+
 
 class VaeEncoder(nn.Module):
     """Pixels (B, H, W, 3) in [-1, 1] -> the latent distribution's mode (its mean), (B, latent, H/8, W/8)."""
 
     def __init__(self, c: AutoencoderKLConfig):
         super().__init__()
-        self.latent_channels = c.latent_channels
+        self.latent_channels, self.scale = c.latent_channels, c.scale
         self.encoder = Encoder(c)
         if c.use_quant_conv:
             self.quant_conv = nn.Conv2d(2 * c.latent_channels, 2 * c.latent_channels, 1)
+        self.tile = 128  # the largest latent side encoded whole (1024 pixels at 8 pixels a cell)
+        self.strip = STRIP_ELEMENTS
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.moments(x)[:, : self.latent_channels]
 
     def moments(self, x: mx.array) -> mx.array:
         """The latent distribution: mean and log-variance, (B, 2 * latent, H/8, W/8)."""
-        moments = self.encoder(x.astype(self.encoder.conv_in.weight.dtype))
+        x = x.astype(self.encoder.conv_in.weight.dtype)
+        whole = max(x.shape[1:3]) <= self.tile * self.scale
+        moments = self.encoder(x) if whole else self.encoder.lockstep(x, self.strip)
         if "quant_conv" in self:
             moments = self.quant_conv(moments)
         return moments.transpose(0, 3, 1, 2)

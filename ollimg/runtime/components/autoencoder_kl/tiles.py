@@ -1,27 +1,23 @@
-"""Where the decoder's tiles go and how they blend, in numpy (both backends tile alike)."""
+"""How the VAE walks a large image in strips (both backends walk alike).
+
+Large images run layer by layer in lockstep: every strip of rows goes through one layer before any
+goes through the next, so each GroupNorm takes its statistics over the whole image (summed strip
+by strip) and each convolution reads one row of its neighbours' input on each side. The result is
+the whole-image computation's, seamless by construction; only one strip's temporaries exist at a
+time. The global self-attention runs at latent resolution, where the image is small, on all cells.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+STRIP_ELEMENTS = 1 << 25  # values per strip of an activation (channels x rows x width): 64 MiB in fp16
 
 
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """First cells of the tiles along one side: every `stride`, the last one flush with the end."""
-    if size <= tile:
-        return [0]
-    return list(range(0, size - tile, stride)) + [size - tile]
+def strips(height: int, width: int, channels: int, elements: int = STRIP_ELEMENTS) -> list[tuple[int, int]]:
+    """Row ranges [start, end) covering `height` rows, each at most `elements` values (at least one row)."""
+    rows = max(1, elements // max(1, channels * width))
+    return [(start, min(start + rows, height)) for start in range(0, height, rows)]
 
 
-def tile_ramp(h: int, w: int, overlap: int, top: bool, left: bool, bottom: bool, right: bool) -> np.ndarray:
-    """float32 blend weights (h, w): rising over the overlap on the sides that have a neighbour."""
-
-    def axis(n: int, start: bool, end: bool) -> np.ndarray:
-        r = np.ones(n, dtype=np.float32)
-        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-        if start:
-            r[:overlap] = ramp
-        if end:
-            r[n - overlap:] = np.minimum(r[n - overlap:], ramp[::-1])
-        return r
-
-    return axis(h, top, bottom)[:, None] * axis(w, left, right)[None, :]
+def halo(start: int, end: int, height: int, rows: int = 1) -> tuple[int, int]:
+    """The rows a 3x3 convolution reads for output rows [start, end): `rows` more on each side, within the image."""
+    return max(start - rows, 0), min(end + rows, height)

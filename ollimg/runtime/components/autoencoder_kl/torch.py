@@ -1,9 +1,9 @@
-"""The AutoencoderKL decoder in torch (AutoencoderKL's decoder numerics), with tiled decoding,
-and its encoder (for input images).
+"""The AutoencoderKL decoder in torch (AutoencoderKL's decoder numerics) and its encoder (for
+input images).
 
-Large latents are decoded in overlapping tiles whose outputs are blended linearly across the
-overlap, so peak memory depends on the tile size, not the image size. GroupNorm statistics are
-then per tile, so tiled output differs slightly from untiled (bound tested in tests/parity).
+Large images go through the high-resolution layers in strips, in lockstep (`tiles.py`): the
+GroupNorm statistics are the whole image's, so the output is the whole-image computation's (no
+seams; bound tested in tests/parity) while only one strip's temporaries exist at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig
-from ollimg.runtime.components.autoencoder_kl.tiles import tile_ramp, tile_starts
+from ollimg.runtime.components.autoencoder_kl.tiles import STRIP_ELEMENTS, halo, strips
+
+ATTENTION_SCORES = 1 << 28  # query chunks keep the score matrix at most this many values
 
 
 class GroupNorm(nn.GroupNorm):
@@ -21,6 +23,43 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(groups, channels, eps=1e-6)
         self.weight.requires_grad_(False)
         self.bias.requires_grad_(False)
+
+
+def group_stats(norm: GroupNorm, x: torch.Tensor, rows: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`norm` over all of x as a float32 scale and shift per (batch, channel), (B, C, 1, 1) each:
+    the statistics read strip by strip (two passes), folded with the weight and bias."""
+    B, C, H, W = x.shape
+    G = norm.num_groups
+    part = lambda a, b: x[:, :, a:b].float().reshape(B, G, -1)  # noqa: E731
+    count = C // G * H * W
+    mean = sum(part(a, b).sum(-1) for a, b in rows) / count  # (B, G)
+    var = sum(((part(a, b) - mean[..., None]) ** 2).sum(-1) for a, b in rows) / count
+    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(C // G, 1)  # (B, C)
+    scale = rstd * norm.weight.float()
+    shift = norm.bias.float() - mean.repeat_interleave(C // G, 1) * scale
+    return scale[:, :, None, None], shift[:, :, None, None]
+
+
+def normed(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """A GroupNorm of a strip of the tensor whose `group_stats` these are, computed in float32."""
+    scale, shift = stats
+    return torch.addcmul(shift, x.float(), scale).to(x.dtype)
+
+
+def conv_rows(conv: nn.Conv2d, x: torch.Tensor, start: int, end: int, pre) -> torch.Tensor:
+    """Rows [start, end) of conv(pre(x)) (stride 1, same padding), from those rows of x and the halo."""
+    lo, hi = halo(start, end, x.shape[2], conv.padding[0])
+    return conv(pre(x[:, :, lo:hi]))[:, :, start - lo: end - lo]
+
+
+def norm_conv(norm: GroupNorm, conv: nn.Conv2d, x: torch.Tensor, elements: int) -> torch.Tensor:
+    """conv(silu(norm(x))) strip by strip, the GroupNorm statistics taken over all of x."""
+    B, C, H, W = x.shape
+    stats = group_stats(norm, x, strips(H, W, C, elements))
+    out = x.new_empty(B, conv.out_channels, H, W)
+    for a, b in strips(H, W, max(C, conv.out_channels), elements):
+        out[:, :, a:b] = conv_rows(conv, x, a, b, lambda t: F.silu(normed(t, stats)))
+    return out
 
 
 class Conv(nn.Conv2d):
@@ -46,6 +85,16 @@ class ResnetBlock(nn.Module):
             x = self.conv_shortcut(x)
         return x + h
 
+    def lockstep(self, x: torch.Tensor, elements: int) -> torch.Tensor:
+        """forward() strip by strip with the whole image's GroupNorm statistics; may overwrite x."""
+        h = norm_conv(self.norm1, self.conv1, x, elements)
+        h = norm_conv(self.norm2, self.conv2, h, elements)
+        if self.conv_shortcut is None:
+            return x.add_(h)
+        for a, b in strips(x.shape[2], x.shape[3], x.shape[1] + h.shape[1], elements):
+            h[:, :, a:b] += self.conv_shortcut(x[:, :, a:b])
+        return h
+
 
 class Linear(nn.Linear):
     def __init__(self, cin: int, cout: int):
@@ -67,7 +116,8 @@ class Attention(nn.Module):
         B, C, H, W = x.shape
         h = self.group_norm(x).view(B, C, H * W).transpose(1, 2)  # (B, HW, C)
         q, k, v = (proj(h).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))
-        h = F.scaled_dot_product_attention(q, k, v).squeeze(1)
+        n = max(1, ATTENTION_SCORES // (H * W))  # queries per chunk: large images attend in chunks
+        h = torch.cat([F.scaled_dot_product_attention(q[:, :, i: i + n], k, v) for i in range(0, H * W, n)], 2).squeeze(1)
         h = self.to_out[0](h).transpose(1, 2).reshape(B, C, H, W)
         return x + h
 
@@ -95,6 +145,15 @@ class Upsample(nn.Module):
         # 1 GiB at 1024x1024).
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
+    def lockstep(self, x: torch.Tensor, elements: int) -> torch.Tensor:
+        """forward() strip by strip: rows [a, b) of x give rows [2a, 2b), from one more row on each side."""
+        B, C, H, W = x.shape
+        out = x.new_empty(B, C, 2 * H, 2 * W)
+        for a, b in strips(H, 4 * W, C, elements):
+            lo, hi = halo(a, b, H)
+            out[:, :, 2 * a: 2 * b] = self(x[:, :, lo:hi])[:, :, 2 * (a - lo): 2 * (b - lo)]
+        return out
+
 
 class UpBlock(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, groups: int, upsample: bool):
@@ -107,6 +166,13 @@ class UpBlock(nn.Module):
             x = resnet(x)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
+        return x
+
+    def lockstep(self, x: torch.Tensor, elements: int) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet.lockstep(x, elements)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0].lockstep(x, elements)
         return x
 
 
@@ -130,17 +196,25 @@ class Decoder(nn.Module):
             x = block(x)
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
+    def lockstep(self, z: torch.Tensor, elements: int) -> torch.Tensor:
+        """forward() for a large latent: the latent-resolution layers whole (the attention sees every
+        cell), the rest strip by strip in lockstep (tiles.py)."""
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block.lockstep(x, elements)
+        return norm_conv(self.conv_norm_out, self.conv_out, x, elements)
+
 
 class VaeDecoder(nn.Module):
-    """Latents -> pixels in [-1, 1] (before clamping); `decode` tiles when the latent is large."""
+    """Latents -> pixels in [-1, 1] (before clamping); `decode` goes in strips when the latent is large."""
 
     def __init__(self, c: AutoencoderKLConfig):
         super().__init__()
         self.config = c
         self.decoder = Decoder(c)
         self.post_quant_conv = Conv(c.latent_channels, c.latent_channels, 1) if c.use_post_quant_conv else None
-        self.tile = 128  # latent cells per tile side (1024 pixels at 8 pixels a cell)
-        self.overlap = 16  # latent cells shared by neighbouring tiles
+        self.tile = 128  # the largest latent side decoded whole (1024 pixels at 8 pixels a cell)
+        self.strip = STRIP_ELEMENTS
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:
@@ -150,26 +224,9 @@ class VaeDecoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if max(z.shape[-2:]) <= self.tile:
             return self(z)
-        return self._tiled(z)
-
-    def _tiled(self, z: torch.Tensor) -> torch.Tensor:
-        """Decode overlapping tiles and blend them with linear ramps; memory stays that of one tile."""
-        B, _, h, w = z.shape
-        s = self.config.scale
-        stride = self.tile - self.overlap
-        out = weight = None
-        for top in tile_starts(h, self.tile, stride):
-            for left in tile_starts(w, self.tile, stride):
-                tile = self(z[:, :, top: top + self.tile, left: left + self.tile]).float()
-                if out is None:
-                    out = torch.zeros(B, tile.shape[1], h * s, w * s, device=z.device)
-                    weight = torch.zeros(1, 1, h * s, w * s, device=z.device)
-                ramp = torch.from_numpy(tile_ramp(tile.shape[-2], tile.shape[-1], self.overlap * s, top > 0, left > 0,
-                                                  top + self.tile < h, left + self.tile < w)).to(z.device)[None, None]
-                ys, xs = slice(top * s, top * s + tile.shape[-2]), slice(left * s, left * s + tile.shape[-1])
-                out[:, :, ys, xs] += tile * ramp
-                weight[:, :, ys, xs] += ramp
-        return out / weight
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder.lockstep(z, self.strip)
 
 
 class Downsample(nn.Module):
@@ -183,6 +240,14 @@ class Downsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
+    def lockstep(self, x: torch.Tensor, elements: int) -> torch.Tensor:
+        """forward() strip by strip: output rows [a, b) read input rows [2a, 2b + 1) (the last strip pads)."""
+        B, C, H, W = x.shape
+        out = x.new_empty(B, C, H // 2, W // 2)
+        for a, b in strips(H // 2, 4 * W, C, elements):
+            out[:, :, a:b] = self(x[:, :, 2 * a: min(2 * b + 1, H)])
+        return out
+
 
 class DownBlock(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, groups: int, downsample: bool):
@@ -195,6 +260,13 @@ class DownBlock(nn.Module):
             x = resnet(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
+        return x
+
+    def lockstep(self, x: torch.Tensor, elements: int) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = resnet.lockstep(x, elements)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0].lockstep(x, elements)
         return x
 
 
@@ -219,6 +291,16 @@ class Encoder(nn.Module):
             x = block(x)
         return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(x))))
 
+    def lockstep(self, x: torch.Tensor, elements: int) -> torch.Tensor:
+        """forward() for a large image: strip by strip in lockstep down to latent resolution, then whole."""
+        B, _, H, W = x.shape
+        y = x.new_empty(B, self.conv_in.out_channels, H, W)
+        for a, b in strips(H, W, self.conv_in.out_channels, elements):
+            y[:, :, a:b] = conv_rows(self.conv_in, x, a, b, lambda t: t)
+        for block in self.down_blocks:
+            y = block.lockstep(y, elements)
+        return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(y))))
+
 
 class VaeEncoder(nn.Module):
     """Pixels (B, 3, H, W) in [-1, 1] -> the latent distribution's mode (its mean), (B, latent, H/8, W/8)."""
@@ -228,13 +310,16 @@ class VaeEncoder(nn.Module):
         self.config = c
         self.encoder = Encoder(c)
         self.quant_conv = Conv(2 * c.latent_channels, 2 * c.latent_channels, 1) if c.use_quant_conv else None
+        self.tile = 128  # the largest latent side encoded whole (1024 pixels at 8 pixels a cell)
+        self.strip = STRIP_ELEMENTS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.moments(x)[:, : self.config.latent_channels]
 
     def moments(self, x: torch.Tensor) -> torch.Tensor:
         """The latent distribution: mean and log-variance, (B, 2 * latent, H/8, W/8)."""
-        moments = self.encoder(x)
+        whole = max(x.shape[-2:]) <= self.tile * self.config.scale
+        moments = self.encoder(x) if whole else self.encoder.lockstep(x, self.strip)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
         return moments

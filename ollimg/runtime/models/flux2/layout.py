@@ -76,15 +76,34 @@ def reference_pixels(image, multiple: int) -> np.ndarray:
     if max(width / height, height / width) > REFERENCE_MAX_ASPECT:
         raise InvalidInput(f"reference image {width}x{height} is too elongated: at most "
                            f"{REFERENCE_MAX_ASPECT}:1")
-    if width * height > REFERENCE_MAX_AREA:
-        scale = math.sqrt(REFERENCE_MAX_AREA / (width * height))
-        image = image.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
-        width, height = image.size
+    image = within_area(image)
+    width, height = image.size
     w, h = width // multiple * multiple, height // multiple * multiple
     left, top = (width - w) // 2, (height - h) // 2
     image = image.crop((left, top, left + w, top + h)).convert("RGB")
     pixels = np.asarray(image).astype(np.float32) / 255.0
     return (2.0 * pixels - 1.0).transpose(2, 0, 1).copy()
+
+
+def within_area(image):
+    """The PIL image shrunk (Lanczos) to at most 1024x1024 pixels of area, as diffusers' klein
+    pipelines take input images; smaller ones unchanged."""
+    from PIL import Image
+
+    width, height = image.size
+    if width * height <= REFERENCE_MAX_AREA:
+        return image
+    scale = math.sqrt(REFERENCE_MAX_AREA / (width * height))
+    return image.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
+
+
+def mask_cells(binary: np.ndarray, multiple: int) -> np.ndarray:
+    """float32 [1, 1, H/multiple, W/multiple]: a 0/1 pixel mask per packed latent cell, as
+    Flux2KleinInpaintPipeline's bilinear `interpolate` (align_corners False) takes it: at an even
+    integer factor, the mean of the 2x2 pixels at each cell's centre (0, 1/4, 1/2, 3/4 or 1)."""
+    c = multiple // 2
+    rows = (binary[c - 1::multiple] + binary[c::multiple]) / 2
+    return ((rows[:, c - 1::multiple] + rows[:, c::multiple]) / 2)[None, None].astype(np.float32)
 
 
 def empirical_mu(image_seq_len: int, steps: int) -> float:

@@ -154,9 +154,9 @@ class ZImagePipeline:
             return None
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if len(images) > 1:
-            raise InvalidInput(f"{self.name} edits one image at a time, got {len(images)} images")
+            raise InvalidInput(f"{self.name} edits one image at a time, got {len(images)} images", param="images")
         if self.components.encode_image is None:
-            raise InvalidInput(f"model {self.name} cannot edit images: it has no VAE encoder")
+            raise InvalidInput(f"model {self.name} cannot edit images: it has no VAE encoder", param="model")
         image = images[0]
         if mask is not None and mask.size != image.size:
             raise InvalidInput(f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}: "
@@ -177,17 +177,8 @@ class ZImagePipeline:
         x0 = self.backend.from_numpy(img2img.scale_noise(image, start_noise, sigmas[0]))
         if edit.mask is None:
             return x0, None
-        b = self.backend
-        keep_image, keep_noise = b.from_numpy(image), b.from_numpy(start_noise)
-        cells = img2img.mask_cells(edit.mask, req.width, req.height, 8)
-        redraw, keep = b.from_numpy(np.repeat(cells, req.total, axis=0)), b.from_numpy(1 - np.repeat(cells, req.total, axis=0))
-        last = len(sigmas) - 2
-
-        def blend(x, i: int):
-            kept = img2img.scale_noise(keep_image, keep_noise, sigmas[i + 1]) if i < last else keep_image
-            return keep * kept + redraw * x
-
-        return x0, blend
+        cells = np.repeat(img2img.mask_cells(edit.mask, req.width, req.height, 8), req.total, axis=0)
+        return x0, img2img.keep_known(self.backend, image, start_noise, cells, sigmas)
 
     def preview(self, latents) -> np.ndarray:
         """uint8 [n, h, w, 3] of latents (a backend array): the FLUX.1 VAE's linear map (a pixel per

@@ -43,8 +43,8 @@ def build(backend: MlxBackend, config: Flux2Config, source) -> Components:
         evaluate(context.txt)
         return context
 
-    def run_transformer(x: mx.array, t: np.ndarray, context) -> mx.array:
-        out = transformer(x, t, context)
+    def run_transformer(x: mx.array, t: np.ndarray, context, cache=None) -> mx.array:
+        out = transformer(x, t, context, cache)
         evaluate(out)  # step by step: progress, cancelling and timings see real work
         return out
 

@@ -54,8 +54,8 @@ def build(backend: TorchBackend, config: Flux2Config, source) -> Components:
         return transformer.prepare(text, refs, ref_sizes, h, w)
 
     @torch.inference_mode()
-    def run_transformer(x: torch.Tensor, t: np.ndarray, context) -> torch.Tensor:
-        return transformer(x, t, context)
+    def run_transformer(x: torch.Tensor, t: np.ndarray, context, cache=None) -> torch.Tensor:
+        return transformer(x, t, context, cache)
 
     @torch.inference_mode()
     def decode(latents: torch.Tensor) -> np.ndarray:

@@ -107,6 +107,10 @@ class DoubleBlock(nn.Module):
         self.ff = FeedForward(c.dim, c.mlp_dim)
         self.ff_context = FeedForward(c.dim, c.mlp_dim)
 
+    def modulated(self, img: torch.Tensor, mod_img) -> torch.Tensor:
+        """The image stream's attention input after the time modulation (TeaCache's "modulated input")."""
+        return modulate(img, mod_img[0], mod_img[1], self.eps)
+
     def forward(self, img, txt, mod_img, mod_txt, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mod_img  # each (B, 1, D)
         c_shift_a, c_scale_a, c_gate_a, c_shift_f, c_scale_f, c_gate_f = mod_txt
@@ -240,9 +244,12 @@ class Flux2Transformer(nn.Module):
         refs = None if refs is None else refs.to(dev, self.dtype)[None]
         return Context(txt, refs, torch.from_numpy(cos).to(dev), torch.from_numpy(sin).to(dev))
 
-    def forward(self, x: torch.Tensor, t: np.ndarray, ctx: Context) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: np.ndarray, ctx: Context, cache=None) -> torch.Tensor:
         """x float32 (B, C, h, w) packed latents; t float32 [B] (sigma, as diffusers passes timestep / 1000)
-        -> float32 (B, C, h, w) velocity."""
+        -> float32 (B, C, h, w) velocity.
+
+        `cache`: a TeaCache StepCache (ollimg/runtime/teacache.py) that may replace the double and
+        single block stacks by their cached residual over [text, image], or None."""
         dtype = self.dtype
         B, C, h, w = x.shape
         n = h * w
@@ -255,11 +262,21 @@ class Flux2Transformer(nn.Module):
         if ctx.refs is not None:
             img = torch.cat([img, ctx.refs.expand(B, -1, -1)], dim=1)
         img = self.x_embedder(img)
-        txt = ctx.txt  # (B, Lt, D)
-        for block in self.transformer_blocks:
-            img, txt = block(img, txt, mod_img, mod_txt, ctx.cos, ctx.sin)
-        joint = torch.cat([txt, img], dim=1)
-        for block in self.single_transformer_blocks:
-            joint = block(joint, mod_single, ctx.cos, ctx.sin)
-        out = self.proj_out(self.norm_out(joint[:, txt.shape[1]: txt.shape[1] + n], temb))  # (B, n, C)
+        n_txt = ctx.txt.shape[1]
+
+        def run(joint: torch.Tensor) -> torch.Tensor:
+            txt, img = joint[:, :n_txt], joint[:, n_txt:]
+            for block in self.transformer_blocks:
+                img, txt = block(img, txt, mod_img, mod_txt, ctx.cos, ctx.sin)
+            joint = torch.cat([txt, img], dim=1)
+            for block in self.single_transformer_blocks:
+                joint = block(joint, mod_single, ctx.cos, ctx.sin)
+            return joint
+
+        joint = torch.cat([ctx.txt, img], dim=1)  # (B, Lt + n + Lr, D)
+        if cache is None:
+            joint = run(joint)
+        else:
+            joint = cache.stack(self.transformer_blocks[0].modulated(img, mod_img), joint, run)
+        out = self.proj_out(self.norm_out(joint[:, n_txt: n_txt + n], temb))  # (B, n, C)
         return out.float().transpose(1, 2).reshape(B, C, h, w)
