@@ -32,8 +32,7 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     transformer = load_module(backend, ZImageTransformer, (config.transformer,), dit_refs, "transformer")
     vae = load_module(backend, VaeDecoder, (config.vae,), vae_refs, "vae")
     vae_config = config.vae
-    gpu = backend.device.type == "cuda"
-    if gpu:
+    if backend.device.type == "cuda":
         transformer.fuse()  # one GEMM for q/k/v and one for gate/up (a copy: not worth it on mapped CPU weights)
     compiled = torch_compile.FirstUse(torch_compile.wanted(backend.device))
     if compiled.enabled:
