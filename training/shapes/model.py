@@ -41,8 +41,16 @@ VAE = dict(
 SCHEDULER = dict(num_train_timesteps=1000, use_dynamic_shifting=False, shift=3.0)
 
 
-def build_vae() -> AutoencoderKL:
-    return AutoencoderKL(**VAE)
+def build_vae(channels: list[int] | None = None, layers: int | None = None) -> AutoencoderKL:
+    """The VAE; `channels` (one per block) and `layers` (per block) override the defaults."""
+    config = dict(VAE)
+    if channels:
+        config["block_out_channels"] = list(channels)
+        n = len(channels)
+        config["down_block_types"], config["up_block_types"] = ["DownEncoderBlock2D"] * n, ["UpDecoderBlock2D"] * n
+    if layers:
+        config["layers_per_block"] = layers
+    return AutoencoderKL(**config)
 
 
 def build_text_encoder(vocab_size: int) -> Qwen3ForCausalLM:

@@ -54,7 +54,7 @@ WINDOW = 10  # DiT steps between two clock readings (and GPU synchronizations)
 REWARM = 100  # steps of learning-rate warm-up after a resume from the bf16 weights (AdamW's
 # second moments, beta2 0.99, settle in about that many)
 # What a resumed run takes from its checkpoint: the arguments that make the training what it is.
-RECIPE = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "batch", "lr", "dit_warmup", "ema")
+RECIPE = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "edge_weight", "vae_channels", "vae_layers", "batch", "lr", "dit_warmup", "ema")
 
 
 def log(msg: str) -> None:
@@ -80,7 +80,8 @@ def train_vae(vae, args, device) -> None:
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample()).sample.float()
         kl = post.kl().mean()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.kl_weight * kl
+        err = (rec - x).abs()
+        loss = ((err + err * err) * edge_weights(x, args.edge_weight)).mean() + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -88,6 +89,17 @@ def train_vae(vae, args, device) -> None:
         if step % 200 == 0 or step == args.vae_steps - 1:
             log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.1f} ({time.time() - start:.0f}s)")
     vae.eval()
+
+
+def edge_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """(B, 1, H, W): 1 + `weight` within a pixel of an edge of `x`, 1 elsewhere. Edges are a small
+    part of an image but all of a shape's kind (a small star's points) and where specks appear."""
+    if not weight:
+        return torch.ones_like(x[:, :1])
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().amax(1, keepdim=True)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().amax(1, keepdim=True)
+    edge = (F.pad(dx, (0, 1)) + F.pad(dy, (0, 0, 0, 1)) > 0.02).float()
+    return 1.0 + weight * F.max_pool2d(edge, 3, stride=1, padding=1)
 
 
 @torch.no_grad()
@@ -294,6 +306,7 @@ def figures(images: list[np.ndarray], specs) -> dict:
     groups = {"all": range(len(specs)), "singles": range(120), "counts": range(120, 140), "pairs": range(140, 160)}
     out = {name: summarize([scores[i] for i in idx]) for name, idx in groups.items()}
     out["images_with_stray_pixels"] = sum(s.stray_pixels > 0 for s in scores)
+    out["stray_pixels_per_image"] = round(sum(s.stray_pixels for s in scores) / len(scores), 2)
     return out
 
 
@@ -304,7 +317,14 @@ def check_vae(vae, device: str) -> dict:
     specs = heldout_specs()
     x = data.render(specs, device)
     rec = torch.cat([vae.decode(vae.encode(x[i:i + 40]).latent_dist.mode()).sample for i in range(0, len(x), 40)])
-    return figures(list(data.to_uint8(rec).cpu().numpy()), specs)
+    images = list(data.to_uint8(rec).cpu().numpy())
+    out = figures(images, specs)
+    by_kind: dict[str, list[bool]] = {}
+    for image, spec in zip(images[:120], specs[:120]):  # the singles: kind kept, per kind and size
+        shape = spec.shapes[0]
+        by_kind.setdefault(f"{shape.size} {shape.kind}", []).append(score(image, spec).kind)
+    out["singles_kind"] = {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_kind.items())}
+    return out
 
 
 def evaluate(model_dir: Path, device: str, out: Path, steps: int) -> dict:
@@ -436,6 +456,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     parser.add_argument("--vae-batch", type=int, default=64)
     parser.add_argument("--vae-lr", type=float, default=5e-4)
     parser.add_argument("--kl-weight", type=float, default=1e-6)
+    parser.add_argument("--edge-weight", type=float, default=0.0,
+                        help="the VAE loss weighs pixels at shape edges 1 + this")
+    parser.add_argument("--vae-channels", type=int, nargs="+", default=model_mod.VAE["block_out_channels"],
+                        help="the VAE's channels per block (their number sets the downsampling)")
+    parser.add_argument("--vae-layers", type=int, default=model_mod.VAE["layers_per_block"])
+    parser.add_argument("--vae-only", action="store_true",
+                        help="train and score the VAE only (OUT/vae-info.json), to try a VAE recipe")
     parser.add_argument("--dit-steps", type=int, default=None,
                         help="the schedule's total (default: as many as fit this call's budget, fitted at the "
                              "end of the warm-up; on --resume: the checkpoint's)")
@@ -473,12 +500,17 @@ def main(argv: list[str] | None = None) -> None:
     log(f"device {hardware}, torch {torch.__version__}, args {vars(args)}")
 
     bpe = build_tokenizer(args.out / "tokenizer")
-    vae = model_mod.build_vae().to(device)
+    vae = model_mod.build_vae(args.vae_channels, args.vae_layers).to(device)
     te = model_mod.build_text_encoder(bpe.get_vocab_size()).to(device)
     dit = model_mod.build_transformer().to(device)
     for name, m in (("vae", vae), ("text_encoder", te), ("transformer", dit)):
         log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
     vae_fields = prepare_vae(vae, args, device, resumed)
+    if args.vae_only:
+        info = {"hardware": hardware, "vae_parameters": sum(p.numel() for p in vae.parameters()),
+                "args": {k: str(v) for k, v in vars(args).items()}, **vae_fields}
+        (args.out / "vae-info.json").write_text(json.dumps(info, indent=2) + "\n")
+        return
 
     named = trained_params(dit, te)
     opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
