@@ -45,11 +45,20 @@ def _options(
     logging.basicConfig(level=logging.DEBUG if _debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _register() -> None:
-    from ollimg.cli import calibrate, create, load, login, models, ps, pull, push, run, save, serve, stop
+# Commands defined in the module of the same name: `ollimg load ...` imports cli/load.py alone,
+# since importing every command (torch-free, yet ~0.4 s) is part of each command's time. Any other
+# first word (a usage error, `help`, `--help`) registers them all.
+_OWN_MODULE = ("create", "pull", "push", "save", "load", "serve", "run", "ps", "stop", "calibrate")
 
-    for module in (create, models, pull, push, save, load, login, serve, run, ps, stop, calibrate):
-        module.register(app)
+
+def _register(argv: list[str]) -> None:
+    import importlib
+
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    names = [command] if command in _OWN_MODULE else ["create", "models", "pull", "push", "save", "load", "login",
+                                                       "serve", "run", "ps", "stop", "calibrate"]
+    for name in names:
+        importlib.import_module(f"ollimg.cli.{name}").register(app)
 
     @app.command("help")
     def help_command(command: list[str] = typer.Argument(None, help="The command to explain.")) -> None:
@@ -64,7 +73,7 @@ def fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register()
+    _register(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=argv, prog_name="ollimg", standalone_mode=False)
         # Outside standalone mode typer returns an exit code instead of raising: Ctrl-C gives 130

@@ -5,6 +5,7 @@ import hashlib
 import pytest
 
 from ollimg.blobs import BlobStore
+from ollimg.blobs.store import OVERLAP
 from ollimg.errors import DigestMismatch
 
 
@@ -34,6 +35,32 @@ def test_deferred_commit_still_verifies(tmp_path):
             w.write(b"evil")
             w.commit(sync=False)
     assert store.temp_files() == [] and store.digests() == []
+
+
+def test_large_pieces_hashed_beside_their_write_keep_their_order(tmp_path):
+    """Pieces of OVERLAP bytes and more are hashed on a helper thread while they are written:
+    the digest is still that of the bytes in the order written, mixed with small pieces."""
+    store = BlobStore(tmp_path / "blobs")
+    big = [bytes([i]) * (OVERLAP + i) for i in range(3)]
+    pieces = [big[0], b"small", memoryview(big[1]), big[2]]
+    data = b"".join(pieces)
+    with store.writer(digest(data), len(data)) as w:
+        for piece in pieces:
+            w.write(piece)
+        w.commit(sync=False)
+    store.land([w])
+    assert store.read_bytes(digest(data)) == data
+    backwards = b"".join(reversed(pieces))
+    for expected, ok in ((digest(data), False), (digest(backwards), True)):
+        with store.writer(expected, len(data)) as w:
+            for piece in reversed(pieces):
+                w.write(piece)
+            if ok:
+                assert w.commit(sync=False) == digest(backwards)
+            else:
+                with pytest.raises(DigestMismatch):
+                    w.commit(sync=False)
+    assert len(store.temp_files()) == 1  # the pending backwards blob
 
 
 def test_adopt_verifies_and_renames_or_deletes(tmp_path):
