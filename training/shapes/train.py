@@ -496,6 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # the VAE's convolutions: one shape for the whole run
     hardware = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     log(f"device {hardware}, torch {torch.__version__}, args {vars(args)}")
 
