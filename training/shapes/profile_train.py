@@ -3,7 +3,7 @@ step timed whole, the parts of the DiT step timed alone (data, noise, VAE encode
 backward, optimizer), and torch.profiler's tables of both steps. Random weights: a step costs the
 same trained or not.
 
-    python -m training.shapes.profile_train --out /tmp/prof [--steps 20]
+    python -m training.shapes.profile_train --out /tmp/prof [--steps 20] [train.py arguments: --compile ...]
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def main() -> None:
     vae = model_mod.build_vae(args.vae_channels, args.vae_layers).to(device)
     te = model_mod.build_text_encoder(bpe.get_vocab_size()).to(device)
     dit = model_mod.build_transformer().to(device)
+    if args.compile:
+        train.compile_blocks(dit)
     named = train.trained_params(dit, te)
     opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
