@@ -39,7 +39,8 @@ class TransferDisplay:
         self.present = 0
         self.started: float | None = None
         self.printed = 0.0
-        self.dirty = False  # blob progress not yet shown in plain mode
+        self.dirty = False  # blob progress not yet shown
+        self.drawn = 0.0
         self.bar: Bar | None = None
         self.task = None
 
@@ -52,10 +53,10 @@ class TransferDisplay:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.dirty and (self.bar is not None or exc_type is None):
+            self._draw(force=True)
         if self.bar is not None:
             self.bar.stop()
-        elif self.dirty and exc_type is None:
-            self._line(force=True)
 
     def __call__(self, progress: Progress) -> None:
         if self.mode == "json":
@@ -92,12 +93,17 @@ class TransferDisplay:
         text = f"{self.verb} {done}/{count} blobs" if all(k.startswith("sha256:") for k in self.blobs) else self.verb
         return text + (f" ({human_bytes(self.present)} already there)" if self.present else "")
 
-    def _draw(self) -> None:
-        if self.bar is not None:
+    def _draw(self, force: bool = False) -> None:
+        if self.bar is None:
+            self._line(force)
+            return
+        # The bar is redrawn 10 times a second; an update per Progress (thousands, each summing
+        # every blob) would cost more CPU than a load's parsing.
+        now = time.monotonic()
+        if force or now - self.drawn >= 0.1:
+            self.drawn, self.dirty = now, False
             to_move, moved, _, _ = self.totals()
             self.bar.update(self.task, description=self._describe(), total=to_move, completed=moved)
-        else:
-            self._line()
 
     def _line(self, force: bool = False) -> None:
         now = time.monotonic()
