@@ -114,7 +114,9 @@ def main() -> None:
         zstd = f"zstd -T0 -{args.level}"
         ours, peer = root / "model.tar.zst", root / "peer.tar.zst"
         times: dict[str, list[float]] = {k: [] for k in ("save", "tar_cf", "load", "tar_xf", "tar_xf_sync")}
+        loads: list[float] = []  # the 1-minute load average as each round starts: how shared the cores were
         for _ in range(args.runs):
+            loads.append(round(os.getloadavg()[0], 2))
             for f in (ours, peer):
                 f.unlink(missing_ok=True)
             os.sync()
@@ -146,11 +148,16 @@ def main() -> None:
             "save_over_tar_cf": round(med["save"] / med["tar_cf"], 2),
             "load_over_tar_xf": round(med["load"] / med["tar_xf"], 2),
             "load_over_tar_xf_sync": round(med["load"] / med["tar_xf_sync"], 2),
+            # each round's load and tar -xf run one after the other: the median of their ratios
+            # is steadier than the ratio of medians when other work comes and goes
+            "load_over_tar_xf_paired": round(statistics.median(a / b for a, b in zip(times["load"], times["tar_xf"])), 2),
+            "save_over_tar_cf_paired": round(statistics.median(a / b for a, b in zip(times["save"], times["tar_cf"])), 2),
             "runs_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
             "median_cpu_s": {k: round(statistics.median(v), 2) for k, v in CPU.items()},
             "save_over_tar_cf_cpu": round(statistics.median(CPU["save"]) / statistics.median(CPU["tar_cf"]), 2),
             "load_over_tar_xf_cpu": round(statistics.median(CPU["load"]) / statistics.median(CPU["tar_xf"]), 2),
             "load_average_1m": os.getloadavg()[0],
+            "load_average_1m_per_run": loads,
         }, indent=1))
     finally:
         shutil.rmtree(root, ignore_errors=True)
