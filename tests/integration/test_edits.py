@@ -358,3 +358,21 @@ def test_openai_edit_several_reference_images_with_klein(oai):
     assert decode(redrawn.data[0].b64_json).size == (64, 64)
     with pytest.raises(openai.BadRequestError, match="takes at most 8 input images, got 9"):
         oai.images.edit(model="klein", image=[("a.png", png(photo(64, 64)))] * 9, prompt="x", extra_body={"steps": 2})
+
+
+def test_klein_inpaint_previews_have_the_size_of_the_image_it_makes(server):
+    """klein shrinks an image over 1024x1024 pixels of area (as diffusers does): a 1280x960 inpaint
+    makes a 1168x880 image (1182x886 rounded down to multiples of 16), and its previews have that size
+    (they had the request's 1280x960). A reference edit sizes its output the same way, through the
+    same code."""
+    mask = Image.new("L", (1280, 960), 0)
+    mask.paste(255, (200, 100, 900, 700))
+    body = {"model": "klein", "prompt": "x", "steps": 4, "seed": 1, "previews": 1,
+            "images": [base64.b64encode(png(photo(1280, 960))).decode()], "mask": base64.b64encode(png(mask)).decode()}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=300) as r:
+        lines = [json.loads(text) for text in r.iter_lines() if text.strip()]
+    assert "error" not in lines[-1], lines[-1]
+    final = decode(lines[-1]["images"][0])
+    previews = [decode(ln["preview"]) for ln in lines if "preview" in ln]
+    assert final.size == (1168, 880) and (lines[-1]["width"], lines[-1]["height"]) == (1168, 880)
+    assert [p.size for p in previews] == [(1168, 880)]
