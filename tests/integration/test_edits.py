@@ -360,6 +360,47 @@ def test_openai_edit_several_reference_images_with_klein(oai):
         oai.images.edit(model="klein", image=[("a.png", png(photo(64, 64)))] * 9, prompt="x", extra_body={"steps": 2})
 
 
+def phone_photo(image: Image.Image) -> bytes:
+    """A JPEG as a phone held upright stores `image`: turned a quarter left (`image` is 64x48, the
+    file 48x64) with EXIF Orientation 6, which every browser reads as "turn it right to show it"."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return png(image.transpose(Image.Transpose.ROTATE_90), format="JPEG", quality=95, exif=exif.tobytes())
+
+
+def right_half_mask() -> Image.Image:
+    """White (redrawn) on the right half of a 64x48 image."""
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (32, 0, 64, 48))
+    return mask
+
+
+def test_exif_orientation_is_applied_on_every_interface(server, oai, tmp_path):
+    """An image and a mask stored turned with EXIF Orientation 6 are used upright: a 64x48 image (not
+    48x64) on every interface, and the mask's right half is what is redrawn (two prompts differ there)."""
+    assert Image.open(io.BytesIO(phone_photo(photo(64, 48)))).size == (48, 64)
+    image, mask = phone_photo(photo(64, 48)), phone_photo(right_half_mask().convert("RGB"))
+    made = [np.asarray(decode(oai.images.edit(
+        model=MODEL, image=("in.jpg", image), mask=("mask.jpg", mask), prompt=prompt, output_format="png",
+        extra_body={"steps": 3, "seed": 1, "strength": 1.0}).data[0].b64_json)).astype(int)
+        for prompt in ("a cat", "a completely different prompt")]
+    assert made[0].shape == (48, 64, 3)
+    kept, edited = np.abs(made[0][:, :12] - made[1][:, :12]).mean(), np.abs(made[0][:, 48:] - made[1][:, 48:]).mean()
+    assert edited > 4 * kept, (kept, edited)
+    b64 = base64.b64encode(image).decode()
+    r = httpx.post(server.url + "/api/generate", timeout=120, json={
+        "model": MODEL, "prompt": "x", "stream": False, "steps": 2, "strength": 0.5, "images": [b64],
+        "mask": base64.b64encode(mask).decode()})
+    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (64, 48), r.text
+    r = httpx.post(server.url + "/sdapi/v1/img2img", timeout=120, json={
+        "prompt": "x", "init_images": [b64], "steps": 2, "denoising_strength": 0.5,
+        "override_settings": {"sd_model_checkpoint": MODEL}})
+    assert r.status_code == 200 and decode(r.json()["images"][0]).size == (64, 48), r.text
+    (tmp_path / "in.jpg").write_bytes(image)
+    r = server.cli("run", MODEL, "x", "--image", str(tmp_path / "in.jpg"), "--steps", "2", "-o", str(tmp_path / "out.png"))
+    assert r.returncode == 0 and Image.open(tmp_path / "out.png").size == (64, 48), r.stderr
+
+
 def test_klein_inpaint_previews_have_the_size_of_the_image_it_makes(server):
     """klein shrinks an image over 1024x1024 pixels of area (as diffusers does): a 1280x960 inpaint
     makes a 1168x880 image (1182x886 rounded down to multiples of 16), and its previews have that size
