@@ -21,6 +21,7 @@ from tests.integration.test_server import Server, decode
 
 MODEL = "tiny"
 LIMIT = 3 * 1024 * 1024  # OLLIMG_MAX_UPLOAD of this server
+BODY_LIMIT = 1_000_000  # its OLLIMG_MAX_BODY (1MB): smaller, and not for the multipart upload
 
 
 def png(image: Image.Image, **save) -> bytes:
@@ -45,7 +46,7 @@ def alpha_mask(w: int = 70, h: int = 53) -> Image.Image:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_zimage_dir, tiny_klein_dir):
     root = tmp_path_factory.mktemp("serve-edits")
-    srv = Server(root, OLLIMG_KEEP_ALIVE="5m", OLLIMG_MAX_UPLOAD=str(LIMIT))
+    srv = Server(root, OLLIMG_KEEP_ALIVE="5m", OLLIMG_MAX_UPLOAD="3MiB", OLLIMG_MAX_BODY="1MB")
     assert srv.cli("create", MODEL, "-f", str(tiny_zimage_dir)).returncode == 0
     no_encoder = root / "no-encoder"
     shutil.copytree(tiny_zimage_dir, no_encoder)
@@ -232,6 +233,61 @@ def test_upload_limit_before_the_body_is_read(server):
     r = httpx.post(server.url + "/v1/images/edits", content=chunks(), timeout=60,
                    headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 413
+
+
+def padded_png(image: Image.Image, pad: int) -> bytes:
+    """`image` as a PNG made `pad` bytes longer by a private ancillary chunk that readers skip."""
+    import struct
+    import zlib
+
+    data = png(image)
+    chunk = struct.pack(">I", pad - 12) + b"prVt" + b"\0" * (pad - 12)
+    chunk += struct.pack(">I", zlib.crc32(chunk[4:]))
+    return data[:33] + chunk + data[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
+
+
+def upload_of(server, size: int) -> httpx.Request:
+    """A multipart edit request (one image, steps 2) of exactly `size` bytes."""
+    def request(pad: int) -> httpx.Request:
+        image = padded_png(photo(32, 32), pad) if pad else png(photo(32, 32))
+        r = httpx.Request("POST", server.url + "/v1/images/edits", files={"image": ("in.png", image)},
+                          data={"model": MODEL, "prompt": "x", "steps": "2", "strength": "0.5"})
+        r.read()
+        return r
+
+    r = request(size - len(request(0).content))
+    assert len(r.content) == size and r.headers["content-length"] == str(size)
+    return r
+
+
+def test_an_upload_up_to_max_upload_is_taken_though_max_body_is_smaller(server):
+    """OLLIMG_MAX_UPLOAD (3MiB here) governs the multipart edit upload; OLLIMG_MAX_BODY (1MB) does not:
+    exactly the upload limit is accepted, one byte more is a 413 naming OLLIMG_MAX_UPLOAD."""
+    with httpx.Client(timeout=120) as client:
+        r = client.send(upload_of(server, LIMIT))
+        assert r.status_code == 200, r.text
+        assert decode(r.json()["data"][0]["b64_json"]).size == (32, 32)
+        r = client.send(upload_of(server, LIMIT + 1))
+        assert r.status_code == 413 and "OLLIMG_MAX_UPLOAD" in r.json()["error"]["message"], r.text
+
+
+def test_max_body_holds_for_json_images(server):
+    """Base64 images in JSON (/api/generate, /sdapi) count against OLLIMG_MAX_BODY: a body of exactly
+    the limit is taken (JSON whitespace pads it), one byte more is a 413 naming OLLIMG_MAX_BODY."""
+    body = json.dumps({"model": MODEL, "prompt": "x", "stream": False, "steps": 2, "strength": 0.5,
+                       "images": [base64.b64encode(png(photo(32, 32))).decode()]})
+    for size, status in ((BODY_LIMIT, 200), (BODY_LIMIT + 1, 413)):
+        padded = body[:-1] + " " * (size - len(body)) + "}"
+        r = httpx.post(server.url + "/api/generate", content=padded.encode(), timeout=120,
+                       headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+    assert "OLLIMG_MAX_BODY" in r.json()["error"]
+
+
+def test_a_bad_upload_limit_stops_serve_at_start(tmp_path):
+    srv = Server(tmp_path, OLLIMG_MAX_UPLOAD="lots")
+    r = srv.cli("serve", timeout=60)
+    assert r.returncode == 2 and "OLLIMG_MAX_UPLOAD='LOTS': use a size like 32MB or 1048576" in r.stderr, r.stderr
 
 
 def test_a_model_that_cannot_edit_is_refused_before_it_loads(server):
