@@ -510,6 +510,8 @@ def main() -> None:
             starts[f"ollimg, {tag}"] = start_to_png("ollimg", "zimage-random:bf16", store_dir, args, {}, cold)
             starts[f"ollimg eager, {tag}"] = start_to_png("ollimg", "zimage-random:bf16", store_dir, args,
                                                           {"OLLIMG_COMPILE": "off"}, cold)
+            if cold and args.fp8:
+                starts[f"ollimg fp8, {tag}"] = start_to_png("ollimg", "zimage-random:fp8", store_dir, args, {}, cold)
             if cold and not args.skip_diffusers:
                 starts[f"diffusers, {tag}"] = start_to_png("diffusers", str(model_dir), store_dir, args, {}, cold)
             print(json.dumps(starts, indent=1), flush=True)

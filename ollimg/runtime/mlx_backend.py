@@ -6,7 +6,7 @@ reads a tensor lazily, once, when the module first evaluates it, straight into t
 holds (unified memory on Apple Silicon), so there is no second full copy in host RAM.
 float8 E4M3 weights arrive as uint8 with their float32 `_scale` and are dequantized once, when a
 module is loaded (`load_module`). Also the building blocks every family's MLX files use:
-`evaluate`, `set_weights`, `load_module`.
+`evaluate`, `set_weights`, `load_module`, `RMSNorm`.
 """
 
 from __future__ import annotations
@@ -109,6 +109,18 @@ class _Fence:
 
     def wait(self) -> None:
         mx.eval(self.x)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last axis (MLX's fused kernel: statistics in float32, as every reference)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = mx.ones((dim,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.rms_norm(x, self.weight, self.eps)
 
 
 def evaluate(*arrays) -> None:

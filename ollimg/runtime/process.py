@@ -115,43 +115,35 @@ class RuntimeProcess:
     # --- requests ---
     def generate(self, request: GenerateRequest, on_step: Callable[[Step], None] | None = None,
                  on_preview: OnPreview | None = None) -> GenerateResult:
+        message = self._exchange({"type": "generate", "request": request.to_json()}, "result", on_step, on_preview)
+        self.gpu_memory = int(message.get("gpu_memory") or self.gpu_memory)
+        return GenerateResult.from_json(message["result"])
+
+    def calibrate(self, prompts: list[str], steps: int | None, on_step: Callable[[Step], None] | None = None) -> dict:
+        """Record TeaCache's calibration runs over `prompts` in the worker; the Calibration JSON."""
+        return self._exchange({"type": "calibrate", "prompts": prompts, "steps": steps}, "calibration",
+                              on_step, None)["calibration"]
+
+    def _exchange(self, request: dict, final: str, on_step: Callable[[Step], None] | None,
+                  on_preview: OnPreview | None) -> dict:
+        """Send one request; pass its step and preview frames on until the `final` one, returned."""
         with self._busy:
             if not self.alive:
                 raise RuntimeFailed(f"runtime for {self.model} is not running", stderr_tail=self.stderr_tail())
             try:
-                self._channel.send({"type": "generate", "request": request.to_json()})
+                self._channel.send(request)
             except OSError:
                 raise RuntimeFailed(f"runtime for {self.model} exited", stderr_tail=self.stderr_tail()) from None
             while True:
                 message = self._frames.get()
                 kind = message.get("type") if message is not _EOF else None
+                if kind == final:
+                    return message
                 if kind == "step" and on_step is not None:
                     on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0), message.get("status")))
                 elif kind == "preview" and on_preview is not None:
                     on_preview(Preview(message["index"], message.get("image_index", 0), message.get("step", 0),
                                        base64.b64decode(message["image"])))
-                elif kind == "result":
-                    self.gpu_memory = int(message.get("gpu_memory") or self.gpu_memory)
-                    return GenerateResult.from_json(message["result"])
-                elif kind not in ("step", "preview"):
-                    raise self._failure(message, f"runtime for {self.model} failed")
-
-    def calibrate(self, prompts: list[str], steps: int | None, on_step: Callable[[Step], None] | None = None) -> dict:
-        """Record TeaCache's calibration runs over `prompts` in the worker; the Calibration JSON."""
-        with self._busy:
-            if not self.alive:
-                raise RuntimeFailed(f"runtime for {self.model} is not running", stderr_tail=self.stderr_tail())
-            try:
-                self._channel.send({"type": "calibrate", "prompts": prompts, "steps": steps})
-            except OSError:
-                raise RuntimeFailed(f"runtime for {self.model} exited", stderr_tail=self.stderr_tail()) from None
-            while True:
-                message = self._frames.get()
-                kind = message.get("type") if message is not _EOF else None
-                if kind == "step" and on_step is not None:
-                    on_step(Step(message["step"], message["total"], message.get("elapsed", 0.0), message.get("status")))
-                elif kind == "calibration":
-                    return message["calibration"]
                 elif kind not in ("step", "preview"):
                     raise self._failure(message, f"runtime for {self.model} failed")
 

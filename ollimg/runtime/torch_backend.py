@@ -231,42 +231,82 @@ def load_module(backend: TorchBackend, module_cls, args: tuple, refs: dict[str, 
 
 
 READERS = 16  # threads reading weights: enough to keep an NVMe queue or a network disk busy
+STAGE_BYTES = 32 << 20  # each reader's two pinned staging buffers (1 GiB pinned in all)
 
 
 def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Tensors on the GPU, read by parallel threads straight into pinned memory (no page cache
-    mapping, no pageable staging copy) and copied asynchronously while later ones are still read.
-    Floats in `dtype` (converted on the GPU); fp8 weights and their scales as stored."""
+    """Tensors on the GPU, read by parallel threads through fixed pinned staging buffers and
+    copied asynchronously while the next piece is read. Each reader pins its two buffers once:
+    pinning memory per tensor (20 GB of it for Z-Image) costs more than reading it. Floats in
+    `dtype` (converted on the GPU); fp8 weights and their scales as stored."""
+    pending = sorted(refs.items(), key=lambda kv: -kv[1].nbytes)
+    pending.reverse()  # pop() takes the largest first
+    out: dict[str, torch.Tensor] = {}
 
-    def one(name: str, ref: TensorRef) -> torch.Tensor:
-        pinned = read_pinned(ref)
-        tensor = pinned.to(device, non_blocking=True)  # the host allocator keeps `pinned` until the copy is done
-        if tensor.dtype != FP8 and not name.endswith("_scale"):
-            tensor = tensor.to(dtype)
-        return tensor
+    def reader() -> None:
+        stream = torch.cuda.Stream(device)
+        stage = _Stage(stream)
+        while True:
+            try:
+                name, ref = pending.pop()
+            except IndexError:
+                break
+            keep = name.endswith("_scale") or STORED.get(ref.dtype) in (FP8, dtype)
+            out[name] = stage.upload(ref, device, None if keep else dtype)
+        stream.synchronize()
 
     with ThreadPoolExecutor(READERS, thread_name_prefix="weights") as pool:
-        futures = {name: pool.submit(one, name, ref) for name, ref in sorted(refs.items(), key=lambda kv: -kv[1].nbytes)}
-        out = {name: futures[name].result() for name in refs}
+        for future in [pool.submit(reader) for _ in range(READERS)]:
+            future.result()
     torch.cuda.synchronize(device)
     if hasattr(torch._C, "_host_emptyCache"):
-        torch._C._host_emptyCache()  # give back the pinned staging blocks
-    return out
+        torch._C._host_emptyCache()  # give back the pinned staging buffers
+    return {name: out[name] for name in refs}
 
 
-def read_pinned(ref: TensorRef) -> torch.Tensor:
-    """The tensor's bytes read from its file into page-locked host memory."""
-    if ref.dtype not in STORED:
-        raise InvalidModel(f"{ref.path}: tensor dtype {ref.dtype} is not supported")
-    buffer = torch.empty(ref.nbytes, dtype=torch.uint8, pin_memory=True)
-    view, done = memoryview(buffer.numpy()), 0
-    with open(ref.path, "rb", buffering=0) as f:
-        while done < ref.nbytes:
-            got = os.preadv(f.fileno(), [view[done:]], ref.offset + done)
-            if got == 0:
-                raise InvalidModel(f"{ref.path}: file ends {ref.nbytes - done} bytes before tensor data does")
-            done += got
-    return buffer.view(STORED[ref.dtype]).reshape(ref.shape)
+class _Stage:
+    """One reader's two pinned buffers on its own CUDA stream: piece i+1 is read from the file
+    into one while piece i is copied to the GPU from the other."""
+
+    def __init__(self, stream: torch.cuda.Stream):
+        self.stream = stream
+        self.buffers = [torch.empty(STAGE_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.views = [memoryview(b.numpy()) for b in self.buffers]
+        self.copied: list[torch.cuda.Event | None] = [None, None]
+        self.turn = 0
+
+    def upload(self, ref: TensorRef, device: torch.device, convert: torch.dtype | None) -> torch.Tensor:
+        if ref.dtype not in STORED:
+            raise InvalidModel(f"{ref.path}: tensor dtype {ref.dtype} is not supported")
+        raw = torch.empty(ref.nbytes, dtype=torch.uint8, device=device)  # allocated on the default stream
+        with open(ref.path, "rb", buffering=0) as f:
+            for start in range(0, ref.nbytes, STAGE_BYTES):
+                n = min(STAGE_BYTES, ref.nbytes - start)
+                i, self.turn = self.turn, 1 - self.turn
+                if self.copied[i] is not None:
+                    self.copied[i].synchronize()  # the buffer's last copy is done: it can be refilled
+                _read_into(f, self.views[i][:n], ref.offset + start, ref.path)
+                with torch.cuda.stream(self.stream):
+                    raw[start:start + n].copy_(self.buffers[i][:n], non_blocking=True)
+                    self.copied[i] = torch.cuda.Event()
+                    self.copied[i].record(self.stream)
+        tensor = raw.view(STORED[ref.dtype]).reshape(ref.shape)
+        if convert is None:
+            return tensor
+        converted = torch.empty(ref.shape, dtype=convert, device=device)
+        with torch.cuda.stream(self.stream):
+            converted.copy_(tensor)
+        raw.record_stream(self.stream)  # freed now, reused only after the stream's copy
+        return converted
+
+
+def _read_into(f, view: memoryview, offset: int, path) -> None:
+    done = 0
+    while done < len(view):
+        got = os.preadv(f.fileno(), [view[done:]], offset + done)
+        if got == 0:
+            raise InvalidModel(f"{path}: file ends {len(view) - done} bytes before tensor data does")
+        done += got
 
 
 def mapped(ref: TensorRef) -> torch.Tensor:

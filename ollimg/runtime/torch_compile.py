@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import platformdirs
 import torch
@@ -53,9 +54,27 @@ def _configure() -> None:
     setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
 
 
+def _import_compiler() -> None:
+    _configure()
+    import torch._inductor.compile_fx  # noqa: F401  (otherwise imported at the first generation)
+
+
+_preparing: threading.Thread | None = None
+
+
+def prepare() -> None:
+    """Imports the compiler (about 2 s) on a thread, while the caller reads the weights."""
+    global _preparing
+    if _preparing is None:
+        _preparing = threading.Thread(target=_import_compiler, name="compiler-import", daemon=True)
+        _preparing.start()
+
+
 def compile_blocks(blocks: list[nn.Module]) -> None:
     """Compile each module's forward in place (one graph shared by modules of the same class)."""
-    _configure()
+    prepare()
+    _preparing.join()
+    _configure()  # again, cheap once imported: raises here what the thread could not
     for block in blocks:
         block.compile(fullgraph=True, dynamic=True)
     log.info("torch.compile on for %d blocks (cache: %s)", len(blocks), os.environ["TORCHINDUCTOR_CACHE_DIR"])

@@ -132,12 +132,18 @@ def test_fused_weights_on_cuda_equal_the_layers(tiny_zimage_dir, monkeypatch):
     assert block.feed_forward.w13 is not None and not hasattr(block.feed_forward, "w1")
 
 
-def test_weights_read_into_pinned_memory_equal_the_mapped_ones(tiny_zimage_dir):
+@pytest.mark.parametrize("stage_bytes", [None, 1000])
+def test_weights_read_through_pinned_staging_equal_the_mapped_ones(tiny_zimage_dir, monkeypatch, stage_bytes):
+    """Whole tensors per staging buffer, and (1000 bytes) each tensor in many odd-sized pieces."""
+    from ollimg.runtime import torch_backend
     from ollimg.runtime.source import ModelSource
     from ollimg.runtime.torch_backend import mapped, upload
 
+    if stage_bytes:
+        monkeypatch.setattr(torch_backend, "STAGE_BYTES", stage_bytes)
     refs = ModelSource.from_dir(tiny_zimage_dir).tensors("transformer")
-    loaded = upload(refs, torch.device("cuda"), torch.float32)
-    assert loaded.keys() == refs.keys()
-    for name, ref in refs.items():
-        assert torch.equal(loaded[name].cpu(), mapped(ref).float()), name
+    for dtype in (torch.float32, torch.bfloat16):
+        loaded = upload(refs, torch.device("cuda"), dtype)
+        assert loaded.keys() == refs.keys()
+        for name, ref in refs.items():
+            assert torch.equal(loaded[name].cpu(), mapped(ref).to(dtype)), name

@@ -113,3 +113,26 @@ def test_pack_keeps_bf16_weights_exactly_in_fewer_bytes():
     back = checkpoint.unpack(blob)
     assert all(torch.equal(back[k], weights[k].to(torch.bfloat16)) for k in weights)
     assert len(blob) < 0.8 * 2 * sum(w.numel() for w in weights.values())
+
+
+def test_vae_only_trains_and_scores_the_vae_alone(tmp_path, monkeypatch):
+    for table, small in TINY:
+        for key, value in small.items():
+            monkeypatch.setitem(table, key, value)
+    monkeypatch.setattr(train, "LATENT_STATS_IMAGES", (2, 4))
+    monkeypatch.setattr(train, "check_vae", lambda vae, device: {"kind": 0.5})
+    train.main(["--out", str(tmp_path), "--vae-only", "--vae-steps", "1", "--vae-batch", "2",
+                "--vae-channels", "8", "16", "--vae-layers", "2", "--edge-weight", "10"])
+    info = json.loads((tmp_path / "vae-info.json").read_text())
+    assert info["vae_heldout"] == {"kind": 0.5} and info["args"]["vae_channels"] == "[8, 16]"
+    assert info["vae_parameters"] == sum(p.numel() for p in model.build_vae([8, 16], 2).parameters())
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "model").exists()
+
+
+def test_edge_weights_mark_the_pixels_beside_an_edge():
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., 2:5, 2:5] = 1.0  # a 3x3 square
+    w = train.edge_weights(x, 10.0)
+    assert w.shape == (1, 1, 8, 8) and set(w.unique().tolist()) == {1.0, 11.0}
+    assert w[0, 0, 3, 3] == 11 and w[0, 0, 0, 0] == 1 and w[0, 0, 7, 7] == 1  # inside near edge; far corners
+    assert torch.equal(train.edge_weights(x, 0.0), torch.ones(1, 1, 8, 8))

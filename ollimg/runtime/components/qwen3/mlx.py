@@ -13,15 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = mx.ones((dim,))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.rms_norm(x, self.weight, self.eps)
+from ollimg.runtime.mlx_backend import RMSNorm
 
 
 def rotate_half(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:  # x: (B, H, L, Dh)

@@ -13,18 +13,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ollimg.runtime.mlx_backend import RMSNorm
 from ollimg.runtime.models.flux2 import layout
 from ollimg.runtime.models.flux2.config import TransformerConfig
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = mx.ones((dim,))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.rms_norm(x, self.weight, self.eps)
 
 
 def layer_norm(x: mx.array, eps: float) -> mx.array:

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
+    compiled = torch_compile.FirstUse(torch_compile.wanted(backend.device))
+    if compiled.enabled:
+        torch_compile.prepare()  # the compiler's imports, beside the weight reads
     te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
     offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
     if offload:
@@ -34,7 +37,6 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     vae_config = config.vae
     if backend.device.type == "cuda":
         transformer.fuse()  # one GEMM for q/k/v and one for gate/up (a copy: not worth it on mapped CPU weights)
-    compiled = torch_compile.FirstUse(torch_compile.wanted(backend.device))
     if compiled.enabled:
         torch_compile.compile_blocks([*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers])
 
