@@ -122,8 +122,9 @@ def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...], noise: C
 
 
 def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any], timings: dict[str, float], *,
-            size: tuple[int, int], on_step: OnStep | None = None, previews: int = 0, on_preview: OnPreview | None = None,
-            to_rgb: Callable[[Any], np.ndarray] | None = None, after_step: Callable[[Any, int], Any] | None = None):
+            size: tuple[int, int], on_step: OnStep | None = None, previews: int = 0,
+            on_preview: OnPreview | None = None, to_rgb: Callable[[Any], np.ndarray] | None = None,
+            after_step: Callable[[Any, int], Any] | None = None):
     """Euler steps in float32: x <- x + (sigma_next - sigma) * velocity(x, i), then
     `after_step(x, i)` when given (inpainting puts the kept area back).
 

@@ -453,8 +453,9 @@ def test_exif_orientation_is_applied_on_every_interface(server, oai, tmp_path):
         "override_settings": {"sd_model_checkpoint": MODEL}})
     assert r.status_code == 200 and decode(r.json()["images"][0]).size == (64, 48), r.text
     (tmp_path / "in.jpg").write_bytes(image)
-    r = server.cli("run", MODEL, "x", "--image", str(tmp_path / "in.jpg"), "--steps", "2", "-o", str(tmp_path / "out.png"))
-    assert r.returncode == 0 and Image.open(tmp_path / "out.png").size == (64, 48), r.stderr
+    out = tmp_path / "out.png"
+    r = server.cli("run", MODEL, "x", "--image", str(tmp_path / "in.jpg"), "--steps", "2", "-o", str(out))
+    assert r.returncode == 0 and Image.open(out).size == (64, 48), r.stderr
 
 
 def test_klein_inpaint_previews_have_the_size_of_the_image_it_makes(server):
@@ -464,7 +465,7 @@ def test_klein_inpaint_previews_have_the_size_of_the_image_it_makes(server):
     same code."""
     mask = Image.new("L", (1280, 960), 0)
     mask.paste(255, (200, 100, 900, 700))
-    body = {"model": "klein", "prompt": "x", "steps": 4, "seed": 1, "previews": 1,
+    body = {"model": "klein", "prompt": "x", "steps": 2, "strength": 1.0, "seed": 1, "previews": 1,
             "images": [base64.b64encode(png(photo(1280, 960))).decode()], "mask": base64.b64encode(png(mask)).decode()}
     with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=300) as r:
         lines = [json.loads(text) for text in r.iter_lines() if text.strip()]
