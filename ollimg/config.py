@@ -37,8 +37,8 @@ SETTINGS = [
     Setting("OLLIMG_KEEP_ALIVE", "5m", "how long a model stays loaded after use; 0 unloads at once, negative keeps it forever"),
     Setting("OLLIMG_MAX_LOADED_MODELS", "3", "most models loaded at once"),
     Setting("OLLIMG_MAX_QUEUE", "64", "most requests waiting per server before 503"),
-    Setting("OLLIMG_MAX_UPLOAD", "52428800", "bytes a multipart image upload (/v1/images/edits) may hold; larger is "
-            "refused with 413 while it is read"),
+    Setting("OLLIMG_MAX_UPLOAD", "50MiB", "largest multipart image upload (/v1/images/edits, all its parts; units as "
+            "OLLIMG_MAX_BODY); larger is refused with 413 while it is read; OLLIMG_MAX_BODY does not apply to it"),
     Setting("OLLIMG_BACKEND", "auto", "runtime backend: auto, torch, mlx"),
     Setting("OLLIMG_MLX_BLAS", "auto", "BLAS for MLX on a Linux CPU: auto (OpenBLAS when installed), bundled, or a library path"),
     Setting("OLLIMG_DEVICE", "auto", "torch device: auto, cpu, cuda, cuda:N"),
@@ -56,8 +56,9 @@ SETTINGS = [
     Setting("OLLIMG_MAX_PIXELS", "4194304", "most pixels (width x height) per image a request may ask for (2048x2048)"),
     Setting("OLLIMG_MAX_IMAGES", "4", "most images per request"),
     Setting("OLLIMG_MAX_STEPS", "100", "most denoising steps per request"),
-    Setting("OLLIMG_MAX_BODY", "32MB", "largest request body accepted (413 beyond); units B, KB, MB, GB; not for "
-            "/api/load, whose archive streams into the store"),
+    Setting("OLLIMG_MAX_BODY", "32MB", "largest request body accepted (413 beyond), base64 images in JSON included; "
+            "units B, KB, MB, GB, KiB, MiB, GiB; not for /api/load, whose archive streams into the store, nor "
+            "/v1/images/edits (OLLIMG_MAX_UPLOAD)"),
     Setting("OLLIMG_MAX_GENERATION_TIME", "10m", "longest a generation may run before it is cancelled (504); "
             "0 for no limit"),
 ]
@@ -169,8 +170,9 @@ def max_queue() -> int:
 
 
 def max_upload() -> int:
-    """Bytes an image upload (a multipart edit request, all its parts) may hold; larger is refused (413)."""
-    return _int("OLLIMG_MAX_UPLOAD", 50 * 1024 * 1024)
+    """Bytes an image upload (a multipart edit request, all its parts) may hold; larger is refused (413).
+    The edit route's only limit: OLLIMG_MAX_BODY does not apply to it."""
+    return _bytes("OLLIMG_MAX_UPLOAD", 50 * 2**20)
 
 
 def backend() -> str:

@@ -5,8 +5,10 @@
 than MAX_PIXELS pixels or a side over MAX_SIDE (checked from the header, before decoding: a
 decompression bomb never allocates), an animated image (several frames). What is converted, and
 how: CMYK, palette, greyscale, 16-bit and alpha images become 8-bit RGB (16-bit scaled, alpha
-dropped). A mask with an alpha channel follows OpenAI (alpha 0 = edit) or, for A1111, its
-`create_binary_mask` (opaque = edit, when any pixel is not opaque); without one, white = edit.
+dropped). An EXIF Orientation (a phone photo's) is applied to images and masks alike: they are
+used upright, as browsers show them. A mask with an alpha channel follows OpenAI (alpha 0 = edit)
+or, for A1111, its `create_binary_mask` (opaque = edit, when any pixel is not opaque); without
+one, white = edit.
 Knows no HTTP, torch or mlx: PIL only.
 """
 
@@ -24,7 +26,7 @@ MAX_PIXELS = 40_000_000  # 40 megapixels: a large photo; decoded RGB is 120 MB
 
 
 def _open(data: bytes, what: str):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         image = Image.open(io.BytesIO(data))
@@ -42,6 +44,7 @@ def _open(data: bytes, what: str):
         image.load()
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidInput(f"{what} could not be decoded (truncated or corrupt): {e}") from None
+    ImageOps.exif_transpose(image, in_place=True)  # upright, as displayed; the size checks hold either way
     return image
 
 

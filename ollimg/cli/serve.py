@@ -33,6 +33,7 @@ def serve_command() -> None:
     config.keep_alive(), config.max_queue(), config.max_loaded_models(), config.backend(), config.load_timeout()
     config.gallery_max()
     config.max_pixels(), config.max_images(), config.max_steps(), config.max_body(), config.max_generation_time()
+    config.max_upload()
     if not config.debug():
         logging.getLogger("ollimg").setLevel(logging.INFO)  # loads, unloads, cancels and crashes go to the log
     sock = _bind(host, port)  # before saying "listening": a busy port is one error line

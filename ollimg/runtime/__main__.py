@@ -132,8 +132,7 @@ class Worker:
 
             index = next(previews)
             for image_index, pixels in enumerate(rgb):
-                image = Image.fromarray(pixels, "RGB").resize((result_size[0], result_size[1]), Image.BILINEAR)
-                png = encode(image, None, "png", compression=10)
+                png = encode(Image.fromarray(pixels, "RGB"), None, "png", compression=10)
                 self.channel.send({"type": "preview", "index": index, "image_index": image_index, "step": step,
                                    "image": base64.b64encode(png).decode("ascii")})
 
@@ -141,13 +140,7 @@ class Worker:
         if req.teacache is not None:
             refuse_unsupported(self.pipeline)
             options["teacache"] = req.teacache
-        d = self.pipeline.defaults
         edit = self._edit(req)
-        if req.images:
-            first = edit["images"][0]
-            result_size = (req.width or first.width - first.width % 16, req.height or first.height - first.height % 16)
-        else:
-            result_size = (req.width or d.width, req.height or d.height)
         result = self.pipeline.generate(
             req.prompt, negative_prompt=req.negative_prompt, width=req.width, height=req.height, steps=req.steps,
             guidance=req.guidance, seed=req.seed, n=req.n, on_step=self.on_step, previews=req.previews,

@@ -22,7 +22,7 @@ from ollimg.runtime.request import MAX_IMAGES, MAX_SEED
 
 MAX_SIDE = 4096
 OnStep = Callable[[Step], None]
-OnPreview = Callable[[int, np.ndarray], None]  # (step, rgb uint8 [n, h, w, 3], any size up to the image's)
+OnPreview = Callable[[int, np.ndarray], None]  # (step, rgb uint8 [n, height, width, 3], the image's size)
 
 
 @dataclass
@@ -122,13 +122,15 @@ def initial_latents(latents: np.ndarray | None, shape: tuple[int, ...], noise: C
 
 
 def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any], timings: dict[str, float], *,
-            on_step: OnStep | None = None, previews: int = 0, on_preview: OnPreview | None = None,
-            to_rgb: Callable[[Any], np.ndarray] | None = None, after_step: Callable[[Any, int], Any] | None = None):
+            size: tuple[int, int], on_step: OnStep | None = None, previews: int = 0,
+            on_preview: OnPreview | None = None, to_rgb: Callable[[Any], np.ndarray] | None = None,
+            after_step: Callable[[Any, int], Any] | None = None):
     """Euler steps in float32: x <- x + (sigma_next - sigma) * velocity(x, i), then
     `after_step(x, i)` when given (inpainting puts the kept area back).
 
     Previews show the model's current guess of the clean latents, x - sigma * velocity (flow
-    matching), through the family's `to_rgb` (latents as a backend array -> uint8 [n, h, w, 3]).
+    matching), through the family's `to_rgb` (latents as a backend array -> uint8 [n, h, w, 3]),
+    scaled (bilinear) to `size`, the (width, height) of the images being made, when smaller.
 
     Progress and previews of step i are reported once step i + 1 is queued (`backend.fence`): the
     host waits for a step while the device already has the next one, so it never idles."""
@@ -142,7 +144,7 @@ def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any],
         if on_step is not None:
             on_step(Step(done, steps, time.perf_counter() - mark))
         if guess is not None:
-            on_preview(done, to_rgb(guess))
+            on_preview(done, _scaled(to_rgb(guess), size))
 
     for i in range(steps):
         v = velocity(x, i)
@@ -153,13 +155,21 @@ def denoise(backend, x, sigmas: np.ndarray, velocity: Callable[[Any, int], Any],
             x = after_step(x, i)
         if pending is not None:
             report(*pending)
-        if on_step is not None or guess is not None:
-            pending = (i + 1, backend.fence(x), guess)
+        pending = (i + 1, backend.fence(x), guess) if on_step is not None or guess is not None else None
     if pending is not None:
         report(*pending)
     backend.synchronize()
     timings["denoise"] = time.perf_counter() - mark
     return x
+
+
+def _scaled(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [n, h, w, 3] frames at (width, height) `size`: a preview made per latent cell is smaller."""
+    from PIL import Image
+
+    if rgb.shape[2:0:-1] == tuple(size):
+        return rgb
+    return np.stack([np.asarray(Image.fromarray(frame, "RGB").resize(size, Image.BILINEAR)) for frame in rgb])
 
 
 def to_images(pixels: np.ndarray) -> list:

@@ -237,7 +237,7 @@ STAGE_BYTES = 32 << 20  # each reader's two pinned staging buffers (1 GiB pinned
 def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Tensors on the GPU, read by parallel threads through fixed pinned staging buffers and
     copied asynchronously while the next piece is read. Each reader pins its two buffers once:
-    pinning memory per tensor (20 GB of it for Z-Image) costs more than reading it. Floats in
+    pinning memory per tensor (20 GB of it for a large model) costs more than reading it. Floats in
     `dtype` (converted on the GPU); fp8 weights and their scales as stored."""
     pending = sorted(refs.items(), key=lambda kv: -kv[1].nbytes)
     pending.reverse()  # pop() takes the largest first

@@ -6,7 +6,9 @@ but CORS preflight, except the web page's HTML shell (`GET /`) and its static fi
 which hold no data and ask for the key in the browser; every API they call needs it.
 The body limit (OLLIMG_MAX_BODY) refuses a declared Content-Length at once and counts the bytes of
 a chunked body as they arrive, so no body is read whole before it is known to be small enough;
-`/api/load` alone is not limited (its archive goes a piece at a time into the store, as a pull's blobs do).
+two routes have a limit of their own instead: `/api/load` (its archive goes a piece at a time into
+the store, as a pull's blobs do) and `/v1/images/edits` (its multipart upload, read up to
+OLLIMG_MAX_UPLOAD and counted the same way by the route).
 The access log (logger `ollimg.access`) has one line per request: client, method, path (no query
 string), status, bytes sent, seconds. Imports config and errors; no route knows about these rules.
 """
@@ -58,17 +60,18 @@ class ApiKey:
         await self.app(scope, receive, send)
 
 
-STREAMED_BODIES = ("/api/load",)  # read a piece at a time into the store, never held whole: no OLLIMG_MAX_BODY
+OWN_LIMITS = ("/api/load", "/v1/images/edits")  # no OLLIMG_MAX_BODY: the store's stream, OLLIMG_MAX_UPLOAD
 
 
 class BodyLimit:
-    """Refuses bodies over OLLIMG_MAX_BODY with 413: by Content-Length before reading, else while reading."""
+    """Refuses bodies over OLLIMG_MAX_BODY with 413: by Content-Length before reading, else while
+    reading; the OWN_LIMITS routes are left to their own."""
 
     def __init__(self, app: ASGIApp, error_response: ErrorResponse):
         self.app, self.error_response = app, error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in STREAMED_BODIES:
+        if scope["type"] != "http" or scope["path"] in OWN_LIMITS:
             await self.app(scope, receive, send)
             return
         limit = config.max_body()

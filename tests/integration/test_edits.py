@@ -21,6 +21,7 @@ from tests.integration.test_server import Server, decode
 
 MODEL = "tiny"
 LIMIT = 3 * 1024 * 1024  # OLLIMG_MAX_UPLOAD of this server
+BODY_LIMIT = 1_000_000  # its OLLIMG_MAX_BODY (1MB): smaller, and not for the multipart upload
 
 
 def png(image: Image.Image, **save) -> bytes:
@@ -45,7 +46,7 @@ def alpha_mask(w: int = 70, h: int = 53) -> Image.Image:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_zimage_dir, tiny_klein_dir):
     root = tmp_path_factory.mktemp("serve-edits")
-    srv = Server(root, OLLIMG_KEEP_ALIVE="5m", OLLIMG_MAX_UPLOAD=str(LIMIT))
+    srv = Server(root, OLLIMG_KEEP_ALIVE="5m", OLLIMG_MAX_UPLOAD="3MiB", OLLIMG_MAX_BODY="1MB")
     assert srv.cli("create", MODEL, "-f", str(tiny_zimage_dir)).returncode == 0
     no_encoder = root / "no-encoder"
     shutil.copytree(tiny_zimage_dir, no_encoder)
@@ -234,6 +235,61 @@ def test_upload_limit_before_the_body_is_read(server):
     assert r.status_code == 413
 
 
+def padded_png(image: Image.Image, pad: int) -> bytes:
+    """`image` as a PNG made `pad` bytes longer by a private ancillary chunk that readers skip."""
+    import struct
+    import zlib
+
+    data = png(image)
+    chunk = struct.pack(">I", pad - 12) + b"prVt" + b"\0" * (pad - 12)
+    chunk += struct.pack(">I", zlib.crc32(chunk[4:]))
+    return data[:33] + chunk + data[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
+
+
+def upload_of(server, size: int) -> httpx.Request:
+    """A multipart edit request (one image, steps 2) of exactly `size` bytes."""
+    def request(pad: int) -> httpx.Request:
+        image = padded_png(photo(32, 32), pad) if pad else png(photo(32, 32))
+        r = httpx.Request("POST", server.url + "/v1/images/edits", files={"image": ("in.png", image)},
+                          data={"model": MODEL, "prompt": "x", "steps": "2", "strength": "0.5"})
+        r.read()
+        return r
+
+    r = request(size - len(request(0).content))
+    assert len(r.content) == size and r.headers["content-length"] == str(size)
+    return r
+
+
+def test_an_upload_up_to_max_upload_is_taken_though_max_body_is_smaller(server):
+    """OLLIMG_MAX_UPLOAD (3MiB here) governs the multipart edit upload; OLLIMG_MAX_BODY (1MB) does not:
+    exactly the upload limit is accepted, one byte more is a 413 naming OLLIMG_MAX_UPLOAD."""
+    with httpx.Client(timeout=120) as client:
+        r = client.send(upload_of(server, LIMIT))
+        assert r.status_code == 200, r.text
+        assert decode(r.json()["data"][0]["b64_json"]).size == (32, 32)
+        r = client.send(upload_of(server, LIMIT + 1))
+        assert r.status_code == 413 and "OLLIMG_MAX_UPLOAD" in r.json()["error"]["message"], r.text
+
+
+def test_max_body_holds_for_json_images(server):
+    """Base64 images in JSON (/api/generate, /sdapi) count against OLLIMG_MAX_BODY: a body of exactly
+    the limit is taken (JSON whitespace pads it), one byte more is a 413 naming OLLIMG_MAX_BODY."""
+    body = json.dumps({"model": MODEL, "prompt": "x", "stream": False, "steps": 2, "strength": 0.5,
+                       "images": [base64.b64encode(png(photo(32, 32))).decode()]})
+    for size, status in ((BODY_LIMIT, 200), (BODY_LIMIT + 1, 413)):
+        padded = body[:-1] + " " * (size - len(body)) + "}"
+        r = httpx.post(server.url + "/api/generate", content=padded.encode(), timeout=120,
+                       headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+    assert "OLLIMG_MAX_BODY" in r.json()["error"]
+
+
+def test_a_bad_upload_limit_stops_serve_at_start(tmp_path):
+    srv = Server(tmp_path, OLLIMG_MAX_UPLOAD="lots")
+    r = srv.cli("serve", timeout=60)
+    assert r.returncode == 2 and "OLLIMG_MAX_UPLOAD='LOTS': use a size like 32MB or 1048576" in r.stderr, r.stderr
+
+
 def test_a_model_that_cannot_edit_is_refused_before_it_loads(server):
     """On every interface: a 400 naming the reason, and the model never loaded."""
     message = "model noenc:latest cannot edit images: it has no VAE encoder"
@@ -358,3 +414,63 @@ def test_openai_edit_several_reference_images_with_klein(oai):
     assert decode(redrawn.data[0].b64_json).size == (64, 64)
     with pytest.raises(openai.BadRequestError, match="takes at most 8 input images, got 9"):
         oai.images.edit(model="klein", image=[("a.png", png(photo(64, 64)))] * 9, prompt="x", extra_body={"steps": 2})
+
+
+def phone_photo(image: Image.Image) -> bytes:
+    """A JPEG as a phone held upright stores `image`: turned a quarter left (`image` is 64x48, the
+    file 48x64) with EXIF Orientation 6, which every browser reads as "turn it right to show it"."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return png(image.transpose(Image.Transpose.ROTATE_90), format="JPEG", quality=95, exif=exif.tobytes())
+
+
+def right_half_mask() -> Image.Image:
+    """White (redrawn) on the right half of a 64x48 image."""
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (32, 0, 64, 48))
+    return mask
+
+
+def test_exif_orientation_is_applied_on_every_interface(server, oai, tmp_path):
+    """An image and a mask stored turned with EXIF Orientation 6 are used upright: a 64x48 image (not
+    48x64) on every interface, and the mask's right half is what is redrawn (two prompts differ there)."""
+    assert Image.open(io.BytesIO(phone_photo(photo(64, 48)))).size == (48, 64)
+    image, mask = phone_photo(photo(64, 48)), phone_photo(right_half_mask().convert("RGB"))
+    made = [np.asarray(decode(oai.images.edit(
+        model=MODEL, image=("in.jpg", image), mask=("mask.jpg", mask), prompt=prompt, output_format="png",
+        extra_body={"steps": 3, "seed": 1, "strength": 1.0}).data[0].b64_json)).astype(int)
+        for prompt in ("a cat", "a completely different prompt")]
+    assert made[0].shape == (48, 64, 3)
+    kept, edited = np.abs(made[0][:, :12] - made[1][:, :12]).mean(), np.abs(made[0][:, 48:] - made[1][:, 48:]).mean()
+    assert edited > 4 * kept, (kept, edited)
+    b64 = base64.b64encode(image).decode()
+    r = httpx.post(server.url + "/api/generate", timeout=120, json={
+        "model": MODEL, "prompt": "x", "stream": False, "steps": 2, "strength": 0.5, "images": [b64],
+        "mask": base64.b64encode(mask).decode()})
+    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (64, 48), r.text
+    r = httpx.post(server.url + "/sdapi/v1/img2img", timeout=120, json={
+        "prompt": "x", "init_images": [b64], "steps": 2, "denoising_strength": 0.5,
+        "override_settings": {"sd_model_checkpoint": MODEL}})
+    assert r.status_code == 200 and decode(r.json()["images"][0]).size == (64, 48), r.text
+    (tmp_path / "in.jpg").write_bytes(image)
+    out = tmp_path / "out.png"
+    r = server.cli("run", MODEL, "x", "--image", str(tmp_path / "in.jpg"), "--steps", "2", "-o", str(out))
+    assert r.returncode == 0 and Image.open(out).size == (64, 48), r.stderr
+
+
+def test_klein_inpaint_previews_have_the_size_of_the_image_it_makes(server):
+    """klein shrinks an image over 1024x1024 pixels of area (as diffusers does): a 1280x960 inpaint
+    makes a 1168x880 image (1182x886 rounded down to multiples of 16), and its previews have that size
+    (they had the request's 1280x960). A reference edit sizes its output the same way, through the
+    same code."""
+    mask = Image.new("L", (1280, 960), 0)
+    mask.paste(255, (200, 100, 900, 700))
+    body = {"model": "klein", "prompt": "x", "steps": 2, "strength": 1.0, "seed": 1, "previews": 1,
+            "images": [base64.b64encode(png(photo(1280, 960))).decode()], "mask": base64.b64encode(png(mask)).decode()}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=300) as r:
+        lines = [json.loads(text) for text in r.iter_lines() if text.strip()]
+    assert "error" not in lines[-1], lines[-1]
+    final = decode(lines[-1]["images"][0])
+    previews = [decode(ln["preview"]) for ln in lines if "preview" in ln]
+    assert final.size == (1168, 880) and (lines[-1]["width"], lines[-1]["height"]) == (1168, 880)
+    assert [p.size for p in previews] == [(1168, 880)]

@@ -277,6 +277,30 @@ def test_edit_with_a_painted_mask_lands_in_the_gallery(page, server, tmp_path):
     page.wait_for_function("() => maskPainted()")
 
 
+def test_a_phone_photo_is_edited_upright(page, server, tmp_path):
+    """A JPEG stored turned a quarter left with EXIF Orientation 6 (as a phone held upright writes it):
+    the page shows it upright (128x96, not 96x128), and the mask painted on it fits the image the
+    server reads (also upright), so the edit is made at 128x96."""
+    upright = Image.open(io.BytesIO(picture(tmp_path / "start.png"))).crop((0, 16, 128, 112))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", quality=95, exif=exif.tobytes())
+    open_page(page, server, "edit")
+    page.set_input_files("#edit-file", str(tmp_path / "phone.jpg"))
+    expect(page.locator("#edit-image-info")).to_have_text("phone.jpg, 128×96 pixels.")
+    page.locator("#edit-canvas").focus()
+    page.keyboard.press("Space")  # a dot in the middle
+    page.fill("#edit-prompt", "a yellow star")
+    page.fill("#edit-steps", "2")
+    with page.expect_request("**/api/generate") as sent:
+        page.click("#edit-generate")
+    expect(page.locator("#edit-results img.final")).to_be_visible()
+    with Image.open(io.BytesIO(base64.b64decode(sent.value.post_data_json["mask"].split(",", 1)[1]))) as mask:
+        assert mask.size == (128, 96) and mask.getchannel("A").getpixel((64, 48)) == 0
+    made = page.evaluate("[...document.querySelectorAll('#edit-results img.final')].map((i) => [i.naturalWidth, i.naturalHeight])")
+    assert made == [[128, 96]]
+
+
 def test_bad_edits_show_errors_next_to_their_field(page, server, tmp_path, tiny_zimage_dir):
     before = gallery(server)["total"]
     open_page(page, server, "edit")

@@ -56,3 +56,38 @@ def test_base64():
     assert input_images.from_base64("data:image/png;base64,aGk=", "images") == b"hi"
     with pytest.raises(InvalidInput, match="images must be base64"):
         input_images.from_base64("not base64!", "images")
+
+
+def oriented(image: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
+    """`image` stored turned as a camera stores it, with the EXIF Orientation that rights it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    image.save(out, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def upright() -> Image.Image:
+    """60x40, red on the left half, blue on the right: which way it was turned shows."""
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, :30] = (255, 0, 0)
+    rgb[:, 30:] = (0, 0, 255)
+    return Image.fromarray(rgb, "RGB")
+
+
+@pytest.mark.parametrize("orientation, stored", [
+    (6, lambda im: im.transpose(Image.Transpose.ROTATE_90)),  # a phone held upright: stored turned left
+    (8, lambda im: im.transpose(Image.Transpose.ROTATE_270)),
+    (3, lambda im: im.transpose(Image.Transpose.ROTATE_180)),
+    (2, lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied_to_images_and_masks(orientation, stored, fmt):
+    data = oriented(stored(upright()), orientation, fmt)
+    assert Image.open(io.BytesIO(data)).size == ((40, 60) if orientation in (6, 8) else (60, 40))  # as stored
+    image = decoded(input_images.source(data))
+    assert image.size == (60, 40) and "exif" not in image.info
+    pixels = np.asarray(image).astype(int)
+    assert pixels[20, 5, 0] > 200 > pixels[20, 5, 2] and pixels[20, 55, 2] > 200 > pixels[20, 55, 0]
+    mask = decoded(input_images.mask(oriented(stored(upright().convert("L")), orientation, fmt), (60, 40)))
+    assert mask.size == (60, 40) and np.asarray(mask)[20, 5] > np.asarray(mask)[20, 55]  # red is the lighter grey

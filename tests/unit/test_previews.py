@@ -28,3 +28,15 @@ def test_the_flux_vae_previews_through_its_linear_map():
     rgb = flux_vae_rgb(np.zeros((2, 16, 4, 6), np.float32))
     assert rgb.shape == (2, 4, 6, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[0, 0, 0], np.round((np.array([-0.0329, -0.0718, -0.0851]) + 1) * 127.5))
+
+
+def test_previews_made_per_latent_cell_come_at_the_image_size(tiny_zimage_dir):
+    """The FLUX.1 VAE's preview is one pixel per latent cell (6x4 for 48x32); `on_preview` gets it
+    scaled to the image's size, the size every preview has whichever way it was made; each preview comes once."""
+    pipe = load(str(tiny_zimage_dir), backend="torch", device="cpu")
+    assert pipe.flux_vae
+    frames = []
+    result = pipe.generate("x", width=48, height=32, steps=2, seed=1, n=2, previews=1,
+                           on_preview=lambda step, rgb: frames.append((step, rgb)))
+    assert [(step, f.shape, f.dtype) for step, f in frames] == [(1, (2, 32, 48, 3), np.uint8)]
+    assert result.images[0].size == (48, 32)

@@ -10,7 +10,7 @@ step (`{"type": "progress", "step", "total"}`) only when the request asks with t
 is refused (400): images are returned inline only. No model, or one of OpenAI's names (dall-e-*,
 gpt-image-*), means the default model; sizes are rounded to multiples of 16 as /sdapi does (the
 answer's `size` says what was made). An edit upload over OLLIMG_MAX_UPLOAD is refused (413) while
-it is read, before it is held whole.
+it is read, before it is held whole (its only limit: the app's OLLIMG_MAX_BODY leaves it to this route).
 """
 
 from __future__ import annotations

@@ -516,9 +516,9 @@ const paint = { source: null, cursor: null, last: null, frame: 0 };
 
 async function decodeImage(blob) {
   try {
-    return await createImageBitmap(blob, { imageOrientation: "none" });  // as the server reads it: no EXIF rotation
+    return await createImageBitmap(blob, { imageOrientation: "from-image" });  // upright, as the server reads it (EXIF)
   } catch (e) {
-    if (e.name === "TypeError") return createImageBitmap(blob);  // a browser without that option
+    if (e.name === "TypeError") return createImageBitmap(blob);  // a browser without that value: EXIF is its default
     throw e;
   }
 }

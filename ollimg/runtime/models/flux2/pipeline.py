@@ -167,9 +167,9 @@ class Flux2Pipeline:
         neg_context = self.components.prepare(neg_text, refs, ref_sizes, h, w) if cfg else None
         cache = step_cache.start(self, len(sigmas) - 1, teacache, teacache_record)  # the steps that run
         velocity = self._velocity(context, neg_context, sigmas, req.total, req.guidance, cache)
-        x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings, on_step=on_step,
-                           previews=previews, on_preview=on_preview, to_rgb=self.components.decode,
-                           after_step=after_step)
+        x = shared.denoise(self.backend, self.backend.from_numpy(x0), sigmas, velocity, timings,
+                           size=(req.width, req.height), on_step=on_step, previews=previews, on_preview=on_preview,
+                           to_rgb=self.components.decode, after_step=after_step)
         mark = time.perf_counter()
         final = self.backend.to_numpy(x)
         pixels = self.components.decode(x)

@@ -131,8 +131,9 @@ class ZImagePipeline:
         if on_step is not None:
             self.components.on_status = lambda text: on_step(Step(0, len(timesteps), 0.0, text))
         try:
-            x = shared.denoise(self.backend, x0, sigmas, velocity, timings, on_step=on_step, previews=previews,
-                               on_preview=on_preview, to_rgb=self.preview, after_step=after_step)
+            x = shared.denoise(self.backend, x0, sigmas, velocity, timings, size=(req.width, req.height),
+                               on_step=on_step, previews=previews, on_preview=on_preview, to_rgb=self.preview,
+                               after_step=after_step)
         finally:
             self.components.on_status = None
         mark = time.perf_counter()
