@@ -239,8 +239,7 @@ def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype)
     copied asynchronously while the next piece is read. Each reader pins its two buffers once:
     pinning memory per tensor (20 GB of it for a large model) costs more than reading it. Floats in
     `dtype` (converted on the GPU); fp8 weights and their scales as stored."""
-    pending = sorted(refs.items(), key=lambda kv: -kv[1].nbytes)
-    pending.reverse()  # pop() takes the largest first
+    pending = sorted(refs.items(), key=lambda kv: kv[1].nbytes)  # pop() takes the largest first
     out: dict[str, torch.Tensor] = {}
 
     def reader() -> None:

@@ -65,11 +65,7 @@ def main() -> None:
 
     def vae_step():
         _, x = data.batch(1, 0, args.vae_batch, device)
-        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample()).sample.float()
-        err = (rec - x).abs()
-        loss = ((err + err * err) * train.edge_weights(x, args.edge_weight)).mean()
+        loss, _ = train.vae_loss(vae, x, args, device)
         vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         vae_opt.step()

@@ -76,12 +76,7 @@ def train_vae(vae, args, device) -> None:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.vae_steps, args.vae_lr, 100)
         _, x = data.batch(args.seed + 1, step, args.vae_batch, device)
-        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample()).sample.float()
-        kl = post.kl().mean()
-        err = (rec - x).abs()
-        loss = ((err + err * err) * edge_weights(x, args.edge_weight)).mean() + args.kl_weight * kl
+        loss, kl = vae_loss(vae, x, args, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -89,6 +84,16 @@ def train_vae(vae, args, device) -> None:
         if step % 200 == 0 or step == args.vae_steps - 1:
             log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.1f} ({time.time() - start:.0f}s)")
     vae.eval()
+
+
+def vae_loss(vae, x: torch.Tensor, args, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 + L2 of the reconstruction (edges weighed 1 + --edge-weight) + --kl-weight KL; and the KL."""
+    with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample.float()
+    kl = post.kl().mean()
+    err = (rec - x).abs()
+    return ((err + err * err) * edge_weights(x, args.edge_weight)).mean() + args.kl_weight * kl, kl
 
 
 def edge_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
