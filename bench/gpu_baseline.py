@@ -348,6 +348,13 @@ if which == "diffusers":
     bench.sync(); marks["loaded"] = time.time() - t0
     bench.diffusers_image(pipe, args, 0)
 else:
+    import logging
+    class Since(logging.Formatter):  # the runtime's load log, in seconds from the process's start
+        def format(self, record):
+            return f"@ {record.created - t0:6.2f} {record.name}: {record.getMessage()}"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Since())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     from ollimg.runtime import load
     marks["import ollimg"] = time.time() - t0
     pipe = load(path, backend="torch", device="cuda", dtype="bfloat16", models_dir=models)
@@ -392,7 +399,9 @@ def start_to_png(which: str, path: str, models: Path, args, env: dict, cold: boo
                          text=True, timeout=900)
     if run.returncode:
         return {"error": run.stderr[-1500:]}
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    marks = json.loads(run.stdout.strip().splitlines()[-1])
+    marks["log"] = [line[2:] for line in run.stderr.splitlines() if line.startswith("@ ")]
+    return marks
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -505,6 +514,9 @@ def main() -> None:
         if args.only_starts:  # nothing ran in this process to fill the compile cache: a start does
             starts["ollimg, compile cache as found"] = start_to_png("ollimg", "zimage-random:bf16", store_dir, args,
                                                                     {}, False)
+            if args.fp8 and args.cold:  # the fp8 model's graphs too, before its cold start
+                starts["ollimg fp8, compile cache as found"] = start_to_png("ollimg", "zimage-random:fp8", store_dir,
+                                                                            args, {}, False)
         for cold in [False] + ([True] if args.cold else []):
             tag = "cold" if cold else "warm page cache"
             starts[f"ollimg, {tag}"] = start_to_png("ollimg", "zimage-random:bf16", store_dir, args, {}, cold)

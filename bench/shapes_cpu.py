@@ -1,4 +1,4 @@
-"""One 128x128 image (PNG encoding excluded) of the shipped shapes model at its defaults (8 steps,
+"""One 128x128 image (PNG encoding excluded) of the shipped shapes model (or --model) at its defaults (8 steps,
 guidance 0) on the CPU: ollimg's torch backend, ollimg's MLX backend (if mlx imports) and
 diffusers' ZImagePipeline, measured in the same run, interleaved; plus both backends in a runtime
 process, as the server runs them (PNG encoding and the pipe included there). Median (and min) of --runs after one warm-up each.
@@ -40,8 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--model", default=str(builtin_models()["shapes"]), help="a model directory (default: the shipped one)")
     args = parser.parse_args()
-    model = str(builtin_models()["shapes"])
+    model = args.model
     figures = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "load_average_before": os.getloadavg()}
 

@@ -13,12 +13,15 @@ no torch or mlx at import time (the server imports `ollimg.runtime.request` and
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ollimg.runtime.pipeline import Pipeline, Result  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 
 def open_source(name_or_path: str | Path, models_dir: Path | None = None):
@@ -46,9 +49,11 @@ def load(name_or_path: str | Path, *, backend: str | None = None, device: str | 
 
     start = time.perf_counter()
     source = open_source(name_or_path, models_dir)
+    log.info("opened %s in %.2f s", source.name, time.perf_counter() - start)
     family = families.family(source.json("model_index.json").get("_class_name"), f"model {source.name}")
     chosen = backends.create(backends.choose(backend), device=device, dtype=dtype)
     pipeline = family.load(source, chosen)
     pipeline.calibration = teacache.read_calibration(source)
     pipeline.load_seconds = time.perf_counter() - start
+    log.info("%s loaded in %.2f s", source.name, pipeline.load_seconds)
     return pipeline

@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -241,6 +242,7 @@ def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype)
     `dtype` (converted on the GPU); fp8 weights and their scales as stored."""
     pending = sorted(refs.items(), key=lambda kv: kv[1].nbytes)  # pop() takes the largest first
     out: dict[str, torch.Tensor] = {}
+    started, nbytes = time.perf_counter(), sum(ref.nbytes for ref in refs.values())
 
     def reader() -> None:
         stream = torch.cuda.Stream(device)
@@ -260,6 +262,8 @@ def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype)
     torch.cuda.synchronize(device)
     if hasattr(torch._C, "_host_emptyCache"):
         torch._C._host_emptyCache()  # give back the pinned staging buffers
+    seconds = time.perf_counter() - started
+    log.info("read %d tensors, %.2f GB, in %.2f s (%.2f GB/s)", len(refs), nbytes / 1e9, seconds, nbytes / 1e9 / seconds)
     return {name: out[name] for name in refs}
 
 

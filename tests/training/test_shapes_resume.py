@@ -127,6 +127,19 @@ def test_vae_only_trains_and_scores_the_vae_alone(tmp_path, monkeypatch):
     assert info["vae_heldout"] == {"kind": 0.5} and info["args"]["vae_channels"] == "[8, 16]"
     assert info["vae_parameters"] == sum(p.numel() for p in model.build_vae([8, 16], 2).parameters())
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "model").exists()
+    # the DiT trains on that VAE: its weights and recipe, not a new one
+    vae = model.build_vae([8, 16], 2)
+    vae.load_state_dict({k[4:]: v.float() for k, v in checkpoint.read(tmp_path / "vae")[1].items()})
+    with pytest.raises(SystemExit, match="--edge-weight 3.0 differs"):
+        train.main(["--out", str(tmp_path / "dit"), "--vae-from", str(tmp_path / "vae"), "--edge-weight", "3"])
+    monkeypatch.setattr(train, "train_vae", lambda *a: pytest.fail("trained a VAE"))
+    train.main(["--out", str(tmp_path / "dit"), "--vae-from", str(tmp_path / "vae"), "--batch", "2",
+                "--dit-steps", "1", "--dit-warmup", "1", "--call-steps", "1"])
+    state = json.loads((tmp_path / "dit" / "ckpt" / checkpoint.STATE).read_text())
+    assert state["recipe"]["vae_channels"] == [8, 16] and state["recipe"]["edge_weight"] == 10.0
+    assert state["vae_heldout"] == {"kind": 0.5} and state["shift"] == info["shift"]
+    weights = checkpoint.read(tmp_path / "dit" / "ckpt")[1]
+    assert all(torch.equal(weights[f"vae.{k}"], v.to(torch.bfloat16)) for k, v in vae.state_dict().items())
 
 
 def test_edge_weights_mark_the_pixels_beside_an_edge():

@@ -189,3 +189,14 @@ def summarize(scores: list[Score]) -> dict[str, float | None]:
         "kind": sum(s.kind for s in scores) / n,
         "count": sum(s.count for s in scores) / n,
     }
+
+
+def figures(images: list[np.ndarray], specs: list[Spec]) -> dict:
+    """The five scores of the held-out set (world.heldout_specs) over all its prompts and per
+    group, and the images with stray pixels (specks)."""
+    scores = [score(im, s) for im, s in zip(images, specs)]
+    groups = {"all": range(len(specs)), "singles": range(120), "counts": range(120, 140), "pairs": range(140, 160)}
+    out = {name: summarize([scores[i] for i in idx]) for name, idx in groups.items()}
+    out["images_with_stray_pixels"] = sum(s.stray_pixels > 0 for s in scores)
+    out["stray_pixels_per_image"] = round(sum(s.stray_pixels for s in scores) / len(scores), 2)
+    return out

@@ -58,7 +58,7 @@ def main() -> None:
         train.compile_blocks(dit)
     named = train.trained_params(dit, te)
     opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device).manual_seed(0)
     run = train.Run(1000, 100000, True, None, [p.detach().clone() for _, p in named])
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr)
     n = args.batch
@@ -87,7 +87,7 @@ def main() -> None:
     parts = {
         "data.batch (specs + render)": lambda: data.batch(0, 0, n, device),
         "specs only (Python)": lambda: data.specs_for(0, 0, n),
-        "noise (CPU randn + copy)": lambda: torch.randn(x0.shape, generator=gen).to(device),
+        "noise": lambda: torch.randn(x0.shape, generator=gen, device=device),
         "VAE encode": lambda: torch.no_grad()(vae.encode)(x),
         "captions (tokenize + text encoder)": lambda: train.encode_captions(bpe, te, captions, device),
     }

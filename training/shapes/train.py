@@ -5,6 +5,8 @@ Run from the repository root (needs diffusers and transformers, the test-only re
     python -m training.shapes.train --out out/shapes                      # one call
     python -m training.shapes.train --out out/shapes --dit-steps 20000    # first of several calls
     python -m training.shapes.train --out out/shapes --resume out/shapes/ckpt   # the next ones
+    python -m training.shapes.train --out out/v --vae-only --edge-weight 10  # a VAE alone, scored
+    python -m training.shapes.train --out out/shapes --vae-from out/v/vae --dit-steps 16000  # a DiT on it
 
 A call trains until --budget-seconds would run out (the step time is measured over windows of
 steps, so it is the steady-state time), then writes a checkpoint (checkpoint.py) to
@@ -43,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from training.shapes import checkpoint, data, fast_dit, model as model_mod, tokenizer as tokenizer_mod
-from training.shapes.check import score, summarize
+from training.shapes.check import figures, score
+from training.shapes.score import heldout_grid
 from training.shapes.world import heldout_specs
 
 # The sigmas of an 8-step run with shift 3 (zimage-reference.md): half of the training sigmas
@@ -54,7 +57,8 @@ WINDOW = 10  # DiT steps between two clock readings (and GPU synchronizations)
 REWARM = 100  # steps of learning-rate warm-up after a resume from the bf16 weights (AdamW's
 # second moments, beta2 0.99, settle in about that many)
 # What a resumed run takes from its checkpoint: the arguments that make the training what it is.
-RECIPE = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "edge_weight", "vae_channels", "vae_layers", "batch", "lr", "dit_warmup", "ema")
+VAE_RECIPE = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "edge_weight", "vae_channels", "vae_layers")
+RECIPE = VAE_RECIPE + ("batch", "lr", "dit_warmup", "ema")
 
 
 def log(msg: str) -> None:
@@ -144,10 +148,11 @@ def encode_captions(bpe, te, captions: list[str], device) -> tuple[torch.Tensor,
 
 
 def sample_sigmas(n: int, gen: torch.Generator) -> torch.Tensor:
-    u = torch.rand(n, generator=gen)
+    u = torch.rand(n, generator=gen, device=gen.device)
     shifted = 3 * u / (1 + 2 * u)
-    grid = torch.tensor(EIGHT_STEP_SIGMAS)[torch.randint(0, len(EIGHT_STEP_SIGMAS), (n,), generator=gen)]
-    return torch.where(torch.rand(n, generator=gen) < 0.5, grid, shifted)
+    index = torch.randint(0, len(EIGHT_STEP_SIGMAS), (n,), generator=gen, device=gen.device)
+    grid = torch.tensor(EIGHT_STEP_SIGMAS, device=gen.device)[index]
+    return torch.where(torch.rand(n, generator=gen, device=gen.device) < 0.5, grid, shifted)
 
 
 def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
@@ -244,8 +249,8 @@ def dit_step(run: Run, opt, named, gen, bpe, te, dit, vae, args, device) -> torc
     captions, x = data.batch(args.seed, run.step, args.batch, device)
     with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
         x0 = ((vae.encode(x).latent_dist.sample().float() - shift) * scale)
-    noise = torch.randn(x0.shape, generator=gen).to(device)
-    sigma = sample_sigmas(len(captions), gen).to(device)[:, None, None, None]
+    noise = torch.randn(x0.shape, generator=gen, device=device)
+    sigma = sample_sigmas(len(captions), gen)[:, None, None, None]
     xt = (1 - sigma) * x0 + sigma * noise
     t = 1 - sigma.flatten()
     with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
@@ -311,17 +316,6 @@ def set_rng_states(states: dict[str, str], gen: torch.Generator, device: str) ->
         torch.cuda.set_rng_state(tensor("cuda"))
 
 
-def figures(images: list[np.ndarray], specs) -> dict:
-    """The checker's five scores over all held-out prompts and per group, and the images with
-    stray pixels (specks)."""
-    scores = [score(im, s) for im, s in zip(images, specs)]
-    groups = {"all": range(len(specs)), "singles": range(120), "counts": range(120, 140), "pairs": range(140, 160)}
-    out = {name: summarize([scores[i] for i in idx]) for name, idx in groups.items()}
-    out["images_with_stray_pixels"] = sum(s.stray_pixels > 0 for s in scores)
-    out["stray_pixels_per_image"] = round(sum(s.stray_pixels for s in scores) / len(scores), 2)
-    return out
-
-
 @torch.no_grad()
 def check_vae(vae, device: str) -> dict:
     """The held-out scenes drawn ideally, then through the VAE and back: what the DiT can at best
@@ -353,10 +347,7 @@ def evaluate(model_dir: Path, device: str, out: Path, steps: int) -> dict:
         result = pipe([s.caption for s in chunk], height=128, width=128, num_inference_steps=steps,
                       guidance_scale=0.0, generator=gens, output_type="np")
         images += list((result.images * 255).round().astype(np.uint8))
-    rows = [images[r * 8:(r + 1) * 8] for r in (0, 1, 15, 16, 17, 18, 19)]  # singles, counts, pairs
-    from PIL import Image
-
-    Image.fromarray(np.concatenate([np.concatenate(r, axis=1) for r in rows])).save(out / f"heldout-grid-{steps}.png")
+    heldout_grid(images).save(out / f"heldout-grid-{steps}.png")
     return figures(images, specs)
 
 
@@ -387,9 +378,10 @@ def resume_run(resumed, args, named, opt, gen, device) -> Run:
     return Run(state["step"], total, True, rewarm_from, ema, state["calls"])
 
 
-def take_recipe(args, parser: argparse.ArgumentParser, state: dict) -> None:
-    """A resumed run keeps its checkpoint's recipe; a flag given with another value is an error."""
-    for name in RECIPE:
+def take_recipe(args, parser: argparse.ArgumentParser, state: dict, names=RECIPE) -> None:
+    """A resumed run keeps its checkpoint's recipe (a run with --vae-from, that VAE's); a flag given
+    with another value is an error."""
+    for name in names:
         given, stored = getattr(args, name), state["recipe"][name]
         if given != parser.get_default(name) and given != stored:
             raise SystemExit(f"--{name.replace('_', '-')} {given} differs from the checkpoint's {stored}; "
@@ -402,7 +394,7 @@ def prepare_vae(vae, args, device, resumed) -> dict:
     returns the checkpoint's VAE fields. The trained weights are rounded to bf16 at once: the DiT
     then learns the latents of the VAE that ships (saved in bf16) and a checkpoint keeps it
     exactly in half the bytes."""
-    if resumed:
+    if resumed:  # a DiT checkpoint, or a VAE's (--vae-from)
         state, weights, _ = resumed
         vae.load_state_dict({k[len("vae."):]: v.float() for k, v in weights.items() if k.startswith("vae.")})
         vae.register_to_config(shift_factor=state["shift"], scaling_factor=state["scale"])
@@ -475,6 +467,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     parser.add_argument("--vae-layers", type=int, default=model_mod.VAE["layers_per_block"])
     parser.add_argument("--vae-only", action="store_true",
                         help="train and score the VAE only (OUT/vae-info.json), to try a VAE recipe")
+    parser.add_argument("--vae-from", type=Path, default=None,
+                        help="the VAE a --vae-only run wrote (OUT/vae), instead of training one")
     parser.add_argument("--dit-steps", type=int, default=None,
                         help="the schedule's total (default: as many as fit this call's budget, fitted at the "
                              "end of the warm-up; on --resume: the checkpoint's)")
@@ -505,6 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     resumed = checkpoint.read(args.resume, also=args.checkpoint) if args.resume else None
     if resumed:
         take_recipe(args, parser, resumed[0])
+    vae_from = checkpoint.read(args.vae_from) if args.vae_from and not resumed else None
+    if vae_from:
+        take_recipe(args, parser, vae_from[0], VAE_RECIPE)
     random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -521,16 +518,19 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
     if args.compile:
         compile_blocks(dit)
-    vae_fields = prepare_vae(vae, args, device, resumed)
+    vae_fields = prepare_vae(vae, args, device, resumed or vae_from)
     if args.vae_only:
         info = {"hardware": hardware, "vae_parameters": sum(p.numel() for p in vae.parameters()),
                 "args": {k: str(v) for k, v in vars(args).items()}, **vae_fields}
         (args.out / "vae-info.json").write_text(json.dumps(info, indent=2) + "\n")
+        checkpoint.write(args.out / "vae", dict(recipe={k: getattr(args, k) for k in VAE_RECIPE}, **vae_fields),
+                         {f"vae.{k}": v for k, v in vae.state_dict().items()}, None)
+        log(f"the VAE is in {args.out / 'vae'}: train the DiT on it with --vae-from")
         return
 
     named = trained_params(dit, te)
     opt = torch.optim.AdamW([p for _, p in named], lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed + 3)
+    gen = torch.Generator(device).manual_seed(args.seed + 3)  # on the GPU: 29 ms a step on the CPU
     if resumed:
         run = resume_run(resumed, args, named, opt, gen, device)
     else:

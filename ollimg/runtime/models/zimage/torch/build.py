@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -38,7 +39,9 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     if backend.device.type == "cuda":
         transformer.fuse()  # one GEMM for q/k/v and one for gate/up (a copy: not worth it on mapped CPU weights)
     if compiled.enabled:
+        started = time.perf_counter()
         torch_compile.compile_blocks([*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers])
+        log.info("compile set up in %.2f s (waiting for the compiler's imports included)", time.perf_counter() - started)
 
     @torch.inference_mode()
     def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor], cache=None) -> torch.Tensor:
