@@ -164,6 +164,12 @@ def test_text_encoder_matches_transformers_hidden_states_minus_2():
     padded = enc([ids[i, :n] for i, n in enumerate(lens)], length=37, pad_id=299)
     for i in range(2):
         close(np.array(padded[i]), hidden[i])
+    # Hidden state 0 is the embeddings (a one-layer encoder's hidden_states[-2]).
+    both = TextEncoder(TextEncoderConfig.from_json(cfg), outputs=(0, 2))
+    set_weights(both, kept, "text_encoder", mx.float32)
+    with torch.no_grad():
+        zero = ref.embed_tokens(torch.from_numpy(ids)).numpy()
+    close(np.array(both([ids[0, :37]])[0]), np.concatenate([zero[0], hidden[0]], axis=-1))
 
 
 def test_mlx_allocation_failure_is_out_of_memory(monkeypatch):

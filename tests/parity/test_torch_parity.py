@@ -173,6 +173,29 @@ def test_text_features_equal_transformers_hidden_state_before_last_layer(ours, r
         torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
 
 
+def test_hidden_state_zero_is_the_embeddings():
+    """A one-layer encoder's hidden_states[-2] is hidden state 0, the token embeddings (the shapes
+    trainer's tiny configurations have one layer): ours concatenates states 0 and 2 as transformers
+    numbers them (of three layers: the last one's is normed)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    from ollimg.runtime.components.qwen3.config import Qwen3Config as TextEncoderConfig
+    from ollimg.runtime.components.qwen3.torch import TextEncoder
+
+    cfg = dict(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=16, hidden_act="silu", rms_norm_eps=1e-6, rope_theta=1e6,
+               attention_bias=False, max_position_embeddings=512, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    ref = Qwen3Model(Qwen3Config(**cfg)).eval()
+    ours = TextEncoder(TextEncoderConfig.from_json(cfg), outputs=(0, 2))
+    assert not ours.load_state_dict(ref.state_dict(), strict=False).missing_keys  # it stops after layer 2
+    ids = np.random.default_rng(1).integers(0, 300, (1, 9))
+    with torch.no_grad():
+        hidden = ref(input_ids=torch.from_numpy(ids), output_hidden_states=True).hidden_states
+        feats = ours([ids[0]])[0]
+    torch.testing.assert_close(feats, torch.cat([hidden[0][0], hidden[2][0]], dim=-1), rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_weights_in_the_stored_dtype_are_memory_mapped(tiny_zimage_dir, store_dir):
     """fp32 on CPU from the store: parameters point into file mappings of the blobs (no copy in RAM)."""
     from ollimg.create import create

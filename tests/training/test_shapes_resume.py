@@ -149,3 +149,27 @@ def test_edge_weights_mark_the_pixels_beside_an_edge():
     assert w.shape == (1, 1, 8, 8) and set(w.unique().tolist()) == {1.0, 11.0}
     assert w[0, 0, 3, 3] == 11 and w[0, 0, 0, 0] == 1 and w[0, 0, 7, 7] == 1  # inside near edge; far corners
     assert torch.equal(train.edge_weights(x, 0.0), torch.ones(1, 1, 8, 8))
+
+
+def test_export_of_the_last_checkpoint_is_the_model_the_training_saved(runs, tmp_path, monkeypatch):
+    """export.py --ema of the finished run's checkpoint writes the model finish() wrote, and our
+    runtime loads and runs it."""
+    from safetensors.torch import load_file
+
+    from ollimg.runtime import load
+    from training.shapes import export
+
+    for table, small in TINY:
+        for key, value in small.items():
+            monkeypatch.setitem(table, key, value)
+    with pytest.raises(SystemExit, match="needs the full.pt"):
+        export.export(runs / "carried", tmp_path / "none", ema=True)
+    export.export(runs / "one" / "ckpt", tmp_path / "model", ema=True)
+    for part in ("transformer", "text_encoder", "vae"):
+        ours, theirs = (sorted((d / part).glob("*.safetensors")) for d in (tmp_path / "model", runs / "one" / "model"))
+        assert [p.name for p in ours] == [p.name for p in theirs]
+        for a, b in zip(ours, theirs):
+            assert_same(load_file(a), load_file(b), part)
+    image = load(tmp_path / "model", backend="torch", device="cpu").generate("a red circle", width=64, height=64,
+                                                                             steps=2, seed=0).images[0]
+    assert image.size == (64, 64)

@@ -41,7 +41,7 @@ class Qwen3Config:
         return config
 
     def check_outputs(self, outputs: tuple[int, ...], where: str) -> None:
-        """`outputs` are hidden-state indices 1..num_hidden_layers (0 would be the bare embeddings)."""
-        if not outputs or not all(1 <= k <= self.num_hidden_layers for k in outputs):
+        """`outputs` are hidden-state indices 0..num_hidden_layers (0: the embeddings)."""
+        if not outputs or not all(0 <= k <= self.num_hidden_layers for k in outputs):
             raise InvalidModel(f"{where}: text encoder hidden states {list(outputs)} are out of range "
-                               f"1..{self.num_hidden_layers}")
+                               f"0..{self.num_hidden_layers}")

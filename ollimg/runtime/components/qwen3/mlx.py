@@ -82,7 +82,7 @@ class TextEncoder(nn.Module):
         """Token ids of each prompt -> features (L_i, len(outputs) * hidden) in the weights' dtype;
         L_i is the prompt's length, or `length` when given (the padded rows included)."""
         x, cos, sin, mask = self.embed(ids, length=length, pad_id=pad_id)
-        states = {}
+        states = {0: x}  # hidden state 0 is the embeddings (a one-layer encoder's hidden_states[-2])
         for k, layer in enumerate(self.layers, start=1):
             x = layer(x, cos, sin, mask)
             if k in self.outputs:

@@ -106,7 +106,7 @@ class TextEncoder(nn.Module):
         """Token ids of each prompt -> features (L_i, len(outputs) * hidden) in the weights' dtype;
         L_i is the prompt's length, or `length` when given (the padded rows included)."""
         x, cos, sin, mask = self.embed(ids, length=length, pad_id=pad_id)
-        states = {}
+        states = {0: x}  # hidden state 0 is the embeddings (a one-layer encoder's hidden_states[-2])
         for k, layer in enumerate(self.layers, start=1):
             x = layer(x, cos, sin, mask)
             if k in self.outputs:
@@ -153,7 +153,7 @@ def streamed_encoder(backend, config: Qwen3Config, outputs: tuple[int, ...], ref
     @torch.inference_mode()
     def encode(ids: list[np.ndarray], length: int | None = None, pad_id: int = 0) -> list[torch.Tensor]:
         x, cos, sin, mask = encoder.embed(ids, backend.device, backend.torch_dtype, length=length, pad_id=pad_id)
-        states = {}
+        states = {0: x}  # hidden state 0 is the embeddings (a one-layer encoder's hidden_states[-2])
         for k, (layer, layer_refs) in enumerate(zip(encoder.layers, per_layer), start=1):
             x = assign(layer, backend.load_tensors(layer_refs, resident=False), "text_encoder")(x, cos, sin, mask)
             layer.to("meta")  # frees this layer's device copy
