@@ -29,6 +29,16 @@ def batch(seed: int, step: int, n: int, device: str = "cpu") -> tuple[list[str],
     return [s.caption for s in specs], render(specs, device)
 
 
+def on(device, values: list | torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`values` (a list, or a CPU tensor) on `device`. To a GPU through pinned memory without
+    waiting: a plain `torch.tensor(values, device="cuda")` waits for all the GPU's queued work, so
+    the CPU could never prepare the next training step while the GPU runs this one."""
+    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(len(SHAPES), B, H, W) masks of each kind, in coordinates scaled by the half extent."""
     return torch.stack([outlines.inside(torch, k, u, v) for k in SHAPES])
@@ -37,24 +47,24 @@ def _masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def render(specs: list[Spec], device: str = "cpu") -> torch.Tensor:
     """Images (B, 3, 128, 128) float32 in [-1, 1]."""
     b = len(specs)
-    palette = torch.tensor(list(COLORS.values()), dtype=torch.float32, device=device) / 127.5 - 1.0
+    palette = on(device, list(COLORS.values()), torch.float32) / 127.5 - 1.0
     names = list(COLORS)
     n = SIZE * SUPERSAMPLE
     coords = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / SUPERSAMPLE
     ys, xs = coords[:, None], coords[None, :]
-    bg = torch.tensor([names.index(s.bg) for s in specs], device=device)
+    bg = on(device, [names.index(s.bg) for s in specs])
     img = palette[bg][:, :, None, None].expand(b, 3, n, n).clone()
     for slot in range(MAX_SHAPES):
         rows = [(i, s.shapes[slot]) for i, s in enumerate(specs) if len(s.shapes) > slot]
         if not rows:
             break
-        idx = torch.tensor([i for i, _ in rows], device=device)
+        idx = on(device, [i for i, _ in rows])
         sh = [s for _, s in rows]
-        cx = torch.tensor([s.cx for s in sh], device=device)[:, None, None]
-        cy = torch.tensor([s.cy for s in sh], device=device)[:, None, None]
-        r = torch.tensor([SIZES[s.size] for s in sh], device=device)[:, None, None]
-        kind = torch.tensor([SHAPES.index(s.kind) for s in sh], device=device)
-        color = palette[torch.tensor([names.index(s.color) for s in sh], device=device)]
+        cx = on(device, [s.cx for s in sh])[:, None, None]
+        cy = on(device, [s.cy for s in sh])[:, None, None]
+        r = on(device, [SIZES[s.size] for s in sh])[:, None, None]
+        kind = on(device, [SHAPES.index(s.kind) for s in sh])
+        color = palette[on(device, [names.index(s.color) for s in sh])]
         masks = _masks((xs - cx) / r, (ys - cy) / r)  # (K, m, n, n)
         mask = masks.permute(1, 0, 2, 3)[torch.arange(len(sh), device=device), kind]  # (m, n, n)
         sub = img[idx]

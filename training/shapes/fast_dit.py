@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from training.shapes import data
+
 SEQ_MULTI_OF = 32
 
 
@@ -33,9 +35,9 @@ def forward(dit, latents: torch.Tensor, t: torch.Tensor, caps: torch.Tensor, cap
     x = dit.all_x_embedder["2-1"](x)
 
     # Caption tokens, each padded to a multiple of 32 with the learned pad token.
-    lens = torch.tensor(cap_lens, device=device)
+    lens = data.on(device, cap_lens)
     padded = [_round_up(n) for n in cap_lens]
-    lp = torch.tensor(padded, device=device)
+    lp = data.on(device, padded)
     lmax = max(padded)
     if caps.shape[1] < lmax:
         caps = torch.nn.functional.pad(caps, (0, 0, 0, lmax - caps.shape[1]))

@@ -143,7 +143,7 @@ def encode_captions(bpe, te, captions: list[str], device) -> tuple[torch.Tensor,
     for i, e in enumerate(encs):
         ids[i, : lens[i]] = torch.tensor(e.ids)
     mask = (torch.arange(ids.shape[1])[None] < torch.tensor(lens)[:, None]).long()
-    out = te.model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+    out = te.model(input_ids=data.on(device, ids), attention_mask=data.on(device, mask), output_hidden_states=True)
     return out.hidden_states[-2], lens
 
 
@@ -151,7 +151,7 @@ def sample_sigmas(n: int, gen: torch.Generator) -> torch.Tensor:
     u = torch.rand(n, generator=gen, device=gen.device)
     shifted = 3 * u / (1 + 2 * u)
     index = torch.randint(0, len(EIGHT_STEP_SIGMAS), (n,), generator=gen, device=gen.device)
-    grid = torch.tensor(EIGHT_STEP_SIGMAS, device=gen.device)[index]
+    grid = data.on(gen.device, list(EIGHT_STEP_SIGMAS))[index]
     return torch.where(torch.rand(n, generator=gen, device=gen.device) < 0.5, grid, shifted)
 
 
