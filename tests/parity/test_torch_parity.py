@@ -196,6 +196,21 @@ def test_hidden_state_zero_is_the_embeddings():
     torch.testing.assert_close(feats, torch.cat([hidden[0][0], hidden[2][0]], dim=-1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_zimage_dir", "tiny_klein_dir"])
+def test_loading_imports_no_meta_kernels(fixture, request):
+    """Modules are built on the meta device; an op whose meta kernel is Python (nn.Embedding's
+    normal_ init) imports sympy and torch's Python decompositions with it: 1.5-3 s of every start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ollimg.runtime import load; load(sys.argv[1], backend='torch', device='cpu'); "
+            "print('sympy' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, str(request.getfixturevalue(fixture))], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_cpu_weights_in_the_stored_dtype_are_memory_mapped(tiny_zimage_dir, store_dir):
     """fp32 on CPU from the store: parameters point into file mappings of the blobs (no copy in RAM)."""
     from ollimg.create import create

@@ -91,8 +91,10 @@ class TextEncoder(nn.Module):
     def __init__(self, c: Qwen3Config, outputs: tuple[int, ...]):
         super().__init__()
         self.config, self.outputs = c, tuple(outputs)
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.embed_tokens.weight.requires_grad_(False)
+        # Its table given, not drawn: on the meta device, normal_ (nn.Embedding's own init) is the
+        # one op whose kernel imports torch's Python meta registrations and sympy, 1.5-3 s of a start.
+        table = torch.empty(c.vocab_size, c.hidden_size)
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, _weight=table, _freeze=True)
         self.layers = nn.ModuleList([DecoderLayer(c) for _ in range(max(self.outputs))])
 
     def _rope(self, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
