@@ -45,18 +45,19 @@ def _options(
     logging.basicConfig(level=logging.DEBUG if _debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-# Commands defined in the module of the same name: `ollimg load ...` imports cli/load.py alone,
-# since importing every command (torch-free, yet ~0.4 s) is part of each command's time. Any other
-# first word (a usage error, `help`, `--help`) registers them all.
-_OWN_MODULE = ("create", "pull", "push", "save", "load", "serve", "run", "ps", "stop", "calibrate")
+# The module of each command: `ollimg load ...` imports cli/load.py alone, since importing every
+# command (torch-free, yet ~0.4 s) is part of each command's time. Any other first word (a usage
+# error, `help`, `--help`) registers them all.
+MODULES = ("create", "models", "pull", "push", "save", "load", "login", "serve", "run", "ps", "stop", "calibrate")
+_MODULE_OF = {name: name for name in MODULES} | dict.fromkeys(
+    ("list", "ls", "show", "rm", "cp", "prune", "verify"), "models") | {"logout": "login"}
 
 
 def _register(argv: list[str]) -> None:
     import importlib
 
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    names = [command] if command in _OWN_MODULE else ["create", "models", "pull", "push", "save", "load", "login",
-                                                       "serve", "run", "ps", "stop", "calibrate"]
+    names = [_MODULE_OF[command]] if command in _MODULE_OF and command != "models" else MODULES
     for name in names:
         importlib.import_module(f"ollimg.cli.{name}").register(app)
 

@@ -151,3 +151,42 @@ def test_what_is_no_duration(value):
 
     with pytest.raises(InvalidInput, match="invalid duration"):
         parse_duration(value)
+
+
+def test_each_command_is_registered_by_its_own_module():
+    """`ollimg X` imports only X's module: the map names, for every command, the module that
+    defines it (a command missing from the map would be imported with all the others)."""
+    import importlib
+
+    import typer
+
+    from ollimg.cli import main
+
+    every = typer.Typer()
+    for name in main.MODULES:
+        importlib.import_module(f"ollimg.cli.{name}").register(every)
+    commands = {c.name for c in every.registered_commands}
+    assert commands == set(main._MODULE_OF) - {"models"}
+    for command in commands:
+        alone = typer.Typer()
+        importlib.import_module(f"ollimg.cli.{main._MODULE_OF[command]}").register(alone)
+        assert command in {c.name for c in alone.registered_commands}
+
+
+def test_no_local_server_is_known_without_the_http_client():
+    """A refused local port means no server: the HTTP client (httpx, pydantic models) is not even
+    imported, a quarter of a second of every command that works without a server."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = ("import sys; from ollimg.cli.connect import running_client; "
+            "print(running_client() is None, 'httpx' in sys.modules)")
+    for host in (f"127.0.0.1:{port}", f"0.0.0.0:{port}", f"localhost:{port}"):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "OLLIMG_HOST": host})
+        assert run.stdout.split() == ["True", "False"], (host, run.stderr[-1000:])
