@@ -173,3 +173,12 @@ def test_export_of_the_last_checkpoint_is_the_model_the_training_saved(runs, tmp
     image = load(tmp_path / "model", backend="torch", device="cpu").generate("a red circle", width=64, height=64,
                                                                              steps=2, seed=0).images[0]
     assert image.size == (64, 64)
+
+
+def test_latent_figures_see_a_latent_spike():
+    torch.manual_seed(0)
+    mode, std = torch.randn(2, 16, 8, 8) * 0.5, torch.full((2, 16, 8, 8), 0.1)
+    calm = train.latent_figures(mode, std)
+    mode[:, :, 3, 4] *= 20  # one extreme position per image: where such a VAE draws a speck
+    spiked = train.latent_figures(mode, std)
+    assert calm["posterior_std"] == 0.1 and calm["peak_over_median"] < 3 < 10 < spiked["peak_over_median"]

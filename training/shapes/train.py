@@ -322,15 +322,27 @@ def check_vae(vae, device: str) -> dict:
     reach (a VAE that cannot draw a small star makes a DiT that cannot either)."""
     specs = heldout_specs()
     x = data.render(specs, device)
-    rec = torch.cat([vae.decode(vae.encode(x[i:i + 40]).latent_dist.mode()).sample for i in range(0, len(x), 40)])
+    posts = [vae.encode(x[i:i + 40]).latent_dist for i in range(0, len(x), 40)]
+    rec = torch.cat([vae.decode(post.mode()).sample for post in posts])
     images = list(data.to_uint8(rec).cpu().numpy())
     out = figures(images, specs)
+    out["latents"] = latent_figures(torch.cat([p.mode() for p in posts]), torch.cat([p.std for p in posts]))
     by_kind: dict[str, list[bool]] = {}
     for image, spec in zip(images[:120], specs[:120]):  # the singles: kind kept, per kind and size
         shape = spec.shapes[0]
         by_kind.setdefault(f"{shape.size} {shape.kind}", []).append(score(image, spec).kind)
     out["singles_kind"] = {k: f"{sum(v)}/{len(v)}" for k, v in sorted(by_kind.items())}
     return out
+
+
+def latent_figures(mode: torch.Tensor, std: torch.Tensor) -> dict:
+    """How the VAE's latents (B, C, h, w) carry an image: the spread of the posterior means against
+    the posterior's own noise, and the peak of the per-position latent norm over its median (a VAE
+    that packs a shape into one extreme latent position decodes a speck there)."""
+    norm = mode.float().norm(dim=1).flatten(1)  # (B, h*w)
+    peak = norm.amax(1) / norm.median(1).values
+    return {"mean_std": round(float(mode.std()), 3), "posterior_std": round(float(std.mean()), 3),
+            "peak_over_median": round(float(peak.median()), 1), "peak_over_median_max": round(float(peak.max()), 1)}
 
 
 def evaluate(model_dir: Path, device: str, out: Path, steps: int) -> dict:
