@@ -53,6 +53,7 @@ def load(name_or_path: str | Path, *, backend: str | None = None, device: str | 
     family = families.family(source.json("model_index.json").get("_class_name"), f"model {source.name}")
     chosen = backends.create(backends.choose(backend), device=device, dtype=dtype)
     pipeline = family.load(source, chosen)
+    chosen.loaded()
     pipeline.calibration = teacache.read_calibration(source)
     pipeline.load_seconds = time.perf_counter() - start
     log.info("%s loaded in %.2f s", source.name, pipeline.load_seconds)

@@ -53,6 +53,9 @@ class Backend(Protocol):
     def load_tensors(self, refs: dict[str, TensorRef]) -> dict[str, Array]:
         """Memory-mapped; BF16/F16/F32 converted to `dtype`; F8_E4M3 kept with its `_scale`."""
 
+    def loaded(self) -> None:
+        """The model is loaded: give back what loading kept for itself (pinned staging memory)."""
+
 
 def choose(backend: str | None = None) -> str:
     """"torch" or "mlx": the argument, else OLLIMG_BACKEND, else MLX on Apple Silicon, else torch."""

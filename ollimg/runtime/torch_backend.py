@@ -204,9 +204,9 @@ class TorchBackend:
         free, _ = torch.cuda.mem_get_info(self.device)
         return offloadable + resident + ACTIVATION_ROOM > free
 
-    def empty_cache(self) -> None:
+    def loaded(self) -> None:
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+            release_staging()
 
 
 class _Fence:
@@ -238,8 +238,10 @@ STAGE_BYTES = 32 << 20  # each reader's two pinned staging buffers (1 GiB pinned
 def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Tensors on the GPU, read by parallel threads through fixed pinned staging buffers and
     copied asynchronously while the next piece is read. Each reader pins its two buffers once:
-    pinning memory per tensor (20 GB of it for a large model) costs more than reading it. Floats in
-    `dtype` (converted on the GPU); fp8 weights and their scales as stored."""
+    pinning memory per tensor (20 GB of it for a large model) costs more than reading it. The
+    buffers stay in torch's pinned cache for the next component's upload until `release_staging`
+    (the runtime's load calls it at the end). Floats in `dtype` (converted on the GPU); fp8
+    weights and their scales as stored."""
     pending = sorted(refs.items(), key=lambda kv: kv[1].nbytes)  # pop() takes the largest first
     out: dict[str, torch.Tensor] = {}
     started, nbytes = time.perf_counter(), sum(ref.nbytes for ref in refs.values())
@@ -256,15 +258,22 @@ def upload(refs: dict[str, TensorRef], device: torch.device, dtype: torch.dtype)
             out[name] = stage.upload(ref, device, None if keep else dtype)
         stream.synchronize()
 
-    with ThreadPoolExecutor(READERS, thread_name_prefix="weights") as pool:
-        for future in [pool.submit(reader) for _ in range(READERS)]:
+    readers = min(READERS, len(refs))
+    with ThreadPoolExecutor(max(readers, 1), thread_name_prefix="weights") as pool:
+        for future in [pool.submit(reader) for _ in range(readers)]:
             future.result()
     torch.cuda.synchronize(device)
-    if hasattr(torch._C, "_host_emptyCache"):
-        torch._C._host_emptyCache()  # give back the pinned staging buffers
     seconds = time.perf_counter() - started
     log.info("read %d tensors, %.2f GB, in %.2f s (%.2f GB/s)", len(refs), nbytes / 1e9, seconds, nbytes / 1e9 / seconds)
     return {name: out[name] for name in refs}
+
+
+def release_staging() -> None:
+    """Gives back the pinned staging buffers that `upload` leaves in torch's pinned-memory cache.
+    Uploads keep them so that the next component's upload reuses them: pinning its 1 GiB afresh
+    would cost more than reading a small component."""
+    if hasattr(torch._C, "_host_emptyCache"):
+        torch._C._host_emptyCache()
 
 
 class _Stage:
