@@ -122,9 +122,10 @@ def test_vae_only_trains_and_scores_the_vae_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "LATENT_STATS_IMAGES", (2, 4))
     monkeypatch.setattr(train, "check_vae", lambda vae, device: {"kind": 0.5})
     train.main(["--out", str(tmp_path), "--vae-only", "--vae-steps", "1", "--vae-batch", "2",
-                "--vae-channels", "8", "16", "--vae-layers", "2", "--edge-weight", "10"])
+                "--vae-channels", "8", "16", "--vae-layers", "2", "--edge-weight", "10", "--decoder-steps", "1"])
     info = json.loads((tmp_path / "vae-info.json").read_text())
     assert info["vae_heldout"] == {"kind": 0.5} and info["args"]["vae_channels"] == "[8, 16]"
+    assert info["vae_heldout_refined"] == {"kind": 0.5}  # and what a refined decoder would draw
     assert info["vae_parameters"] == sum(p.numel() for p in model.build_vae([8, 16], 2).parameters())
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "model").exists()
     # the DiT trains on that VAE: its weights and recipe, not a new one
@@ -140,6 +141,11 @@ def test_vae_only_trains_and_scores_the_vae_alone(tmp_path, monkeypatch):
     assert state["vae_heldout"] == {"kind": 0.5} and state["shift"] == info["shift"]
     weights = checkpoint.read(tmp_path / "dit" / "ckpt")[1]
     assert all(torch.equal(weights[f"vae.{k}"], v.to(torch.bfloat16)) for k, v in vae.state_dict().items())
+    # a decoder refinement tried on that VAE alone: nothing trained but the decoder
+    train.main(["--out", str(tmp_path / "trial"), "--vae-only", "--vae-from", str(tmp_path / "vae"),
+                "--decoder-steps", "2", "--worst-weight", "0.3"])
+    trial = json.loads((tmp_path / "trial" / "vae-info.json").read_text())
+    assert trial["vae_heldout_refined"] == {"kind": 0.5} and trial["args"]["worst_weight"] == "0.3"
 
 
 def test_edge_weights_mark_the_pixels_beside_an_edge():
@@ -182,3 +188,30 @@ def test_latent_figures_see_a_latent_spike():
     mode[:, :, 3, 4] *= 20  # one extreme position per image: where such a VAE draws a speck
     spiked = train.latent_figures(mode, std)
     assert calm["posterior_std"] == 0.1 and calm["peak_over_median"] < 3 < 10 < spiked["peak_over_median"]
+
+
+def test_interior_is_three_pixels_away_from_every_edge():
+    x = torch.zeros(1, 3, 16, 16)
+    x[..., 2:12, 2:12] = 1.0  # a 10x10 square; edge_weights marks rows and columns 1 and 11
+    inside = train.interior(x)[0, 0]
+    assert inside[7, 7] == 1 and inside[14, 14] == 1  # 4 and 3 from the nearest edge
+    assert inside[13, 13] == 0 and inside[3, 3] == 0 and inside[0, 0] == 0  # 2, 2, 1 from one
+    assert inside[2:12, 2:12].sum() == 25 and inside[4:9, 4:9].all()  # the square's 5x5 middle
+
+
+def test_refining_the_decoder_leaves_the_encoder_and_the_rng_alone(tmp_path, monkeypatch):
+    for table, small in TINY:
+        for key, value in small.items():
+            monkeypatch.setitem(table, key, value)
+    torch.manual_seed(0)
+    vae = model.build_vae([8, 16], 1).eval().requires_grad_(False)  # as prepare_vae leaves it
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    args, _ = train.parse_args(["--out", str(tmp_path), "--decoder-steps", "2", "--vae-batch", "2"])
+    rng = torch.get_rng_state()
+    train.refine_decoder(vae, args, "cpu")
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = vae.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert all(not p.requires_grad and p.dtype == torch.float32 for p in vae.parameters())
+    assert all(torch.equal(p, p.to(torch.bfloat16).float()) for p in vae.decoder.parameters())  # as it ships
