@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 
 def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     compiled = torch_compile.FirstUse(torch_compile.wanted(backend.device))
-    if compiled.enabled:
-        torch_compile.prepare()  # the compiler's imports, beside the weight reads
     te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
     offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
+    if compiled.enabled:
+        # The compiler's imports on a thread while the weights are read: started only now, since
+        # reading the tensors' headers above needs the interpreter as much as importing does.
+        torch_compile.prepare()
     if offload:
         log.info("the text encoder streams its layers to the device for each prompt (OLLIMG_OFFLOAD)")
         text_encoder, encode = None, streamed_encoder(backend, config.text_encoder, config.text_encoder_outputs, te_refs)
