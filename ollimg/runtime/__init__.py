@@ -52,8 +52,10 @@ def load(name_or_path: str | Path, *, backend: str | None = None, device: str | 
     log.info("opened %s in %.2f s", source.name, time.perf_counter() - start)
     family = families.family(source.json("model_index.json").get("_class_name"), f"model {source.name}")
     chosen = backends.create(backends.choose(backend), device=device, dtype=dtype)
-    pipeline = family.load(source, chosen)
-    chosen.loaded()
+    try:
+        pipeline = family.load(source, chosen)
+    finally:
+        chosen.loaded()  # also when a load fails: what it kept for itself is given back
     pipeline.calibration = teacache.read_calibration(source)
     pipeline.load_seconds = time.perf_counter() - start
     log.info("%s loaded in %.2f s", source.name, pipeline.load_seconds)

@@ -54,7 +54,7 @@ class Backend(Protocol):
         """Memory-mapped; BF16/F16/F32 converted to `dtype`; F8_E4M3 kept with its `_scale`."""
 
     def loaded(self) -> None:
-        """The model is loaded: give back what loading kept for itself (pinned staging memory)."""
+        """Loading is over (done or failed): give back what it kept for itself (pinned staging memory)."""
 
 
 def choose(backend: str | None = None) -> str:
