@@ -215,3 +215,42 @@ def test_refining_the_decoder_leaves_the_encoder_and_the_rng_alone(tmp_path, mon
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
     assert all(not p.requires_grad and p.dtype == torch.float32 for p in vae.parameters())
     assert all(torch.equal(p, p.to(torch.bfloat16).float()) for p in vae.decoder.parameters())  # as it ships
+
+
+def test_a_refined_decoder_ships_only_when_it_draws_fewer_specks_and_keeps_kind_and_count():
+    def figures(kind, count, stray):
+        return {"all": {"kind": kind, "count": count}, "images_with_stray_pixels": stray}
+
+    before = figures(1.0, 1.0, 100)
+    assert train.refinement_helps(before, figures(1.0, 1.0, 60))
+    assert not train.refinement_helps(before, figures(1.0, 1.0, 100))  # no fewer specks
+    assert not train.refinement_helps(before, figures(0.99, 1.0, 10))  # a kind lost
+    assert not train.refinement_helps(before, figures(1.0, 0.99, 10))  # a count lost
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_refine_changes_a_finished_models_decoder_only_when_it_helps(runs, tmp_path, monkeypatch, helps):
+    """refine.py on a finished model: with fewer specks (the stubbed check) the VAE on disk gets a
+    new decoder and the same encoder; without, it stays byte for byte as it was."""
+    from safetensors.torch import load_file
+
+    from training.shapes import refine
+
+    shutil.copytree(runs / "one" / "model", tmp_path / "model")
+    vae_file = tmp_path / "model" / "vae" / "diffusion_pytorch_model.safetensors"
+    before_bytes = vae_file.read_bytes()
+    before = load_file(vae_file)
+    checks = iter([{"all": {"kind": 1.0, "count": 1.0}, "images_with_stray_pixels": 9},
+                   {"all": {"kind": 1.0, "count": 1.0}, "images_with_stray_pixels": 3 if helps else 9}])
+    monkeypatch.setattr(train, "check_vae", lambda vae, device: next(checks))
+    refine.main([str(tmp_path / "model"), "--edge-weight", "10", "--vae-batch", "2", "--decoder-steps", "2",
+                 "--worst-weight", "0.3", "--eval-steps"])
+    info = json.loads((tmp_path / "refine-info.json").read_text())
+    assert info["decoder_refined"] is helps and info["vae_heldout_refined"]["images_with_stray_pixels"] == (3 if helps else 9)
+    if not helps:
+        assert vae_file.read_bytes() == before_bytes
+        return
+    after = load_file(vae_file)
+    assert after.keys() == before.keys() and all(v.dtype == torch.bfloat16 for v in after.values())
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)

@@ -59,7 +59,7 @@ REWARM = 100  # steps of learning-rate warm-up after a resume from the bf16 weig
 # second moments, beta2 0.99, settle in about that many)
 # What a resumed run takes from its checkpoint: the arguments that make the training what it is.
 VAE_RECIPE = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "edge_weight", "vae_channels", "vae_layers")
-RECIPE = VAE_RECIPE + ("batch", "lr", "dit_warmup", "ema", "decoder_steps", "decoder_lr", "worst_weight")
+RECIPE = VAE_RECIPE + ("batch", "lr", "dit_warmup", "ema")  # --decoder-*, --worst-weight: the last call's
 
 
 def log(msg: str) -> None:
@@ -142,6 +142,29 @@ def refine_decoder(vae, args, device) -> None:
         for p in params:
             p.requires_grad_(False)
             p.copy_(p.to(torch.bfloat16))  # as it ships
+
+
+def refine_if_better(vae, args, device, before: dict) -> dict:
+    """refine_decoder, kept only if refinement_helps against `before` (check_vae's figures of the
+    VAE as it is); returns vae_heldout_refined (the refined decoder's figures) and
+    decoder_refined (whether the VAE now has it)."""
+    weights = {k: v.clone() for k, v in vae.state_dict().items()}
+    refine_decoder(vae, args, device)
+    after = check_vae(vae, device)
+    log(f"held-out scenes through the refined VAE: {after}")
+    kept = refinement_helps(before, after)
+    if not kept:
+        vae.load_state_dict(weights)
+        log("the refined decoder is not better: the VAE keeps the decoder it had")
+    return {"vae_heldout_refined": after, "decoder_refined": kept}
+
+
+def refinement_helps(before: dict, after: dict) -> bool:
+    """Whether a refined decoder ships: fewer images with stray pixels, and kind and count through
+    the VAE no worse (check_vae's figures before and after), so a setting not tried on this VAE
+    before cannot make the model worse than its unrefined decoder."""
+    kept = all(after["all"][k] >= before["all"][k] for k in ("kind", "count"))
+    return kept and after["images_with_stray_pixels"] < before["images_with_stray_pixels"]
 
 
 def interior(x: torch.Tensor) -> torch.Tensor:
@@ -445,7 +468,7 @@ def take_recipe(args, parser: argparse.ArgumentParser, state: dict, names=RECIPE
     with another value is an error."""
     for name in names:
         if name not in state["recipe"]:
-            continue  # a field newer than the checkpoint (--decoder-steps: used only at the end) is given
+            continue  # a field newer than the checkpoint is given
         given, stored = getattr(args, name), state["recipe"][name]
         if given != parser.get_default(name) and given != stored:
             raise SystemExit(f"--{name.replace('_', '-')} {given} differs from the checkpoint's {stored}; "
@@ -500,15 +523,14 @@ def finish(run: Run, named, bpe, te, dit, vae, vae_fields: dict, args, device, h
         for (_, p), e in zip(named, run.ema):
             p.copy_(e)
     if args.decoder_steps:
-        refine_decoder(vae, args, device)
-        vae_fields = {**vae_fields, "vae_heldout_refined": check_vae(vae, device)}
-        log(f"held-out scenes through the refined VAE: {vae_fields['vae_heldout_refined']}")
+        vae_fields = {**vae_fields, **refine_if_better(vae, args, device, vae_fields["vae_heldout"])}
     model_dir = args.out / "model"
     model_mod.save(model_dir, bpe, te.float(), dit.float(), vae.float(), torch.bfloat16)
     info = {"hardware": hardware, "torch": torch.__version__, "vae_seconds": vae_fields["vae_seconds"],
             "dit_seconds": round(sum(c["seconds"] for c in run.calls)), "dit_steps": run.total,
             "calls": run.calls, "vae_heldout": vae_fields["vae_heldout"],
             "vae_heldout_refined": vae_fields.get("vae_heldout_refined"),
+            "decoder_refined": vae_fields.get("decoder_refined", False),
             "args": {k: str(v) for k, v in vars(args).items()}}
     for steps in args.eval_steps:
         info[f"heldout_{steps}_steps"] = evaluate(model_dir, device, args.out, steps)
