@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ollimg.builtin import builtin_models
 from ollimg.errors import InvalidInput
 from ollimg.runtime import img2img, load
 from ollimg.runtime.noise import noise
@@ -38,12 +39,13 @@ def mask_image() -> Image.Image:
     return Image.fromarray(mask, "L")
 
 
-def run_reference(path, dtype, monkeypatch, *, strength, mask=None):
-    """(final latents float32, pixels uint8) from diffusers, given our noise."""
+def run_reference(path, dtype, monkeypatch, *, strength, mask=None, cell=8):
+    """(final latents float32, pixels uint8) from diffusers, given our noise; `cell`: the VAE's
+    pixels per latent cell."""
     cls = diffusers.ZImageInpaintPipeline if mask is not None else diffusers.ZImageImg2ImgPipeline
     pipe = cls.from_pretrained(path, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    shape = (16, 48 // 8, 64 // 8)
+    shape = (16, 48 // cell, 64 // cell)
     eps = torch.from_numpy(img2img.posterior_noise(SEED, shape))
     start = torch.from_numpy(noise(SEED, 1, shape))
     module = __import__(cls.__module__, fromlist=["randn_tensor"])
@@ -69,6 +71,22 @@ def pipes(tiny_zimage_dir):
         return cache[backend, dtype]
 
     return get
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inpainting_matches_diffusers_with_a_4x_vae(monkeypatch, backend):
+    """The shipped shapes model's VAE has 4 pixels per latent cell (the fixture's: 8), so the mask
+    goes onto a 16x12 latent grid here; fp32 gates as below."""
+    path = builtin_models()["shapes"]
+    ref_latents, ref_pixels = run_reference(path, torch.float32, monkeypatch, strength=0.8, mask=mask_image(), cell=4)
+    if backend == "mlx":
+        pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
+    result = load(path, backend=backend, device="cpu", dtype="float32").generate(
+        PROMPT, images=[source_image()], mask=mask_image(), strength=0.8, steps=STEPS, guidance=0.0, seed=SEED)
+    assert result.latents.shape == ref_latents.shape == (1, 16, 12, 16)
+    pixels = np.stack([np.asarray(im) for im in result.images])
+    assert np.abs(result.latents - ref_latents).max() <= 1e-4 * np.abs(ref_latents).max()
+    assert np.abs(pixels.astype(int) - ref_pixels).max() <= 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -17,7 +17,8 @@ def test_the_preview_at_step_2_of_8_is_closer_to_the_final_image_than_to_the_noi
     assert sorted(previews) == [2, 4, 6]
     early = previews[2][0].astype(np.float32)  # (128, 128, 3): the built-in VAE decodes previews
     final = np.asarray(result.images[0], dtype=np.float32)
-    start = pipe.preview(pipe.backend.from_numpy(noise(3, 1, (16, 16, 16))))[0].astype(np.float32)  # the initial noise
+    cells = 128 // pipe.config.vae.scale  # the latent grid of a 128x128 image
+    start = pipe.preview(pipe.backend.from_numpy(noise(3, 1, (16, cells, cells))))[0].astype(np.float32)  # the initial noise
     to_final, to_noise = np.abs(early - final).mean(), np.abs(early - start).mean()
     assert to_final < 0.2 * to_noise, (to_final, to_noise)
 

@@ -178,7 +178,7 @@ class ZImagePipeline:
         x0 = self.backend.from_numpy(img2img.scale_noise(image, start_noise, sigmas[0]))
         if edit.mask is None:
             return x0, None
-        cells = np.repeat(img2img.mask_cells(edit.mask, req.width, req.height, 8), req.total, axis=0)
+        cells = np.repeat(img2img.mask_cells(edit.mask, req.width, req.height, vae.scale), req.total, axis=0)
         return x0, img2img.keep_known(self.backend, image, start_noise, cells, sigmas)
 
     def preview(self, latents) -> np.ndarray:
