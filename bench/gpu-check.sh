@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call (the `device` tool's H200, 10 minutes) for issue 12: the CUDA parity tests first,
+# then fresh runtime starts (eager, compiled with a warm cache, fp8) against diffusers, then, with
+# the time left, the same starts under py-spy. Run from the repository root, with the wheels the
+# machine lacks in .whl/ (carry [".whl"]: diffusers, importlib_metadata, platformdirs, pydantic,
+# pydantic_core, annotated_types, typing_inspection, py_spy):
+#     bash bench/gpu-check.sh
+# (Written 2026-12-02 from the calls of that day; not yet run as one script.)
+# Everything comes back as one archive, $OUT/gpu-check.tgz (the device returns at most 8 files).
+set -uo pipefail
+started=$(date +%s)
+: "${OUT:?set OUT to the folder that comes back}"
+log=/tmp/gpu-check
+rm -rf "$log" && mkdir -p "$log"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
+pack() { tar czf "$OUT/gpu-check.tgz" -C "$log" .; }
+trap pack EXIT
+nvidia-smi > "$log/nvidia-smi.txt" 2>&1
+timeout 300 python3 -m pytest -q -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
+echo "parity rc $? after $(( $(date +%s) - started )) s" | tee -a "$log/parity.log"
+timeout $(( 560 - ($(date +%s) - started) )) python3 bench/gpu_baseline.py --work /tmp/zb --runs 1 --only-starts \
+    --starts --fp8 --json "$log/starts.json" > "$log/starts.log" 2>&1
+echo "starts rc $? after $(( $(date +%s) - started )) s" | tee -a "$log/starts.log"
+for mode in compiled fp8; do
+    left=$(( 560 - ($(date +%s) - started) ))
+    [ "$left" -gt 60 ] || break
+    flags=(); [ "$mode" = fp8 ] && flags=(--fp8)
+    timeout "$left" py-spy record --subprocesses -r 100 -o "$log/start-$mode.svg" -- python3 bench/gpu_baseline.py --work /tmp/zb \
+        --runs 1 --only-starts --starts --skip-diffusers "${flags[@]}" > "$log/start-$mode.log" 2>&1
+done
