@@ -41,16 +41,17 @@ def refine(model_dir: Path, args: argparse.Namespace, device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    trained, _ = train.parse_args(["--out", "."])  # the training's defaults, kept in one place
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=0, help="the training's --seed")
+    parser.add_argument("--seed", type=int, default=trained.seed, help="the training's --seed")
     parser.add_argument("--edge-weight", type=float, required=True, help="the VAE's recipe's --edge-weight")
-    parser.add_argument("--vae-batch", type=int, default=64)
+    parser.add_argument("--vae-batch", type=int, default=trained.vae_batch)
     parser.add_argument("--decoder-steps", type=int, required=True)
-    parser.add_argument("--decoder-lr", type=float, default=1e-4)
+    parser.add_argument("--decoder-lr", type=float, default=trained.decoder_lr)
     parser.add_argument("--worst-weight", type=float, required=True)
-    parser.add_argument("--eval-steps", type=int, nargs="*", default=[8])
+    parser.add_argument("--eval-steps", type=int, nargs="*", default=trained.eval_steps)
     args = parser.parse_args(argv)
     out = args.out or args.model.parent
     out.mkdir(parents=True, exist_ok=True)
