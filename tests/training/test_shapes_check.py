@@ -1,4 +1,5 @@
-"""The checker's kind and count scores: right on ideal renders, wrong on deliberately wrong ones."""
+"""The checker's kind and count scores and its artefact counts: right on ideal renders, wrong on
+deliberately wrong ones."""
 
 import copy
 
@@ -33,7 +34,25 @@ def test_ideal_renders_score_right_on_all_five():
     specs = heldout_specs()
     scores = [score(im, s) for im, s in zip(_images(specs), specs)]
     assert summarize(scores) == {"background": 1.0, "color": 1.0, "position": 1.0, "kind": 1.0, "count": 1.0}
-    assert all(s.stray_pixels == 0 for s in scores)
+    assert all(s.stray_pixels == 0 and s.blemish_pixels == 0 for s in scores)
+
+
+def test_a_faint_mark_inside_a_shape_is_a_blemish_and_not_stray():
+    """A 2x2 mark inside a red circle, darker red (a mix of red and the blue background: no stray
+    pixel), is four blemish pixels; the same mark on the shape's outline is edge blending, none."""
+    spec = _scene("circle", "large", ["center"])
+    image = _images([spec])[0]
+    marked = image.copy()
+    marked[60:62, 60:62] = (150, 30, 80)
+    assert (score(image, spec).blemish_pixels, score(marked, spec).blemish_pixels) == (0, 4)
+    assert score(marked, spec).stray_pixels == 0 and score(marked, spec).kind
+    holed = image.copy()
+    holed[60:62, 60:62] = image[0, 0]  # the background's color: a hole in the shape, filled, counted
+    assert score(holed, spec).blemish_pixels == 4
+    ys, xs = np.nonzero(np.abs(image.astype(int) - image[64, 64]).sum(-1) == 0)
+    edge = image.copy()
+    edge[ys.min(), xs[ys == ys.min()][0]] = (150, 30, 80)  # the top of the circle's outline
+    assert score(edge, spec).blemish_pixels == 0
 
 
 @pytest.mark.parametrize("size", list(SIZES))

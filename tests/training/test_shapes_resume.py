@@ -217,13 +217,16 @@ def test_refining_the_decoder_leaves_the_encoder_and_the_rng_alone(tmp_path, mon
     assert all(torch.equal(p, p.to(torch.bfloat16).float()) for p in vae.decoder.parameters())  # as it ships
 
 
-def test_a_refined_decoder_ships_only_when_it_draws_fewer_specks_and_keeps_kind_and_count():
-    def figures(kind, count, stray):
-        return {"all": {"kind": kind, "count": count}, "images_with_stray_pixels": stray}
+def test_a_refined_decoder_ships_only_when_it_draws_fewer_artefacts_and_keeps_kind_and_count():
+    def figures(kind, count, stray, blemish=30.0):
+        return {"all": {"kind": kind, "count": count}, "images_with_stray_pixels": stray,
+                "blemish_pixels_per_image": blemish}
 
     before = figures(1.0, 1.0, 100)
     assert train.refinement_helps(before, figures(1.0, 1.0, 60))
-    assert not train.refinement_helps(before, figures(1.0, 1.0, 100))  # no fewer specks
+    assert train.refinement_helps(before, figures(1.0, 1.0, 100, 7.0))  # fewer blemishes alone
+    assert not train.refinement_helps(before, figures(1.0, 1.0, 100))  # no fewer artefacts
+    assert not train.refinement_helps(before, figures(1.0, 1.0, 60, 31.0))  # fewer specks, more blemishes
     assert not train.refinement_helps(before, figures(0.99, 1.0, 10))  # a kind lost
     assert not train.refinement_helps(before, figures(1.0, 0.99, 10))  # a count lost
 
@@ -240,8 +243,9 @@ def test_refine_changes_a_finished_models_decoder_only_when_it_helps(runs, tmp_p
     vae_file = tmp_path / "model" / "vae" / "diffusion_pytorch_model.safetensors"
     before_bytes = vae_file.read_bytes()
     before = load_file(vae_file)
-    checks = iter([{"all": {"kind": 1.0, "count": 1.0}, "images_with_stray_pixels": 9},
-                   {"all": {"kind": 1.0, "count": 1.0}, "images_with_stray_pixels": 3 if helps else 9}])
+    checks = iter([{"all": {"kind": 1.0, "count": 1.0}, "images_with_stray_pixels": 9, "blemish_pixels_per_image": 5},
+                   {"all": {"kind": 1.0, "count": 1.0}, "images_with_stray_pixels": 3 if helps else 9,
+                    "blemish_pixels_per_image": 5}])
     monkeypatch.setattr(train, "check_vae", lambda vae, device: next(checks))
     refine.main([str(tmp_path / "model"), "--edge-weight", "10", "--vae-batch", "2", "--decoder-steps", "2",
                  "--worst-weight", "0.3", "--eval-steps"])

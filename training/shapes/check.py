@@ -12,7 +12,8 @@ between two other colors never counts as a shape). Five scores:
   the named kind. A shape's kind is the outline (outlines.py) that fits it best, by IoU over a
   small search of scale and offset around its bounding box, if that IoU reaches KIND_MIN_IOU;
 - count: the image has as many shapes of the main shape's color as the spec has.
-`stray_pixels` measures artefacts such as specks: pixels that are no mix of two spec colors.
+`stray_pixels` measures artefacts such as specks: pixels that are no mix of two spec colors;
+`blemish_pixels` the fainter marks inside a shape, off its color but still such a mix.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ MIN_PIXELS = 20  # fewer shape pixels than this (a small shape is ~380) counts a
 MIN_CORE = 8  # a shape has at least this many pixels whose 4 neighbours are of its color too
 KIND_MIN_IOU = 0.7  # a fit worse than this is no kind (a blob); ideal renders fit at >= 0.8
 STRAY_DISTANCE = 60.0  # RGB distance from every mix of two spec colors that makes a pixel stray
+BLEMISH_DISTANCE = 25.0  # RGB distance from its shape's median color that makes a pixel inside it a blemish
+BLEMISH_DEPTH = 3  # pixels in from a shape's outline where blemishes are looked for (edges blend)
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)
 _NAMES = list(COLORS)
 _SCALES = (0.9, 0.95, 1.0, 1.05, 1.1)
@@ -56,6 +59,7 @@ class Score:
     kind: bool
     count: bool
     stray_pixels: int = 0
+    blemish_pixels: int = 0
 
 
 def classify(image: np.ndarray) -> np.ndarray:
@@ -149,6 +153,46 @@ def stray_pixels(image: np.ndarray, spec: Spec) -> int:
     return int((best > STRAY_DISTANCE).sum())
 
 
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """The mask with its holes (pixels not in it that cannot reach the edge of its box) filled."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = np.pad(mask[y0:y1, x0:x1], 1)  # a free frame: everything outside the shape touches it
+    outside = _components(~box)
+    holes = (outside > 0) & (outside != outside[0, 0])
+    filled = mask.copy()
+    filled[y0:y1, x0:x1] |= holes[1:-1, 1:-1]
+    return filled
+
+
+def _eroded(mask: np.ndarray, times: int) -> np.ndarray:
+    """4-neighbour erosion, `times` pixels deep."""
+    m = mask.copy()
+    for _ in range(times):
+        inner = m.copy()
+        inner[1:, :] &= m[:-1, :]
+        inner[:-1, :] &= m[1:, :]
+        inner[:, 1:] &= m[:, :-1]
+        inner[:, :-1] &= m[:, 1:]
+        inner[[0, -1], :] = inner[:, [0, -1]] = False
+        m = inner
+    return m
+
+
+def blemish_pixels(image: np.ndarray, shapes: list[Blob]) -> int:
+    """Pixels at least BLEMISH_DEPTH inside one of the shapes (its holes filled) that are farther
+    than BLEMISH_DISTANCE from the shape's own median color: the faint marks a decoder leaves
+    inside shapes, which stray_pixels misses when they are a mix of two of the spec's colors.
+    (The median, not the named color: a shape drawn a shade off is no blemish.)"""
+    x = image.astype(np.float32)
+    total = 0
+    for blob in shapes:
+        inner = x[_eroded(_filled(blob.mask), BLEMISH_DEPTH)]
+        if len(inner):
+            total += int((np.linalg.norm(inner - np.median(inner, axis=0), axis=1) > BLEMISH_DISTANCE).sum())
+    return total
+
+
 def score(image: np.ndarray, spec: Spec) -> Score:
     labels = classify(image)
     size = labels.shape[0]
@@ -175,7 +219,7 @@ def score(image: np.ndarray, spec: Spec) -> Score:
         position_ok = all(b is not None for b in placed)
         kind_ok = position_ok and all(kind_of(b) == s.kind for b, s in zip(placed, spec.shapes))
     return Score(bool(bg_ok), bool(color_ok), position_ok, bool(kind_ok), bool(count_ok),
-                 stray_pixels(image, spec))
+                 stray_pixels(image, spec), blemish_pixels(image, [b for f in found.values() for b in f]))
 
 
 def summarize(scores: list[Score]) -> dict[str, float | None]:
@@ -193,10 +237,12 @@ def summarize(scores: list[Score]) -> dict[str, float | None]:
 
 def figures(images: list[np.ndarray], specs: list[Spec]) -> dict:
     """The five scores of the held-out set (world.heldout_specs) over all its prompts and per
-    group, and the images with stray pixels (specks)."""
+    group, and the images with stray pixels (specks) and with blemishes (fainter marks in shapes)."""
     scores = [score(im, s) for im, s in zip(images, specs)]
     groups = {"all": range(len(specs)), "singles": range(120), "counts": range(120, 140), "pairs": range(140, 160)}
     out = {name: summarize([scores[i] for i in idx]) for name, idx in groups.items()}
     out["images_with_stray_pixels"] = sum(s.stray_pixels > 0 for s in scores)
     out["stray_pixels_per_image"] = round(sum(s.stray_pixels for s in scores) / len(scores), 2)
+    out["images_with_blemishes"] = sum(s.blemish_pixels > 0 for s in scores)
+    out["blemish_pixels_per_image"] = round(sum(s.blemish_pixels for s in scores) / len(scores), 2)
     return out
