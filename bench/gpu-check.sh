@@ -17,7 +17,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
 pack() { tar czf "$OUT/gpu-check.tgz" -C "$log" .; }
 trap pack EXIT
 nvidia-smi > "$log/nvidia-smi.txt" 2>&1
-timeout 300 python3 -m pytest -q -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
+timeout 300 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
 echo "parity rc $? after $(( $(date +%s) - started )) s" | tee -a "$log/parity.log"
 timeout $(( 560 - ($(date +%s) - started) )) python3 bench/gpu_baseline.py --work /tmp/zb --runs 1 --only-starts \
     --starts --fp8 --json "$log/starts.json" > "$log/starts.log" 2>&1
