@@ -19,6 +19,7 @@ import mlx.nn as nn
 from ollimg.runtime.components.autoencoder_kl.config import AutoencoderKLConfig
 from ollimg.runtime.components.autoencoder_kl.tiles import STRIP_ELEMENTS, halo, strips
 from ollimg.runtime.mlx_backend import evaluate
+from ollimg.runtime.mlx_math import attention, silu
 
 ATTENTION_SCORES = 1 << 28  # query chunks keep the score matrix at most this many values
 
@@ -79,7 +80,7 @@ def norm_conv(norm: GroupNorm, conv: nn.Conv2d, x: mx.array, elements: int) -> m
     stats = group_stats(norm, x, strips(h, w, c, elements))
     out = mx.zeros((b, h, w, conv.weight.shape[0]), dtype=x.dtype)
     for a, e in strips(h, w, max(c, conv.weight.shape[0]), elements):
-        out[:, a:e] = conv_rows(conv, x, a, e, lambda t: nn.silu(normed(t, stats)))
+        out[:, a:e] = conv_rows(conv, x, a, e, lambda t: silu(normed(t, stats)))
         evaluate(out)  # one strip at a time
     return out
 
@@ -95,8 +96,8 @@ class ResnetBlock(nn.Module):
             self.conv_shortcut = nn.Conv2d(c_in, c_out, 1)
 
     def __call__(self, x: mx.array) -> mx.array:  # (B, H, W, C_in) -> (B, H, W, C_out)
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = self.conv2(nn.silu(self.norm2(h)))
+        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv2(silu(self.norm2(h)))
         if "conv_shortcut" in self:
             x = self.conv_shortcut(x)
         return x + h
@@ -129,7 +130,7 @@ class Attention(nn.Module):
         t = self.group_norm(x).reshape(b, 1, h * w, c)  # (B, 1, HW, C): one head
         q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
         n = max(1, ATTENTION_SCORES // (h * w))  # queries per chunk: large images attend in chunks
-        o = mx.concatenate([mx.fast.scaled_dot_product_attention(q[:, :, i: i + n], k, v, scale=1.0 / math.sqrt(c))
+        o = mx.concatenate([attention(q[:, :, i: i + n], k, v, 1.0 / math.sqrt(c))
                             for i in range(0, h * w, n)], axis=2)
         return x + self.to_out[0](o).reshape(b, h, w, c)
 
@@ -207,7 +208,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(nn.silu(self.conv_norm_out(x)))
+        return self.conv_out(silu(self.conv_norm_out(x)))
 
     def lockstep(self, z: mx.array, elements: int) -> mx.array:
         """__call__ for a large latent: the latent-resolution layers whole (the attention sees every
@@ -303,7 +304,7 @@ class Encoder(nn.Module):
         x = self.conv_in(x)
         for block in self.down_blocks:
             x = block(x)
-        return self.conv_out(nn.silu(self.conv_norm_out(self.mid_block(x))))
+        return self.conv_out(silu(self.conv_norm_out(self.mid_block(x))))
 
     def lockstep(self, x: mx.array, elements: int) -> mx.array:
         """__call__ for a large image: strip by strip in lockstep down to latent resolution, then whole."""
@@ -315,7 +316,7 @@ class Encoder(nn.Module):
             evaluate(y)
         for block in self.down_blocks:
             y = block.lockstep(y, elements)
-        return self.conv_out(nn.silu(self.conv_norm_out(self.mid_block(y))))
+        return self.conv_out(silu(self.conv_norm_out(self.mid_block(y))))
 
 
 class VaeEncoder(nn.Module):

@@ -14,6 +14,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ollimg.runtime.mlx_backend import RMSNorm
+from ollimg.runtime.mlx_math import silu
 
 
 def rotate_half(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:  # x: (B, H, L, Dh)
@@ -51,7 +52,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):

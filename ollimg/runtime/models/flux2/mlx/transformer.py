@@ -14,6 +14,8 @@ import mlx.nn as nn
 import numpy as np
 
 from ollimg.runtime.mlx_backend import RMSNorm
+from ollimg.runtime import mlx_math
+from ollimg.runtime.mlx_math import silu
 from ollimg.runtime.models.flux2 import layout
 from ollimg.runtime.models.flux2.config import TransformerConfig
 
@@ -36,7 +38,7 @@ def attention(q, k, v, cos, sin) -> mx.array:
     b, l, h, d = q.shape
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, H, L, D)
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(d))
+    out = mlx_math.attention(q, k, v, 1.0 / math.sqrt(d))
     return out.transpose(0, 2, 1, 3).reshape(b, l, h * d)
 
 
@@ -58,7 +60,7 @@ class FeedForward(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, up = mx.split(self.linear_in(x), 2, axis=-1)
-        return self.linear_out(nn.silu(gate) * up)
+        return self.linear_out(silu(gate) * up)
 
 
 class JointAttention(nn.Module):
@@ -127,7 +129,7 @@ class ParallelAttention(nn.Module):
         q, k, v = (heads(t, self.head_dim) for t in mx.split(qkv, 3, axis=-1))
         out = attention(self.norm_q(q), self.norm_k(k), v, cos, sin)
         gate, up = mx.split(mlp, 2, axis=-1)
-        return self.to_out(mx.concatenate([out, nn.silu(gate) * up], axis=-1))
+        return self.to_out(mx.concatenate([out, silu(gate) * up], axis=-1))
 
 
 class SingleBlock(nn.Module):
@@ -152,7 +154,7 @@ class Modulation(nn.Module):
         self.linear = nn.Linear(dim, 3 * sets * dim, bias=False)
 
     def __call__(self, temb: mx.array) -> list[mx.array]:
-        return mx.split(self.linear(nn.silu(temb))[:, None, :], 3 * self.sets, axis=-1)
+        return mx.split(self.linear(silu(temb))[:, None, :], 3 * self.sets, axis=-1)
 
 
 class TimestepEmbedder(nn.Module):
@@ -168,7 +170,7 @@ class TimestepEmbedder(nn.Module):
         freqs = mx.exp(-math.log(10000) * mx.arange(half, dtype=mx.float32) / half)
         args = t.astype(mx.float32)[:, None] * freqs[None]
         emb = mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1).astype(t.dtype)  # (B, channels), cos first
-        return self.linear_2(nn.silu(self.linear_1(emb)))
+        return self.linear_2(silu(self.linear_1(emb)))
 
 
 class TimeGuidanceEmbed(nn.Module):
@@ -188,7 +190,7 @@ class OutputNorm(nn.Module):
         self.linear = nn.Linear(dim, 2 * dim, bias=False)
 
     def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
-        scale, shift = mx.split(self.linear(nn.silu(temb).astype(x.dtype)), 2, axis=-1)
+        scale, shift = mx.split(self.linear(silu(temb).astype(x.dtype)), 2, axis=-1)
         return layer_norm(x, self.eps) * (1 + scale)[:, None] + shift[:, None]
 
 

@@ -20,6 +20,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ollimg.runtime.mlx_backend import RMSNorm
+from ollimg.runtime.mlx_math import attention, silu
 from ollimg.runtime.models.zimage import layout
 
 
@@ -56,7 +57,7 @@ class Attention(nn.Module):
             q, k = self.norm_q(q), self.norm_k(k)
         q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
         q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, H, L, Dh)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), mask=mask)
+        o = attention(q, k, v, 1.0 / math.sqrt(q.shape[-1]), mask)
         return self.to_out[0](o.transpose(0, 2, 1, 3).reshape(b, l, dim))
 
 
@@ -68,7 +69,7 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.w2(nn.silu(self.w1(x)) * self.w3(x))
+        return self.w2(silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
@@ -110,7 +111,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = [nn.SiLU(), nn.Linear(adaln_dim, dim)]
 
     def __call__(self, x: mx.array, c: mx.array) -> mx.array:  # (B, L, D), (B, A) -> (B, L, out)
-        scale = 1.0 + self.adaLN_modulation[1](nn.silu(c))[:, None, :]
+        scale = 1.0 + self.adaLN_modulation[1](silu(c))[:, None, :]
         return self.linear(mx.fast.layer_norm(x, None, None, 1e-6) * scale)
 
 
@@ -125,7 +126,7 @@ class TimestepEmbedder(nn.Module):
         freqs = mx.exp(-math.log(10000) * mx.arange(half, dtype=mx.float32) / half)
         args = t.astype(mx.float32)[:, None] * freqs[None]
         emb = mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1).astype(self.mlp[0].weight.dtype)
-        return self.mlp[2](nn.silu(self.mlp[0](emb)))
+        return self.mlp[2](silu(self.mlp[0](emb)))
 
 
 @dataclass
