@@ -36,7 +36,8 @@ def _exp(x: mx.array) -> mx.array:
 
 @mx.compile
 def _silu(x: mx.array) -> mx.array:
-    return (x.astype(mx.float32) / (1.0 + _exp(-x.astype(mx.float32)))).astype(x.dtype)
+    f = x.astype(mx.float32)
+    return (f / (1.0 + _exp(-f))).astype(x.dtype)
 
 
 @mx.compile

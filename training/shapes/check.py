@@ -89,11 +89,7 @@ def _components(mask: np.ndarray) -> np.ndarray:
 def blobs(labels: np.ndarray, color: str) -> list[Blob]:
     """The shapes of one color, largest first."""
     mask = labels == _NAMES.index(color)
-    core = mask.copy()
-    core[1:, :] &= mask[:-1, :]
-    core[:-1, :] &= mask[1:, :]
-    core[:, 1:] &= mask[:, :-1]
-    core[:, :-1] &= mask[:, 1:]
+    core = _eroded(mask, 1, outside=True)  # a shape cut by the image's edge keeps its core there
     comp = _components(mask)
     found = []
     for label in np.unique(comp[comp > 0]):
@@ -165,18 +161,12 @@ def _filled(mask: np.ndarray) -> np.ndarray:
     return filled
 
 
-def _eroded(mask: np.ndarray, times: int) -> np.ndarray:
-    """4-neighbour erosion, `times` pixels deep."""
-    m = mask.copy()
+def _eroded(mask: np.ndarray, times: int, outside: bool = False) -> np.ndarray:
+    """4-neighbour erosion, `times` pixels deep; pixels past the image's edge count as `outside`."""
     for _ in range(times):
-        inner = m.copy()
-        inner[1:, :] &= m[:-1, :]
-        inner[:-1, :] &= m[1:, :]
-        inner[:, 1:] &= m[:, :-1]
-        inner[:, :-1] &= m[:, 1:]
-        inner[[0, -1], :] = inner[:, [0, -1]] = False
-        m = inner
-    return m
+        p = np.pad(mask, 1, constant_values=outside)
+        mask = mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask
 
 
 def blemish_pixels(image: np.ndarray, shapes: list[Blob]) -> int:
