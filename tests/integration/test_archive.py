@@ -5,6 +5,7 @@ models out of it into OCI layouts) and `ollimg pull` / `ollimg load` take them b
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from ollimg.archive import Archive
+from ollimg.errors import Busy
 from ollimg.manifest import Name, Store
 from tests.conftest import OLLIMG, cli_env
 from tests.integration.test_registry import assert_same_model, run_cli as _run_cli, small_model
@@ -311,9 +313,24 @@ def test_a_client_that_goes_away_mid_upload_lands_nothing(served, tmp_path):
                      f"Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
         while b'"status"' not in sock.recv(65536):
             pass
-    deadline = time.monotonic() + 30
-    while listing(server_store.root) != before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert listing(server_store.root) == before  # no model, no blob, no temp file
+    # The loader may still be writing the blobs it had read when the client left; it holds the
+    # store's shared lock until it has cleaned up, so the exclusive lock waits for that.
+    with _exclusive(server_store):
+        assert listing(server_store.root) == before  # no model, no blob, no temp file
     ok = httpx.post(served.url + "/api/load?stream=false", content=data, headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200 and ok.json()["models"] == ["me/abandoned:v1"], ok.text
+
+
+@contextlib.contextmanager
+def _exclusive(store: Store, timeout: float = 60):
+    """The store's exclusive lock, as `ollimg rm` takes it: granted once no load holds it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with store.lock(exclusive=True, wait=False):
+                yield
+                return
+        except Busy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
