@@ -50,6 +50,9 @@ SETTINGS = [
     Setting("OLLIMG_API_KEY", "", "if set, the bearer key every request must carry (every route but the web page's "
             "shell at / and its static files)"),
     Setting("OLLIMG_LOAD_TIMEOUT", "5m", "how long a model may take to load"),
+    Setting("OLLIMG_SPARE_RUNTIME", "on", "on: the server keeps one runtime process started ahead, its imports (torch or "
+            "mlx, and torch's compiler where it compiles) done, so that loading a model does not wait for them; off "
+            "starts each runtime when its model is asked for"),
     Setting("OLLIMG_DEBUG", "", "1 for debug logging and tracebacks"),
     Setting("OLLIMG_GALLERY", "<user data dir>/gallery", "where the server keeps the images made with \"gallery\": true (the web page's history)"),
     Setting("OLLIMG_GALLERY_MAX", "2GB", "size cap of the gallery (like 500MB or 10GB); the oldest images go first; 0 keeps nothing"),
@@ -203,6 +206,13 @@ def compile_mode() -> str:
     if value not in ("auto", "on", "off"):
         raise InvalidInput(f"OLLIMG_COMPILE={value!r}: use auto (on for CUDA), on or off")
     return value
+
+
+def spare_runtime() -> bool:
+    value = _env("OLLIMG_SPARE_RUNTIME", "on").lower() or "on"
+    if value not in ("on", "off", "1", "0", "true", "false"):
+        raise InvalidInput(f"OLLIMG_SPARE_RUNTIME={value!r}: use on or off")
+    return value in ("on", "1", "true")
 
 
 def fp8_matmul() -> bool:

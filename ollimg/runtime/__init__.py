@@ -36,6 +36,18 @@ def open_source(name_or_path: str | Path, models_dir: Path | None = None):
     return ModelSource.from_store(Store(models_dir).get(Name.parse(str(name_or_path))))
 
 
+def prepare(backend: str | None = None, device: str | None = None) -> None:
+    """Import what `load` needs on this backend (as `load` picks it), every family's build for it
+    and the tokenizer, allocating nothing on the device: a runtime process started before its
+    model is known (the server's spare) then only reads weights when asked."""
+    from ollimg.runtime import backend as backends
+    from ollimg.runtime import families, teacache, tokenizer  # noqa: F401
+
+    chosen = backends.create(backends.choose(backend), device=device)  # its imports (MLX: after its BLAS)
+    families.prepare(chosen.name)
+    chosen.prepare()
+
+
 def load(name_or_path: str | Path, *, backend: str | None = None, device: str | None = None,
          dtype: str | None = None, models_dir: Path | None = None) -> "Pipeline":
     """Load a model (store name or diffusers directory) onto a backend; returns its family's Pipeline.

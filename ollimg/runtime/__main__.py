@@ -1,11 +1,15 @@
-"""The runtime subprocess (worker side): `python -m ollimg.runtime --model NAME [...]`.
+"""The runtime subprocess (worker side): `python -m ollimg.runtime [--backend B] [--device D]`.
 
-Loads one model once, then serves requests from its parent over stdin/stdout frames
-(`ollimg/runtime/channel.py`); the parent side is `ollimg/runtime/process.py`.
+Starts, imports the runtime and its backend while it waits for a model (a `prepare` thread), loads
+the one model its first frame names, then serves requests from its parent over stdin/stdout frames
+(`ollimg/runtime/channel.py`); the parent side is `ollimg/runtime/process.py`. The server starts one
+ahead of any request (its spare), so that a load does not wait for `import torch`.
 
-  parent -> worker: {"type": "generate", "request": {...}} | {"type": "cancel"} | {"type": "stop"}
+  parent -> worker: {"type": "load", "model", "models_dir", "dtype"} (first, once)
+                    {"type": "generate", "request": {...}} | {"type": "cancel"} | {"type": "stop"}
                     {"type": "calibrate", "prompts": [...], "steps": N | null} (TeaCache)
-  worker -> parent: {"type": "ready", "processor", "memory", "gpu_memory", "load_seconds"}
+  worker -> parent: {"type": "prepared", "seconds"} (the imports are done; before or after a load frame)
+                    {"type": "ready", "processor", "memory", "gpu_memory", "load_seconds"}
                     {"type": "step", "step", "total", "elapsed"[, "status" on step 0]}
                     {"type": "preview", "index", "image_index", "step", "image" (base64 PNG)}
                     {"type": "result", "result": GenerateResult JSON, "gpu_memory"}
@@ -189,13 +193,27 @@ class Worker:
         return edit
 
 
+def _prepare(channel, backend: str | None, device: str | None) -> None:
+    """Imports what a load will need; a failure here is left for the load to meet and report."""
+    started = time.perf_counter()
+    try:
+        from ollimg.runtime import prepare
+
+        prepare(backend, device)
+    except Exception as e:  # the load imports the same and says what is wrong
+        log.info("preparing the runtime failed (%s: %s); the load will retry", type(e).__name__, e)
+    seconds = time.perf_counter() - started
+    log.info("runtime prepared in %.2f s", seconds)
+    try:
+        channel.send({"type": "prepared", "seconds": seconds})
+    except OSError:
+        pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m ollimg.runtime")
-    parser.add_argument("--model", required=True, help="store name or diffusers directory")
-    parser.add_argument("--models-dir")
     parser.add_argument("--backend")
     parser.add_argument("--device")
-    parser.add_argument("--dtype")
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -207,17 +225,31 @@ def main() -> int:
     os.dup2(2, 1)
     channel = Channel(sys.stdin.buffer, out)
     threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True).start()
+    preparing = threading.Thread(target=_prepare, args=(channel, args.backend, args.device), name="prepare", daemon=True)
+    preparing.start()
+
+    try:
+        message = channel.receive()
+    except (OSError, ValueError):
+        message = None
+    if message is None or message.get("type") == "stop":
+        return 0  # a spare that was never used
+    if message.get("type") != "load" or not isinstance(message.get("model"), str):
+        channel.send({"type": "error", "code": RuntimeFailed.code, "message": "the first frame must name the model to load"})
+        return 1
+    preparing.join()  # not two threads importing the same modules at once
 
     from pathlib import Path
 
     from ollimg.runtime import load
 
+    models_dir = message.get("models_dir")
     try:
-        pipeline = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                        models_dir=Path(args.models_dir) if args.models_dir else None)
+        pipeline = load(message["model"], backend=args.backend, device=args.device, dtype=message.get("dtype"),
+                        models_dir=Path(models_dir) if models_dir else None)
     except Exception as e:  # process edge
         if not isinstance(e, OllimgError):
-            log.exception("loading %s failed", args.model)
+            log.exception("loading %s failed", message["model"])
         channel.send(_error(e))
         return 1
     channel.send({"type": "ready", "processor": pipeline.backend.processor, "memory": pipeline.backend.memory(),

@@ -56,6 +56,9 @@ class Backend(Protocol):
     def loaded(self) -> None:
         """Loading is over (done or failed): give back what it kept for itself (pinned staging memory)."""
 
+    def prepare(self) -> None:
+        """Before a model is known: start what a load would wait for (torch's compiler imports, on a thread)."""
+
 
 def choose(backend: str | None = None) -> str:
     """"torch" or "mlx": the argument, else OLLIMG_BACKEND, else MLX on Apple Silicon, else torch."""

@@ -53,3 +53,9 @@ def weights(class_name: str | None, where: str) -> ModuleType:
     """The family's `weights` module (key maps, FP8 set): data only, no torch or mlx."""
     family(class_name, where)
     return importlib.import_module(f"ollimg.runtime.models.{FAMILIES[class_name]}.weights")
+
+
+def prepare(backend: str) -> None:
+    """Import every family with its build for `backend` ("torch" or "mlx"): the modules a load needs."""
+    for package in FAMILIES.values():
+        importlib.import_module(f"ollimg.runtime.models.{package}.{backend}.build")

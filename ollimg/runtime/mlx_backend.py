@@ -83,6 +83,9 @@ class MlxBackend:
     def loaded(self) -> None:
         pass  # nothing kept: tensors are read on first evaluation
 
+    def prepare(self) -> None:
+        pass  # nothing slow to start: mx.compile works when first called
+
     def load_tensors(self, refs: dict[str, TensorRef], dtype: mx.Dtype | None = None) -> dict[str, mx.array]:
         """Tensors read on first evaluation; floats in `dtype` (default: the compute dtype), fp8
         (as uint8) and fp8 scales as stored."""

@@ -32,7 +32,7 @@ _EOF = object()
 
 
 class RuntimeProcess:
-    def __init__(self, model: str, *, models_dir: Path | None = None, backend: str | None = None,
+    def __init__(self, model: str | None = None, *, models_dir: Path | None = None, backend: str | None = None,
                  device: str | None = None, dtype: str | None = None):
         self.model, self.models_dir = model, models_dir
         self.backend, self.device, self.dtype = backend, device, dtype
@@ -40,6 +40,7 @@ class RuntimeProcess:
         self.memory: int = 0  # bytes of the loaded weights
         self.gpu_memory: int = 0  # GPU bytes the runtime's allocator holds, as of its last ready/result frame
         self.load_seconds: float | None = None
+        self.prepared = threading.Event()  # the worker's imports are done (its "prepared" frame came)
         self._proc: subprocess.Popen | None = None
         self._channel: Channel | None = None
         self._frames: queue.Queue = queue.Queue()
@@ -48,11 +49,11 @@ class RuntimeProcess:
         self._stopping = False
 
     # --- lifecycle ---
-    def start(self, timeout: float) -> None:
-        """Spawn the worker and block until its model is loaded; typed error with the stderr tail if not."""
-        args = [sys.executable, "-m", "ollimg.runtime", "--model", str(self.model), "--parent-pid", str(os.getpid())]
-        for flag, value in (("--models-dir", self.models_dir), ("--backend", self.backend),
-                            ("--device", self.device), ("--dtype", self.dtype)):
+    def spawn(self) -> "RuntimeProcess":
+        """Start the worker: it imports the runtime and its backend, then waits for `start` to name
+        the model. Spawned ahead of a request (the server's spare), a load waits for no import."""
+        args = [sys.executable, "-m", "ollimg.runtime", "--parent-pid", str(os.getpid())]
+        for flag, value in (("--backend", self.backend), ("--device", self.device)):
             if value is not None:
                 args += [flag, str(value)]
         env = dict(os.environ)
@@ -63,8 +64,25 @@ class RuntimeProcess:
         self._channel = Channel(self._proc.stdout, self._proc.stdin)
         threading.Thread(target=self._read_frames, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
+        return self
+
+    def start(self, timeout: float) -> None:
+        """Load the model in the worker (spawned now unless it was before) and block until it is
+        loaded; typed error with the stderr tail if not."""
+        if self.model is None:
+            raise ValueError("RuntimeProcess.start needs a model")
+        if self._proc is None:
+            self.spawn()
         try:
-            message = self._frames.get(timeout=timeout)
+            self._channel.send({"type": "load", "model": str(self.model), "dtype": self.dtype,
+                                "models_dir": str(self.models_dir) if self.models_dir is not None else None})
+        except OSError:
+            pass  # the worker is gone: its end of the frames says so below
+        deadline = time.monotonic() + timeout
+        try:
+            message = self._frames.get(timeout=max(0.0, deadline - time.monotonic()))
+            while message is not _EOF and message.get("type") == "prepared":
+                message = self._frames.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             self._kill()
             raise RuntimeFailed(f"model {self.model} did not load within {timeout:.0f}s", stderr_tail=self.stderr_tail())
@@ -172,6 +190,8 @@ class RuntimeProcess:
     def _read_frames(self) -> None:
         try:
             while (message := self._channel.receive()) is not None:
+                if message.get("type") == "prepared":
+                    self.prepared.set()
                 self._frames.put(message)
         except (OSError, ValueError):
             pass

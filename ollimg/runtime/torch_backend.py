@@ -208,6 +208,12 @@ class TorchBackend:
         if self.device.type == "cuda":
             release_staging()
 
+    def prepare(self) -> None:
+        from ollimg.runtime import torch_compile
+
+        if torch_compile.wanted(self.device):
+            torch_compile.prepare()
+
 
 class _Fence:
     """A CUDA event recorded on the current stream (nothing to wait for on the CPU)."""

@@ -32,7 +32,7 @@ from ollimg.hosts import is_loopback
 from ollimg.manifest import Store
 from ollimg.server.access import AccessLog, ApiKey, BodyLimit
 from ollimg.server.routes.common import internal_error, openai_error, wire_message
-from ollimg.server.scheduler import Scheduler, process_factory
+from ollimg.server.scheduler import ProcessFactory, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def create_app(scheduler: Scheduler | None = None, store: Store | None = None, b
     async def lifespan(app: FastAPI):
         owned = getattr(app.state, "scheduler", None) is None  # a scheduler passed in is its caller's to close
         if owned:
-            app.state.scheduler = Scheduler(process_factory(store))
+            app.state.scheduler = Scheduler(ProcessFactory(store))
         try:
             yield
         finally:

@@ -45,11 +45,14 @@ log = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[Model], Any]
 """Makes a runtime for a model: an object with start(timeout), generate(request, on_step=,
-on_preview=), cancel(), stop() and the properties alive, pid, processor, memory."""
+on_preview=), cancel(), stop() and the properties alive, pid, processor, memory. A factory may also
+have idle(), called when no request has run or waited for IDLE seconds, and close(), called at
+shutdown (ProcessFactory starts and stops its spare runtime with them)."""
 
 FOREVER = 100 * 365 * 86400.0  # longer keep-alives mean "forever"
 CANCEL_MIN = 5.0  # seconds a runtime gets at least to honour cancel() before it is stopped
 CANCEL_UNKNOWN = 30.0  # ... when no step of this model has been timed yet
+IDLE = 5.0  # seconds without a request running or waiting after which the factory's idle() runs
 
 
 @dataclass(eq=False)
@@ -98,6 +101,7 @@ class Scheduler:
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ollimg-runtime")
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -216,12 +220,17 @@ class Scheduler:
 
     async def close(self) -> None:
         """Stops every runtime (server shutdown)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         for runner in list(self._runners.values()):
             self._cancel_timer(runner)
             if runner.runtime is not None:
                 runner.runtime.cancel()
                 await self._stop(runner)
         self._runners.clear()
+        close = getattr(self._factory, "close", None)  # the production factory's spare runtime
+        if close is not None:
+            await self._call(close)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- slots ---------------------------------------------------------------------------------
@@ -263,6 +272,7 @@ class Scheduler:
             runner.users -= 1
             runner.lock.release()
             self._after_use(runner)
+            self._idle_soon()
             await self._notify()
 
     def _after_use(self, runner: Runner) -> None:
@@ -279,6 +289,20 @@ class Scheduler:
         runner.expires_at = time.time() + ka
         loop = asyncio.get_running_loop()
         runner.timer = loop.call_later(ka, lambda: loop.create_task(self._expire(runner)))
+
+    def _idle_soon(self) -> None:
+        """Calls the factory's idle() (ProcessFactory: start a spare runtime) once no request has
+        run or waited for IDLE seconds, so that its work never competes with a generation."""
+        if getattr(self._factory, "idle", None) is None:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(IDLE, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if not any(r.users for r in self._runners.values()):
+            self._factory.idle()
 
     async def _expire(self, runner: Runner) -> None:
         if runner.users > 0 or runner.lock.locked() or self._runners.get(runner.key) is not runner:
@@ -414,20 +438,61 @@ def _threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable | None) -> Callabl
     return lambda *args: loop.call_soon_threadsafe(fn, *args)
 
 
-def process_factory(store: Any) -> RuntimeFactory:
-    """The production factory: a runtime subprocess (ollimg.runtime.process) per model."""
+class ProcessFactory:
+    """The production factory: a runtime subprocess (ollimg.runtime.process) per model.
 
-    def make(model: Model) -> Any:
+    With OLLIMG_SPARE_RUNTIME on (the default) one worker is kept spawned ahead: it imports torch
+    or mlx (and torch's compiler where it will compile) while nothing is asked of it, and the next
+    load takes it, so that a load waits for no import. One is spawned when the server starts and,
+    once one is taken, when the server is idle again (`idle()`): a spare's start (a second or more
+    of CPU) would otherwise slow the generation beside it, whatever its priority, since it runs in
+    a session (an autogroup) of its own."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.spare: Any = None
+        self.keep_spare = config.spare_runtime()
+        self.idle()
+
+    def idle(self) -> None:
+        """Nothing runs or waits: spawn a spare unless one is there."""
+        if self.keep_spare and (self.spare is None or not self.spare.alive):
+            self._spawn_spare()
+
+    def __call__(self, model: Model) -> Any:
+        backend, device = self._settings()
+        rt, self.spare = self.spare, None
+        if rt is None or not rt.alive or (rt.backend, rt.device) != (backend, device):
+            if rt is not None:
+                _stop_quietly(rt)
+            rt = self._process(backend, device)
+        else:
+            log.info("loading %s in the spare runtime (pid %s)", model.name.display(), rt.pid)
+        rt.model, rt.models_dir = model.name.display(), self.store.root  # the runtime parses the name alike
+        return rt
+
+    def close(self) -> None:
+        rt, self.spare = self.spare, None
+        if rt is not None:
+            _stop_quietly(rt)
+
+    def _spawn_spare(self) -> None:
+        try:
+            self.spare = self._process(*self._settings()).spawn()
+        except (RuntimeFailed, OSError) as e:
+            log.warning("no spare runtime: %s", e)
+            return
+        log.info("spare runtime started (pid %s)", self.spare.pid)
+
+    @staticmethod
+    def _settings() -> tuple[str | None, str | None]:
+        backend, device = config.backend(), config.device()
+        return None if backend == "auto" else backend, None if device == "auto" else device
+
+    @staticmethod
+    def _process(backend: str | None, device: str | None) -> Any:
         try:
             from ollimg.runtime.process import RuntimeProcess
         except ImportError as e:
             raise RuntimeFailed(f"the runtime is not available in this installation ({e})") from None
-        backend, device = config.backend(), config.device()
-        return RuntimeProcess(
-            model.name.display(),  # the runtime parses it with the same environment
-            models_dir=store.root,
-            backend=None if backend == "auto" else backend,
-            device=None if device == "auto" else device,
-        )
-
-    return make
+        return RuntimeProcess(backend=backend, device=device)

@@ -164,3 +164,79 @@ def test_stop_ends_the_worker(tiny_zimage_dir):
     assert not rt.alive
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+# -- a worker spawned ahead of its model (the server's spare) ------------------------------------
+
+
+def test_a_worker_spawned_ahead_prepares_then_loads_the_model_it_is_given(tiny_zimage_dir):
+    rt = RuntimeProcess(backend="torch", device="cpu").spawn()
+    try:
+        assert rt.prepared.wait(120) and rt.alive  # its imports done, no model asked for yet
+        assert "preparing the runtime failed" not in rt.stderr_tail()
+        rt.model = str(tiny_zimage_dir)
+        rt.start(timeout=120)
+        result = rt.generate(GenerateRequest("a cat", width=16, height=16, steps=1, seed=1))
+        assert len(result.images) == 1 and rt.processor == "CPU" and rt.memory > 0
+    finally:
+        rt.stop()
+
+
+def test_a_spare_never_used_exits_when_stopped():
+    rt = RuntimeProcess(backend="torch", device="cpu").spawn()
+    pid = rt.pid
+    rt.stop()
+    assert not rt.alive and rt._proc.returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_first_frame_that_names_no_model_is_one_error_frame():
+    from ollimg.runtime.channel import Channel
+
+    proc = subprocess.Popen([sys.executable, "-m", "ollimg.runtime", "--backend", "torch", "--device", "cpu"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=cli_env())
+    channel = Channel(proc.stdout, proc.stdin)
+    channel.send({"type": "generate", "request": {"prompt": "a cat"}})
+    frames = []
+    while (frame := channel.receive()) is not None:
+        frames.append(frame)
+    assert proc.wait(60) == 1
+    errors = [f for f in frames if f["type"] == "error"]
+    assert [f["type"] for f in frames if f["type"] != "prepared"] == ["error"]
+    assert errors[0]["code"] == "runtime_failed" and "must name the model" in errors[0]["message"]
+
+
+PREPARED = """
+import json, sys
+from ollimg.runtime import mlx_blas, prepare
+prepare(sys.argv[1], "cpu")
+torch_compile = sys.modules.get("ollimg.runtime.torch_compile")
+if torch_compile is not None and torch_compile._preparing is not None:
+    torch_compile._preparing.join()
+print(json.dumps({"modules": sorted(sys.modules), "blas": mlx_blas._loaded, "wanted": mlx_blas.find()}))
+"""
+
+
+def _prepared(backend: str, compile_mode: str = "auto") -> dict:
+    run = subprocess.run([sys.executable, "-c", PREPARED, backend], env=cli_env(OLLIMG_COMPILE=compile_mode),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("compile_mode", ["auto", "on"])
+def test_prepare_imports_the_backend_and_every_family_build_and_the_compiler_only_where_it_compiles(compile_mode):
+    modules = set(_prepared("torch", compile_mode)["modules"])
+    assert {"torch", "ollimg.runtime.torch_backend", "ollimg.runtime.tokenizer", "ollimg.runtime.models.zimage.torch.build",
+            "ollimg.runtime.models.flux2.torch.build"} <= modules
+    assert not any(m.startswith("mlx") for m in modules)
+    assert ("torch._inductor.compile_fx" in modules) == (compile_mode == "on")  # auto compiles on CUDA only
+
+
+def test_prepare_for_mlx_loads_its_blas_before_mlx():
+    pytest.importorskip("mlx.core", reason="mlx is not installed: pip install 'mlx[cpu]' (Linux) or mlx (macOS)")
+    found = _prepared("mlx")
+    assert {"mlx.core", "ollimg.runtime.models.zimage.mlx.build", "ollimg.runtime.models.flux2.mlx.build"} <= set(found["modules"])
+    assert "torch" not in found["modules"]
+    assert found["blas"] == found["wanted"]  # OpenBLAS where the system has it, loaded before mlx was imported

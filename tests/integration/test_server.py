@@ -295,6 +295,49 @@ def test_cli_run_starts_a_server(tmp_path, tiny_zimage_dir, runtime):
                 time.sleep(0.1)
 
 
+def _log_pids(log: Path, pattern: str, count: int, timeout: float = 60) -> list[int]:
+    """The pids of the first `count` server log lines matching `pattern` (a regex with one `(\\d+)`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [int(m) for m in re.findall(pattern, log.read_text())]
+        if len(pids) >= count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
+def test_a_load_takes_the_spare_runtime_and_the_server_starts_the_next(tmp_path, tiny_zimage_dir, runtime):
+    """The server keeps one runtime process started ahead (its imports done); a load takes it."""
+    srv = Server(tmp_path)
+    assert srv.cli("create", MODEL, "-f", str(tiny_zimage_dir)).returncode == 0
+    srv.start()
+    try:
+        [spare] = _log_pids(srv.log, r"spare runtime started \(pid (\d+)\)", 1)
+        assert pid_alive(spare)
+        r = httpx.post(srv.url + "/api/generate", json={"model": MODEL, "prompt": "a cat", **SMALL, "stream": False},
+                       timeout=120)
+        assert r.status_code == 200 and r.json()["images"], r.text
+        assert [m["pid"] for m in srv.ps()] == [spare]
+        assert re.search(rf"loading .*{MODEL}.* in the spare runtime \(pid {spare}\)", srv.log.read_text())
+        spares = _log_pids(srv.log, r"spare runtime started \(pid (\d+)\)", 2)
+        assert len(spares) == 2 and spares[1] != spare and pid_alive(spares[1])
+    finally:
+        srv.stop()
+    assert not [pid for pid in (spare, *spares) if pid_alive(pid)], "runtime processes outlived the server"
+
+
+def test_without_a_spare_runtime_a_load_starts_its_own(tmp_path, tiny_zimage_dir, runtime):
+    srv = Server(tmp_path, OLLIMG_SPARE_RUNTIME="off")
+    assert srv.cli("create", MODEL, "-f", str(tiny_zimage_dir)).returncode == 0
+    srv.start()
+    try:
+        r = httpx.post(srv.url + "/api/generate", json={"model": MODEL, "prompt": "a cat", **SMALL, "stream": False},
+                       timeout=120)
+        assert r.status_code == 200 and r.json()["images"], r.text
+        assert "spare runtime" not in srv.log.read_text()
+    finally:
+        srv.stop()
+
+
 # -- scheduling --------------------------------------------------------------------------------
 
 

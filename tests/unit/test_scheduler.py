@@ -232,3 +232,33 @@ def test_unload(store):
         await sched.close()
 
     run(main())
+
+
+def test_the_factorys_idle_hook_runs_only_after_idle_seconds_with_nothing_running(store, monkeypatch):
+    """ProcessFactory starts its spare runtime from idle(): never beside a generation."""
+    from ollimg.server import scheduler
+
+    monkeypatch.setattr(scheduler, "IDLE", 0.3)
+
+    class IdleFactory(FakeFactory):
+        def __init__(self):
+            super().__init__(step_delay=0.1)
+            self.idles: list[int] = []  # how many runtimes were generating when idle() ran
+
+        def idle(self):
+            self.idles.append(self.concurrent)
+
+    factory = IdleFactory()
+
+    async def main():
+        sched = Scheduler(factory, keep_alive=60, free_memory=lambda: None)
+        m = _model(store, "a")
+        await sched.generate(m, req(steps=2), keep_alive=60)
+        await asyncio.sleep(0.1)
+        await sched.generate(m, req(steps=4), keep_alive=60)  # 0.4 s, started before the first 0.3 s ran out
+        assert factory.idles == []
+        await asyncio.sleep(0.5)
+        assert factory.idles == [0]  # once, 0.3 s after the last request, nothing generating
+        await sched.close()
+
+    run(main())
