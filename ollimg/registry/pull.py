@@ -272,8 +272,12 @@ class LargeBlob:
         return parts
 
     def _save(self) -> None:
+        """Replaces the record whole (written aside, then renamed): a pull killed while saving leaves
+        the last record, never an empty one. One writer: the partial file's flock, then self.lock."""
+        fresh = self.record.with_name(self.record.name + ".new")  # a partial's temp file: prune knows it
         try:
-            self.record.write_text(json.dumps({"size": self.desc.size, "parts": self.parts}))
+            fresh.write_text(json.dumps({"size": self.desc.size, "parts": self.parts}))
+            os.replace(fresh, self.record)
         except OSError as e:
             log.warning("cannot save the resume record %s: %s", self.record, e)
 
