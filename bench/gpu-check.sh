@@ -4,9 +4,11 @@
 # server's first image of the model with the spare runtime and without (bench/spare_runtime.py).
 # Run from the repository root, with the wheels the machine lacks in .whl/ (carry [".whl"]:
 # diffusers, importlib_metadata, platformdirs, pydantic, pydantic_core, annotated_types,
-# typing_inspection):
+# typing_inspection, and for the server fastapi, starlette, uvicorn, python-multipart, zstandard,
+# anyio, opentelemetry-api):
 #     bash bench/gpu-check.sh
-# (An earlier form, with fp8 in process and py-spy'd starts, ran on 2026-12-02 15:45-15:53 UTC in
+# (The form before this one, on 2026-12-02 22:52 UTC, lacked the server's wheels: parity and starts
+# ran, the server did not start. An earlier form, with fp8 in process and py-spy'd starts, ran on 2026-12-02 15:45-15:53 UTC in
 # 505 s; bench/README.md, "Starts re-measured". This form has not run yet.)
 # Everything comes back as one archive, $OUT/gpu-check.tgz (the device returns at most 8 files).
 set -uo pipefail

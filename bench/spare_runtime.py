@@ -11,6 +11,7 @@ one), compiled and eager (OLLIMG_COMPILE) and no peer:
     python bench/spare_runtime.py [--rounds 5] [--settle 8] [--json out.json]
     python bench/spare_runtime.py --models /tmp/zb/store --model zimage-random --device cuda \
         --size 1024 --steps 8 --compile auto off --settle 20 --rounds 1 --warmup 0
+    (--cold drops the page cache before each first request; --spare on limits it to the spare.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def first_images(args, store: str, spare: str, compile_mode: str) -> tuple[float
     port = free_port()
     env = {**os.environ, "OLLIMG_HOST": f"127.0.0.1:{port}", "OLLIMG_MODELS": store, "OLLIMG_BACKEND": "torch",
            "OLLIMG_DEVICE": args.device, "OLLIMG_SPARE_RUNTIME": spare, "OLLIMG_COMPILE": compile_mode}
-    server = subprocess.Popen([sys.executable, "-m", "ollimg", "serve"], env=env, stderr=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen([sys.executable, "-m", "ollimg", "serve"], env=env, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -52,6 +54,10 @@ def first_images(args, store: str, spare: str, compile_mode: str) -> tuple[float
                     raise
                 time.sleep(0.05)
         time.sleep(args.settle)
+        if args.cold:  # the weights (and the compile cache's files) come from the disk
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
         request = {"model": args.model, "prompt": PROMPT, "seed": 0, "stream": False}
         if args.size:
             request.update(width=args.size, height=args.size)
@@ -64,9 +70,14 @@ def first_images(args, store: str, spare: str, compile_mode: str) -> tuple[float
             r.raise_for_status()
             times.append((time.perf_counter() - started, r.json()["load_duration"] / 1e9))
         return times[0][0], times[0][1], times[1][0]
+    except Exception:
+        log.seek(0)
+        sys.stderr.write(log.read().decode(errors="replace")[-4000:])  # the server's own account
+        raise
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(30)
+        log.close()
 
 
 def main() -> None:
@@ -81,11 +92,13 @@ def main() -> None:
     parser.add_argument("--size", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--compile", nargs="+", default=["auto"], help="OLLIMG_COMPILE settings to run")
+    parser.add_argument("--spare", nargs="+", default=["on", "off"], help="OLLIMG_SPARE_RUNTIME settings to run")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each first request (root)")
     parser.add_argument("--warmup", type=int, default=1, help="rounds run first and dropped (page and compile caches)")
     parser.add_argument("--json")
     args = parser.parse_args()
     peer = args.model == "shapes" and args.device == "cpu"
-    settings = [(spare, mode) for mode in args.compile for spare in ("on", "off")]
+    settings = [(spare, mode) for mode in args.compile for spare in args.spare]
     rows: dict[str, list] = {f"spare {spare}, compile {mode}": [] for spare, mode in settings}
     with tempfile.TemporaryDirectory() as scratch:
         store = args.models or scratch
@@ -96,7 +109,7 @@ def main() -> None:
                 rows.setdefault("diffusers", []).append(start(PEER, str(builtin_models()["shapes"])))
     figures = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
                "load_average": os.getloadavg(), "rounds": args.rounds, "settle": args.settle, "model": args.model,
-               "device": args.device}
+               "device": args.device, "cold": args.cold}
     for name in [n for n in rows if n != "diffusers"]:
         runs = rows[name][args.warmup:]
         figures[name] = {"first request": round(statistics.median(r[0] for r in runs), 2),
