@@ -29,9 +29,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
-    from ollimg.runtime import load
+    from ollimg.runtime import load, torch_compile
 
     pipe = load(args.model, backend="torch", device="cuda", dtype="bfloat16", models_dir=args.models)
+    if torch_compile.wanted(pipe.backend.device):
+        torch_compile.wait()  # the warm-up runs compile
     for seed in range(2):  # compile and warm up
         pipe.generate("a lighthouse at dusk", width=args.size, height=args.size, steps=args.steps, guidance=0, seed=seed)
     torch.cuda.synchronize()

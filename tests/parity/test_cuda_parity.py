@@ -14,6 +14,13 @@ from tests.parity.reference import compare, reference_pipe
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+@pytest.fixture(autouse=True)
+def compiler_imported():
+    """Every run below goes through the compiled blocks (the CUDA default) from its first
+    generation: the runtime runs them eagerly while the compiler's imports are not done."""
+    torch_compile.wait()
+
+
 def reference(tiny_zimage_dir, dtype):
     return reference_pipe(tiny_zimage_dir, dtype, device="cuda")
 

@@ -46,6 +46,9 @@ class Components:
     on_status: Callable[[str], None] | None = None
     """set by the pipeline during a generation: what a backend reports before long one-off work
     (the first run of a torch.compile'd graph)"""
+    begin: Callable[[], None] | None = None
+    """called as each generation starts (a torch backend switches to its compiled blocks there,
+    never within a generation)"""
 
 
 @dataclass
@@ -116,6 +119,8 @@ class ZImagePipeline:
             sigmas, timesteps = sigmas[first:], timesteps[first:]
         cache = step_cache.start(self, len(timesteps), teacache, teacache_record)  # the steps that run
         timings: dict[str, float] = {}
+        if self.components.begin is not None:
+            self.components.begin()
         start = time.perf_counter()
         caps, neg_caps = self._encode(req.prompts, req.negatives if req.guidance > 0 else None, req.n, max_len)
         self.backend.synchronize()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch
@@ -21,12 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
-    compiled = torch_compile.FirstUse(torch_compile.wanted(backend.device))
     te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
     offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
-    if compiled.enabled:
-        # The compiler's imports on a thread while the weights are read: started only now, since
-        # reading the tensors' headers above needs the interpreter as much as importing does.
+    if torch_compile.wanted(backend.device):
+        # The compiler's imports on a thread while the weights are read (unless a spare runtime's
+        # `prepare` did them): started only now, since reading the tensors' headers above needs
+        # the interpreter as much as importing does.
         torch_compile.prepare()
     if offload:
         log.info("the text encoder streams its layers to the device for each prompt (OLLIMG_OFFLOAD)")
@@ -40,15 +39,13 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     vae_config = config.vae
     if backend.device.type == "cuda":
         transformer.fuse()  # one GEMM for q/k/v and one for gate/up (a copy: not worth it on mapped CPU weights)
-    if compiled.enabled:
-        started = time.perf_counter()
-        torch_compile.compile_blocks([*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers])
-        log.info("compile set up in %.2f s (waiting for the compiler's imports included)", time.perf_counter() - started)
+    compiled = torch_compile.Regional([*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers],
+                                      torch_compile.wanted(backend.device))
 
     @torch.inference_mode()
     def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor], cache=None) -> torch.Tensor:
         # One graph per batch kind: a batch of one, larger ones, and prompts padded to different lengths.
-        if compiled.first((len(x) == 1, len({layout.padded(len(f)) for f in caps}) == 1)) and components.on_status:
+        if compiled.first_run((len(x) == 1, len({layout.padded(len(f)) for f in caps}) == 1)) and components.on_status:
             components.on_status(torch_compile.NOTICE)
         return transformer(x, t, caps, cache)
 
@@ -71,6 +68,6 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
         x = torch.from_numpy(pixels).to(backend.device, backend.torch_dtype)
         return modules["vae_encoder"].moments(x).float().cpu().numpy()
 
-    components = Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules,
+    components = Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules, begin=compiled.begin,
                             encode_image=encode_image if encoder_refs is not None else None)
     return components
