@@ -7,6 +7,7 @@ the store (as bench/gpu_baseline.py imports it), kernels grouped by kind, per de
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -29,11 +30,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
-    from ollimg.runtime import load, torch_compile
+    from ollimg.runtime import load
 
+    os.environ.setdefault("OLLIMG_COMPILE", "on")  # compiled from the first warm-up run (auto: from the second)
     pipe = load(args.model, backend="torch", device="cuda", dtype="bfloat16", models_dir=args.models)
-    if torch_compile.wanted(pipe.backend.device):
-        torch_compile.wait()  # the warm-up runs compile
     for seed in range(2):  # compile and warm up
         pipe.generate("a lighthouse at dusk", width=args.size, height=args.size, steps=args.steps, guidance=0, seed=seed)
     torch.cuda.synchronize()

@@ -7,16 +7,18 @@ sequence length and batch are compiled as dynamic sizes, every resolution and pr
 new shape is not compiled again (a batch of one and larger batches are two graphs, and a batch
 whose prompts pad to different lengths, which needs an attention mask, another).
 
-The compiler's imports (several seconds: dynamo, sympy, inductor) run on a thread, started by the
-runtime's `prepare` (a spare runtime has them done before a model is named) or at load. No
-generation waits for them: until they are done the blocks run eagerly, so the first image of a
-fresh process comes at the eager start's time. The first generation after that compiles, on
-demand, each graph it needs, and the family reports it as progress ("optimizing for this GPU,
-once"). Inductor's FX graph cache, the AOT cache and Triton's
+When: OLLIMG_COMPILE=auto (the default; on CUDA) compiles only where it pays. The first generation
+after a load runs eagerly: an image as soon as the weights are in, with nothing to trace and no
+compiler imports beside it (they would take the interpreter from the loader and the eager loop:
+measured on the H200, a first image at 14.1 s instead of 7.1 s). The compiler's imports (dynamo,
+sympy, inductor: 2-8 s) then run on a thread after it, unless a spare runtime's `prepare` did them
+before a model was named, and the first generation to begin once they are done compiles each graph
+it needs, on demand, reported as progress ("optimizing for this device, once"); a generation never
+switches midway. `on` compiles from the first generation (waiting for the imports; the CPU too,
+with a C++ compiler); `off` never. Inductor's FX graph cache, the AOT cache and Triton's
 kernels live under `<user cache dir>/ollimg/compile`, keyed by torch's own hashes of the graph,
 the software versions and the GPU, so a runtime that starts again pays only the tracing (seconds).
 
-OLLIMG_COMPILE: auto (on for CUDA, default), on (CPU too: needs a C++ compiler), off.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ _preparing: threading.Thread | None = None
 
 def prepare() -> None:
     """Imports the compiler (2-8 s) on a thread: in a spare runtime before a model is named, else
-    while the weights are read."""
+    after a load's first generation (or at load with OLLIMG_COMPILE=on)."""
     global _preparing
     if _preparing is None:
         _preparing = threading.Thread(target=_import_compiler, name="compiler-import", daemon=True)
@@ -81,36 +83,45 @@ def ready() -> bool:
 
 
 def wait() -> None:
-    """Waits for the compiler's imports, so that the next generation runs compiled (for benchmarks
-    and tests that time or check the compiled path from its first run)."""
+    """Starts the compiler's imports if need be and waits for them."""
     prepare()
     _preparing.join()
 
 
 class Regional:
     """A family's repeated blocks, compiled in place (one graph shared by blocks of the same class)
-    once the compiler is imported, eager until then; switched only between generations, so that
-    one runs all eager or all compiled. `enabled` False: always eager."""
+    when OLLIMG_COMPILE says so (module docstring). The family calls `begin` and `end` around each
+    generation and `first_run` before each run of the blocks."""
 
-    def __init__(self, blocks: list[nn.Module], enabled: bool):
-        self.blocks, self.enabled, self.compiled = blocks, enabled, False
+    def __init__(self, blocks: list[nn.Module], device: torch.device):
+        setting = config.compile_mode()
+        self.blocks, self.enabled, self.compiled = blocks, wanted(device), False
+        self.eager_first = setting == "auto"  # else `on`: compiled from the first generation
+        self.generations = 0
         self.seen: set = set()
-        if enabled:
+        if self.enabled and not self.eager_first:
             prepare()
 
     def begin(self) -> None:
-        """Called as a generation starts: compiles the blocks if the compiler is ready, else the
-        generation runs them eagerly rather than wait."""
+        """As a generation starts: compiles the blocks if it is time to (never within a generation)."""
         if not self.enabled or self.compiled:
             return
-        if not ready():
-            log.info("eager while the compiler's imports finish")
+        if self.eager_first and (self.generations == 0 or not ready()):
+            log.info("eager: %s", "the first generation after a load" if self.generations == 0
+                     else "the compiler's imports are not done")
             return
+        wait()
         _configure()  # again, cheap once imported: raises here what the thread could not
         for block in self.blocks:
             block.compile(fullgraph=True, dynamic=True)
         self.compiled = True
         log.info("torch.compile on for %d blocks (cache: %s)", len(self.blocks), os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+    def end(self) -> None:
+        """As a generation ends (done or failed): the compiler's imports start, if not started yet."""
+        self.generations += 1
+        if self.enabled and not self.compiled:
+            prepare()
 
     def first_run(self, variant) -> bool:
         """True when this run of the compiled blocks is the first of its graph `variant` (a batch

@@ -15,10 +15,10 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 
 @pytest.fixture(autouse=True)
-def compiler_imported():
-    """Every run below goes through the compiled blocks (the CUDA default) from its first
-    generation: the runtime runs them eagerly while the compiler's imports are not done."""
-    torch_compile.wait()
+def compiled_from_the_first_generation(monkeypatch):
+    """Every run below goes through the compiled blocks from its first generation (the default,
+    auto, compiles from a load's second: test_auto_compiles_from_a_loads_second_generation)."""
+    monkeypatch.setenv("OLLIMG_COMPILE", "on")
 
 
 def reference(tiny_zimage_dir, dtype):
@@ -111,13 +111,13 @@ def test_offloaded_text_encoder_on_cuda(tiny_zimage_dir, monkeypatch):
 
 
 def test_compiled_and_eager_agree_on_cuda(tiny_zimage_dir, monkeypatch):
-    """torch.compile'd blocks (the CUDA default) against OLLIMG_COMPILE=off, bf16 and fp32; the first
+    """torch.compile'd blocks (OLLIMG_COMPILE=on) against OLLIMG_COMPILE=off, bf16 and fp32; the first
     run of a graph is reported once, and a new size or prompt length compiles nothing new."""
     import torch._dynamo.utils as dynamo
 
     monkeypatch.setenv("OLLIMG_COMPILE", "off")
     eager = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="float32")
-    monkeypatch.setenv("OLLIMG_COMPILE", "auto")
+    monkeypatch.setenv("OLLIMG_COMPILE", "on")
     compiled = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="float32")
     steps = []
     a = compiled.generate("a cat", width=64, height=48, steps=3, seed=1, on_step=steps.append)
@@ -128,6 +128,27 @@ def test_compiled_and_eager_agree_on_cuda(tiny_zimage_dir, monkeypatch):
     steps.clear()
     compiled.generate("a much longer prompt about a cat", width=96, height=32, steps=2, seed=2, on_step=steps.append)
     assert not [s for s in steps if s.status] and dynamo.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_auto_compiles_from_a_loads_second_generation(tiny_zimage_dir, monkeypatch):
+    """OLLIMG_COMPILE=auto (the default): a load's first generation runs eagerly, as OLLIMG_COMPILE=off
+    does, and reports nothing; the next one, the compiler imported, compiles and says so."""
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
+    eager = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="float32")
+    b = eager.generate("a cat", width=64, height=48, steps=3, seed=1)
+    monkeypatch.setenv("OLLIMG_COMPILE", "auto")
+    pipe = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="float32")
+    blocks = pipe.components.modules["transformer"].layers
+    steps = []
+    first = pipe.generate("a cat", width=64, height=48, steps=3, seed=1, on_step=steps.append)
+    assert not [s for s in steps if s.status] and all(block._compiled_call_impl is None for block in blocks)
+    assert abs(first.latents - b.latents).max() <= 1e-6 * abs(b.latents).max()
+    torch_compile.wait()
+    steps.clear()
+    second = pipe.generate("a cat", width=64, height=48, steps=3, seed=1, on_step=steps.append)
+    assert [s.status for s in steps if s.step == 0] == [torch_compile.NOTICE]
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    assert abs(second.latents - b.latents).max() <= 1e-4 * abs(b.latents).max()
 
 
 def test_fused_weights_on_cuda_equal_the_layers(tiny_zimage_dir, monkeypatch):

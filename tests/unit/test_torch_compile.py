@@ -1,69 +1,110 @@
-"""Regional compilation never makes a generation wait for the compiler's imports: the blocks run
-eagerly until the import thread is done, then the next generation compiles them (never one
-already running) and reports its first use of each graph. (The compiled results themselves: test_zimage_fast_paths.py, on the CPU, and
-tests/parity/test_cuda_parity.py.)"""
+"""When the denoiser's blocks compile (OLLIMG_COMPILE; ollimg/runtime/torch_compile.py): with auto
+on CUDA a load's first generation runs eagerly with no compiler imports beside it, the imports
+start after it, and the first generation to begin once they are done compiles (never one already
+running); `on` compiles from the first generation, waiting for the imports; `off` and auto on the
+CPU never. The compiled results themselves: test_zimage_fast_paths.py (CPU) and
+tests/parity/test_cuda_parity.py (the GPU, also auto through a real pipeline)."""
 
 from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from ollimg.runtime import load, torch_compile
 
+CUDA = torch.device("cuda")  # Regional only looks at the device's type: no GPU needed here
+
 
 @pytest.fixture
-def gated_compiler(monkeypatch, tmp_path):
-    """The compiler's import thread held until the test opens the gate."""
-    gate = threading.Event()
+def gate(monkeypatch, tmp_path):
+    """The compiler's import thread, not started yet, held until the test opens the gate."""
+    opened = threading.Event()
     monkeypatch.setattr(torch_compile, "_preparing", None)
-    monkeypatch.setattr(torch_compile, "_import_compiler", lambda: gate.wait(60))
+    monkeypatch.setattr(torch_compile, "_import_compiler", lambda: opened.wait(60))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
-    yield gate
-    gate.set()
+    yield opened
+    opened.set()
     if torch_compile._preparing is not None:
         torch_compile._preparing.join()
 
 
-def test_blocks_stay_eager_until_the_compiler_is_imported(gated_compiler):
+def compiled(blocks) -> list[bool]:
+    return [block._compiled_call_impl is not None for block in blocks]
+
+
+def test_auto_runs_a_loads_first_generation_eagerly_and_never_waits(gate, monkeypatch):
+    monkeypatch.setenv("OLLIMG_COMPILE", "auto")
     blocks = [nn.Linear(2, 2), nn.Linear(2, 2)]
-    regional = torch_compile.Regional(blocks, enabled=True)
-    assert not torch_compile.ready()
-    regional.begin()  # no waiting
-    assert all(block._compiled_call_impl is None for block in blocks)
-    assert regional.first_run("batch of one") is False  # eager: nothing to report
-    gated_compiler.set()
+    regional = torch_compile.Regional(blocks, CUDA)
+    regional.begin()
+    assert torch_compile._preparing is None  # no imports beside the first generation
+    assert compiled(blocks) == [False, False] and regional.first_run("batch of one") is False
+    regional.end()
+    assert torch_compile._preparing is not None and not torch_compile.ready()  # they start after it
+    regional.begin()  # imports not done: eager again, without waiting
+    assert compiled(blocks) == [False, False] and regional.first_run("batch of one") is False
+    gate.set()
     torch_compile.wait()
     assert regional.first_run("batch of one") is False  # not within a generation that began eager
+    regional.end()
     regional.begin()
-    assert all(block._compiled_call_impl is not None for block in blocks)
+    assert compiled(blocks) == [True, True]
     assert regional.first_run("batch of one") is True  # compiles now: the caller reports it
     assert regional.first_run("batch of one") is False
     assert regional.first_run("larger batch") is True
 
 
-def test_disabled_blocks_never_compile(gated_compiler):
+def test_auto_compiles_a_spares_imported_compiler_from_the_second_generation(gate, monkeypatch):
+    monkeypatch.setenv("OLLIMG_COMPILE", "auto")
+    gate.set()
+    torch_compile.wait()  # a spare runtime's prepare did the imports before the load
     blocks = [nn.Linear(2, 2)]
-    regional = torch_compile.Regional(blocks, enabled=False)
-    gated_compiler.set()
-    assert torch_compile._preparing is None  # nothing imported for it
+    regional = torch_compile.Regional(blocks, CUDA)
     regional.begin()
-    assert regional.first_run("batch of one") is False and blocks[0]._compiled_call_impl is None
+    assert compiled(blocks) == [False]
+    regional.end()
+    regional.begin()
+    assert compiled(blocks) == [True]
 
 
-def test_a_first_generation_does_not_wait_for_the_compiler(tiny_zimage_dir, gated_compiler, monkeypatch):
-    """OLLIMG_COMPILE=on with the compiler's imports not done: the generation runs eagerly, with no
-    "optimizing" status, and draws what OLLIMG_COMPILE=off draws."""
-    monkeypatch.setenv("OLLIMG_COMPILE", "off")
-    eager = load(tiny_zimage_dir, backend="torch", device="cpu").generate("a cat", width=32, height=32, steps=2, seed=1)
+def test_on_compiles_from_the_first_generation_waiting_for_the_imports(gate, monkeypatch):
     monkeypatch.setenv("OLLIMG_COMPILE", "on")
+    blocks = [nn.Linear(2, 2)]
+    regional = torch_compile.Regional(blocks, torch.device("cpu"))
+    assert torch_compile._preparing is not None  # started at load
+    threading.Timer(0.3, gate.set).start()
+    regional.begin()  # waits for the gate
+    assert compiled(blocks) == [True] and regional.first_run("batch of one") is True
+
+
+@pytest.mark.parametrize("setting, device", [("off", CUDA), ("auto", torch.device("cpu"))])
+def test_blocks_that_never_compile_import_nothing(gate, monkeypatch, setting, device):
+    monkeypatch.setenv("OLLIMG_COMPILE", setting)
+    blocks = [nn.Linear(2, 2)]
+    regional = torch_compile.Regional(blocks, device)
+    for _ in range(2):
+        regional.begin()
+        regional.end()
+    assert torch_compile._preparing is None and compiled(blocks) == [False]
+    assert regional.first_run("batch of one") is False
+
+
+def test_the_pipeline_calls_begin_and_end_around_each_generation(tiny_zimage_dir, monkeypatch):
+    """end comes also when a generation fails (here: cancelled from its step callback)."""
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
     pipe = load(tiny_zimage_dir, backend="torch", device="cpu")
-    steps = []
-    first = pipe.generate("a cat", width=32, height=32, steps=2, seed=1, on_step=steps.append)
-    assert not [s for s in steps if s.status]
-    assert np.array_equal(first.latents, eager.latents)
-    blocks = pipe.components.modules["transformer"].layers
-    assert all(block._compiled_call_impl is None for block in blocks)
+    calls = []
+    pipe.components.begin, pipe.components.end = lambda: calls.append("begin"), lambda: calls.append("end")
+    pipe.generate("a cat", width=32, height=32, steps=2, seed=1)
+    assert calls == ["begin", "end"]
+
+    def cancel(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipe.generate("a cat", width=32, height=32, steps=2, seed=1, on_step=cancel)
+    assert calls == ["begin", "end", "begin", "end"]

@@ -57,7 +57,7 @@ COMPILED_RUN = """
 import json, os, sys
 import numpy as np
 import torch._dynamo.utils as dynamo
-from ollimg.runtime import load, torch_compile
+from ollimg.runtime import load
 
 def run(pipe, **extra):
     steps = []
@@ -68,7 +68,6 @@ os.environ["OLLIMG_COMPILE"] = "off"
 eager, _ = run(load(sys.argv[1], backend="torch", device="cpu"))
 os.environ["OLLIMG_COMPILE"] = "on"
 pipe = load(sys.argv[1], backend="torch", device="cpu")
-torch_compile.wait()  # else the first run is eager while the compiler's imports finish
 compiled, steps = run(pipe)
 graphs = dynamo.counters["stats"]["unique_graphs"]
 pipe.generate("a much longer prompt: two blue squares", width=48, height=32, steps=2, seed=4, guidance=0)

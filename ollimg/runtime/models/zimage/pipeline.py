@@ -49,6 +49,8 @@ class Components:
     begin: Callable[[], None] | None = None
     """called as each generation starts (a torch backend switches to its compiled blocks there,
     never within a generation)"""
+    end: Callable[[], None] | None = None
+    """called as each generation that began ends, done or failed"""
 
 
 @dataclass
@@ -121,30 +123,34 @@ class ZImagePipeline:
         timings: dict[str, float] = {}
         if self.components.begin is not None:
             self.components.begin()
-        start = time.perf_counter()
-        caps, neg_caps = self._encode(req.prompts, req.negatives if req.guidance > 0 else None, req.n, max_len)
-        self.backend.synchronize()
-        timings["text_encode"] = time.perf_counter() - start
-        after_step = None
-        if edit is None:
-            x0 = self.backend.from_numpy(shared.initial_latents(latents, shape, lambda: noise(req.seed, req.total, shape[1:])))
-        else:
-            mark = time.perf_counter()
-            x0, after_step = self._start_from_image(edit, req, shape, sigmas)
-            timings["image_encode"] = time.perf_counter() - mark
-        velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization, cache)
-        if on_step is not None:
-            self.components.on_status = lambda text: on_step(Step(0, len(timesteps), 0.0, text))
         try:
+            start = time.perf_counter()
+            caps, neg_caps = self._encode(req.prompts, req.negatives if req.guidance > 0 else None, req.n, max_len)
+            self.backend.synchronize()
+            timings["text_encode"] = time.perf_counter() - start
+            after_step = None
+            if edit is None:
+                x0 = self.backend.from_numpy(shared.initial_latents(latents, shape,
+                                                                    lambda: noise(req.seed, req.total, shape[1:])))
+            else:
+                mark = time.perf_counter()
+                x0, after_step = self._start_from_image(edit, req, shape, sigmas)
+                timings["image_encode"] = time.perf_counter() - mark
+            velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization, cache)
+            if on_step is not None:
+                self.components.on_status = lambda text: on_step(Step(0, len(timesteps), 0.0, text))
             x = shared.denoise(self.backend, x0, sigmas, velocity, timings, size=(req.width, req.height),
                                on_step=on_step, previews=previews, on_preview=on_preview, to_rgb=self.preview,
                                after_step=after_step)
+            self.components.on_status = None
+            mark = time.perf_counter()
+            final = self.backend.to_numpy(x)
+            pixels = self.components.decode(x)
+            timings["decode"] = time.perf_counter() - mark
         finally:
             self.components.on_status = None
-        mark = time.perf_counter()
-        final = self.backend.to_numpy(x)
-        pixels = self.components.decode(x)
-        timings["decode"] = time.perf_counter() - mark
+            if self.components.end is not None:
+                self.components.end()
         images = shared.to_images(pixels)
         timings["total"] = time.perf_counter() - start
         if cache is not None:

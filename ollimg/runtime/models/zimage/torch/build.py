@@ -22,11 +22,6 @@ log = logging.getLogger(__name__)
 def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
     offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
-    if torch_compile.wanted(backend.device):
-        # The compiler's imports on a thread while the weights are read (unless a spare runtime's
-        # `prepare` did them): started only now, since reading the tensors' headers above needs
-        # the interpreter as much as importing does.
-        torch_compile.prepare()
     if offload:
         log.info("the text encoder streams its layers to the device for each prompt (OLLIMG_OFFLOAD)")
         text_encoder, encode = None, streamed_encoder(backend, config.text_encoder, config.text_encoder_outputs, te_refs)
@@ -40,7 +35,7 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     if backend.device.type == "cuda":
         transformer.fuse()  # one GEMM for q/k/v and one for gate/up (a copy: not worth it on mapped CPU weights)
     compiled = torch_compile.Regional([*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers],
-                                      torch_compile.wanted(backend.device))
+                                      backend.device)
 
     @torch.inference_mode()
     def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor], cache=None) -> torch.Tensor:
@@ -68,6 +63,7 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
         x = torch.from_numpy(pixels).to(backend.device, backend.torch_dtype)
         return modules["vae_encoder"].moments(x).float().cpu().numpy()
 
-    components = Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules, begin=compiled.begin,
+    components = Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules,
+                            begin=compiled.begin, end=compiled.end,
                             encode_image=encode_image if encoder_refs is not None else None)
     return components
