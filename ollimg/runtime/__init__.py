@@ -36,16 +36,19 @@ def open_source(name_or_path: str | Path, models_dir: Path | None = None):
     return ModelSource.from_store(Store(models_dir).get(Name.parse(str(name_or_path))))
 
 
-def prepare(backend: str | None = None, device: str | None = None) -> None:
+def prepare(backend: str | None = None, device: str | None = None, *, ahead: bool = True) -> None:
     """Import what `load` needs on this backend (as `load` picks it), every family's build for it
     and the tokenizer, allocating nothing on the device: a runtime process started before its
-    model is known (the server's spare) then only reads weights when asked."""
+    model is known (the server's spare) then only reads weights when asked. `ahead` (no model
+    asked for yet): also start what only later generations need (`Backend.prepare`: torch's
+    compiler imports), which would otherwise compete with a load and its first generation."""
     from ollimg.runtime import backend as backends
     from ollimg.runtime import families, teacache, tokenizer  # noqa: F401
 
     chosen = backends.create(backends.choose(backend), device=device)  # its imports (MLX: after its BLAS)
     families.prepare(chosen.name)
-    chosen.prepare()
+    if ahead:
+        chosen.prepare()
 
 
 def load(name_or_path: str | Path, *, backend: str | None = None, device: str | None = None,

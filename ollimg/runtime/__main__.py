@@ -193,13 +193,18 @@ class Worker:
         return edit
 
 
-def _prepare(channel, backend: str | None, device: str | None) -> None:
-    """Imports what a load will need; a failure here is left for the load to meet and report."""
+def _prepare(channel, backend: str | None, device: str | None, asked: threading.Event) -> None:
+    """Imports what a load will need, and what later generations need unless a model has been
+    asked for by then (`asked`); a failure here is left for the load to meet and report."""
     started = time.perf_counter()
     try:
         from ollimg.runtime import prepare
 
-        prepare(backend, device)
+        prepare(backend, device, ahead=False)
+        if not asked.is_set():
+            prepare(backend, device)
+        else:
+            log.info("a model was asked for before the runtime was prepared: the compiler's imports wait")
     except Exception as e:  # the load imports the same and says what is wrong
         log.info("preparing the runtime failed (%s: %s); the load will retry", type(e).__name__, e)
     seconds = time.perf_counter() - started
@@ -225,13 +230,16 @@ def main() -> int:
     os.dup2(2, 1)
     channel = Channel(sys.stdin.buffer, out)
     threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True).start()
-    preparing = threading.Thread(target=_prepare, args=(channel, args.backend, args.device), name="prepare", daemon=True)
+    asked = threading.Event()
+    preparing = threading.Thread(target=_prepare, args=(channel, args.backend, args.device, asked), name="prepare",
+                                 daemon=True)
     preparing.start()
 
     try:
         message = channel.receive()
     except (OSError, ValueError):
         message = None
+    asked.set()
     if message is None or message.get("type") == "stop":
         return 0  # a spare that was never used
     if message.get("type") != "load" or not isinstance(message.get("model"), str):

@@ -57,7 +57,7 @@ class Backend(Protocol):
         """Loading is over (done or failed): give back what it kept for itself (pinned staging memory)."""
 
     def prepare(self) -> None:
-        """Before a model is known: start what a load would wait for (torch's compiler imports, on a thread)."""
+        """Before a model is asked for: start what later generations need (torch's compiler imports, on a thread)."""
 
 
 def choose(backend: str | None = None) -> str:

@@ -210,7 +210,7 @@ def test_a_first_frame_that_names_no_model_is_one_error_frame():
 PREPARED = """
 import json, sys
 from ollimg.runtime import mlx_blas, prepare
-prepare(sys.argv[1], "cpu")
+prepare(sys.argv[1], "cpu", ahead=sys.argv[2] == "ahead")
 torch_compile = sys.modules.get("ollimg.runtime.torch_compile")
 if torch_compile is not None and torch_compile._preparing is not None:
     torch_compile._preparing.join()
@@ -218,8 +218,9 @@ print(json.dumps({"modules": sorted(sys.modules), "blas": mlx_blas._loaded, "wan
 """
 
 
-def _prepared(backend: str, compile_mode: str = "auto") -> dict:
-    run = subprocess.run([sys.executable, "-c", PREPARED, backend], env=cli_env(OLLIMG_COMPILE=compile_mode),
+def _prepared(backend: str, compile_mode: str = "auto", ahead: bool = True) -> dict:
+    run = subprocess.run([sys.executable, "-c", PREPARED, backend, "ahead" if ahead else "asked"],
+                         env=cli_env(OLLIMG_COMPILE=compile_mode),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.splitlines()[-1])
@@ -232,6 +233,13 @@ def test_prepare_imports_the_backend_and_every_family_build_and_the_compiler_onl
             "ollimg.runtime.models.flux2.torch.build"} <= modules
     assert not any(m.startswith("mlx") for m in modules)
     assert ("torch._inductor.compile_fx" in modules) == (compile_mode == "on")  # auto compiles on CUDA only
+
+
+def test_prepare_for_a_model_already_asked_for_leaves_the_compiler_for_later():
+    """A spare taken before it was prepared (a server asked at once): the compiler's imports would
+    compete with the load and its first generation, which runs eagerly anyway."""
+    modules = set(_prepared("torch", "on", ahead=False)["modules"])
+    assert "ollimg.runtime.models.zimage.torch.build" in modules and "torch._inductor.compile_fx" not in modules
 
 
 def test_prepare_for_mlx_loads_its_blas_before_mlx():
