@@ -7,8 +7,8 @@ sequence length and batch are compiled as dynamic sizes, every resolution and pr
 new shape is not compiled again (a batch of one and larger batches are two graphs, and a batch
 whose prompts pad to different lengths, which needs an attention mask, another).
 
-When: OLLIMG_COMPILE=auto (the default; on CUDA) compiles only where it pays. The first generation
-after a load runs eagerly: an image as soon as the weights are in, with nothing to trace and no
+When: OLLIMG_COMPILE=auto (the default) compiles on CUDA, but not a load's first generation: that
+one runs eagerly, an image as soon as the weights are in, with nothing to trace and no
 compiler imports beside it (they would take the interpreter from the loader and the eager loop:
 measured on the H200, a first image at 14.1 s instead of 7.1 s). The compiler's imports (dynamo,
 sympy, inductor: 2-8 s) then run on a thread after it, unless a spare runtime's `prepare` did them
@@ -18,7 +18,6 @@ switches midway. `on` compiles from the first generation (waiting for the import
 with a C++ compiler); `off` never. Inductor's FX graph cache, the AOT cache and Triton's
 kernels live under `<user cache dir>/ollimg/compile`, keyed by torch's own hashes of the graph,
 the software versions and the GPU, so a runtime that starts again pays only the tracing (seconds).
-
 """
 
 from __future__ import annotations
