@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# One device call (the `device` tool's H200, 10 minutes) for issue 12: the CUDA parity tests first,
-# then fresh runtime starts (bf16 compiled with the compile cache as found and warm, eager), then a
-# server's first image of the model with the spare runtime and without (bench/spare_runtime.py).
-# Run from the repository root, with the wheels the machine lacks in .whl/ (carry [".whl"]:
+# Issue 12's checks on the `device` tool's H200, in one call (10 minutes at most):
+#     bash bench/gpu-check.sh [STAGE ...]      (default: parity starts cold, about 480 s)
+# parity: the CUDA parity tests.
+# starts: fresh processes to their first and second PNG (bench/gpu_baseline.py --only-starts
+#         --starts: compiled with the compile cache as found, then warm; eager). Makes the store.
+# warm:   a server's first request for the model and its second, spare runtime on and off,
+#         compiled and eager (bench/spare_runtime.py; needs starts first, for the store and cache).
+# cold:   the same with the page cache dropped before the first request, spare on: bf16 compiled
+#         and eager, then the fp8 model (imported here) compiled.
+# Run from the repository root with the wheels the machine lacks in .whl/ (carry [".whl"]):
 # diffusers, importlib_metadata, platformdirs, pydantic, pydantic_core, annotated_types,
 # typing_inspection, and for the server fastapi, starlette, uvicorn, python-multipart, zstandard,
-# anyio, opentelemetry-api):
-#     bash bench/gpu-check.sh
-# (The form before this one, on 2026-12-02 22:52 UTC, lacked the server's wheels: parity and starts
-# ran, the server did not start. An earlier form, with fp8 in process and py-spy'd starts, ran on 2026-12-02 15:45-15:53 UTC in
-# 505 s; bench/README.md, "Starts re-measured". This form has not run yet.)
-# Everything comes back as one archive, $OUT/gpu-check.tgz (the device returns at most 8 files).
+# anyio, opentelemetry-api. Everything comes back as one archive, $OUT/gpu-check.tgz (the device
+# returns at most 8 files). Runs: 2026-12-02 22:52 UTC (parity, starts; the server lacked its
+# wheels) and 23:15 UTC (parity starts cold): bench/README.md.
 set -uo pipefail
 started=$(date +%s)
 : "${OUT:?set OUT to the folder that comes back}"
@@ -21,13 +24,31 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
 pack() { tar czf "$OUT/gpu-check.tgz" -C "$log" .; }
 trap pack EXIT
 nvidia-smi > "$log/nvidia-smi.txt" 2>&1
-timeout 300 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
-echo "parity rc $? after $(( $(date +%s) - started )) s" | tee -a "$log/parity.log"
-timeout $(( 560 - ($(date +%s) - started) )) python3 bench/gpu_baseline.py --work /tmp/zb --runs 1 --only-starts \
-    --starts --json "$log/starts.json" > "$log/starts.log" 2>&1
-echo "starts rc $? after $(( $(date +%s) - started )) s" | tee -a "$log/starts.log"
-# Through the server, the model not loaded yet: with the spare runtime and without, compiled and eager.
-timeout $(( 560 - ($(date +%s) - started) )) python3 bench/spare_runtime.py --models /tmp/zb/store \
-    --model zimage-random:bf16 --device cuda --size 1024 --steps 8 --compile auto off --settle 20 --rounds 1 \
-    --warmup 0 --json "$log/spare.json" > "$log/spare.log" 2>&1
-echo "spare rc $? after $(( $(date +%s) - started )) s" | tee -a "$log/spare.log"
+left() { echo $(( 570 - ($(date +%s) - started) )); }
+finished() { echo "$1 rc $2 after $(( $(date +%s) - started )) s" | tee -a "$log/$1.log"; }
+B="python3 bench/spare_runtime.py --models /tmp/zb/store --device cuda --size 1024 --steps 8 --settle 20 --rounds 1"
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(parity starts cold)
+for stage in "${stages[@]}"; do case $stage in
+parity)
+    timeout 240 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
+    finished parity $? ;;
+starts)
+    timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 1 --only-starts --starts \
+        --json "$log/starts.json" > "$log/starts.log" 2>&1
+    finished starts $? ;;
+warm)
+    timeout "$(left)" $B --model zimage-random:bf16 --compile auto off --warmup 0 --json "$log/warm.json" \
+        > "$log/warm.log" 2>&1
+    finished warm $? ;;
+cold)
+    timeout "$(left)" $B --model zimage-random:bf16 --compile auto off --warmup 0 --spare on --cold \
+        --json "$log/cold_bf16.json" > "$log/cold.log" 2>&1
+    finished cold $?
+    OLLIMG_MODELS=/tmp/zb/store timeout "$(left)" python3 -m ollimg create zimage-random:fp8 \
+        -f /tmp/zb/Z-Image-random -q fp8 >> "$log/cold.log" 2>&1
+    timeout "$(left)" $B --model zimage-random:fp8 --compile auto --warmup 1 --spare on --cold \
+        --json "$log/cold_fp8.json" >> "$log/cold.log" 2>&1
+    finished cold $? ;;
+*) echo "unknown stage $stage: parity, starts, warm or cold" >&2; exit 2 ;;
+esac; done
