@@ -110,6 +110,18 @@ def test_offloaded_text_encoder_on_cuda(tiny_zimage_dir, monkeypatch):
     assert load(tiny_zimage_dir, backend="torch", device="cuda").components.modules["text_encoder"] is None
 
 
+def test_text_encoder_table_stays_in_cpu_memory_on_cuda(tiny_zimage_dir, tiny_klein_dir):
+    """The embedding table is looked up in CPU memory (not read at load, not held on the GPU), the
+    layers are on the GPU (the rest of the parity tests check the features)."""
+    for model in (tiny_zimage_dir, tiny_klein_dir):
+        pipe = load(model, backend="torch", device="cuda", dtype="bfloat16")
+        encoder = pipe.components.modules["text_encoder"]
+        assert encoder.embed_tokens.weight.device.type == "cpu"
+        on_gpu = [p for n, p in encoder.named_parameters() if not n.startswith("embed_tokens.")]
+        assert on_gpu and all(p.device.type == "cuda" for p in on_gpu)
+        assert pipe.generate(["a cat"], width=32, height=32, steps=1).images
+
+
 def test_compiled_and_eager_agree_on_cuda(tiny_zimage_dir, monkeypatch):
     """torch.compile'd blocks (OLLIMG_COMPILE=on) against OLLIMG_COMPILE=off, bf16 and fp32; the first
     run of a graph is reported once, and a new size or prompt length compiles nothing new."""

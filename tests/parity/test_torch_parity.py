@@ -196,6 +196,31 @@ def test_hidden_state_zero_is_the_embeddings():
     torch.testing.assert_close(feats, torch.cat([hidden[0][0], hidden[2][0]], dim=-1), rtol=1e-5, atol=1e-5)
 
 
+def test_a_table_in_its_stored_dtype_gives_the_features_of_one_cast_at_load():
+    """On a GPU the embedding table stays in CPU memory in its stored dtype (`load_encoder`) and a
+    prompt's rows are cast to the layers' dtype after the lookup: the features are those of a
+    table cast at load, bit for bit."""
+    from ollimg.runtime.components.qwen3.config import Qwen3Config as TextEncoderConfig
+    from ollimg.runtime.components.qwen3.torch import TextEncoder
+
+    cfg = dict(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=1e6)
+    torch.manual_seed(0)
+    ours = TextEncoder(TextEncoderConfig.from_json(cfg), outputs=(1,))
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    stored = ours.embed_tokens.weight.detach().to(torch.bfloat16)
+    ids = [np.random.default_rng(1).integers(0, 300, 9), np.arange(4)]
+    with torch.no_grad():
+        ours.embed_tokens.weight = torch.nn.Parameter(stored.float(), requires_grad=False)
+        cast_at_load = ours(ids)
+        ours.embed_tokens.weight = torch.nn.Parameter(stored, requires_grad=False)
+        ours.compute = (torch.device("cpu"), torch.float32)
+        looked_up_then_cast = ours(ids)
+    for a, b in zip(cast_at_load, looked_up_then_cast):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_zimage_dir", "tiny_klein_dir"])
 def test_loading_imports_no_meta_kernels(fixture, request):
     """Modules are built on the meta device; an op whose meta kernel is Python (nn.Embedding's

@@ -101,3 +101,35 @@ def test_compiled_blocks_equal_eager_and_a_warm_cache_compiles_nothing(tiny_zima
     assert second["difference"] <= 1e-5
     hits, misses = second["inductor"].get("fxgraph_cache_hit", 0), second["inductor"].get("fxgraph_cache_miss", 0)
     assert hits >= 2 and misses == 0, second["inductor"]
+
+
+def test_the_text_encoder_on_a_gpu_leaves_its_table_mapped_in_cpu_memory():
+    """load_encoder on a GPU backend (a fake: it records what is asked and where): the layers are
+    uploaded as resident weights, the embedding table is asked for mapped in CPU memory and not
+    counted, and the encoder casts the looked-up rows to the layers' device and dtype. The same on
+    a real GPU: test_text_encoder_table_stays_in_cpu_memory_on_cuda."""
+    from types import SimpleNamespace
+
+    from ollimg.runtime.components.qwen3 import weights as qwen3_weights
+    from ollimg.runtime.components.qwen3.config import Qwen3Config
+    from ollimg.runtime.components.qwen3.torch import load_encoder
+
+    class FakeGpu:
+        device, torch_dtype = torch.device("cuda"), torch.bfloat16
+
+        def __init__(self):
+            self.asked = []
+
+        def load_tensors(self, refs, dtype=None, resident=True, device=None):
+            self.asked.append((set(refs), resident, device))
+            return {name: torch.zeros(ref.shape) for name, ref in refs.items()}
+
+    config = Qwen3Config.from_json(dict(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
+                                        rope_theta=1e6))
+    refs = {name: SimpleNamespace(shape=shape) for name, shape in qwen3_weights.shapes(config, 2).items()}
+    backend = FakeGpu()
+    encoder = load_encoder(backend, config, (2,), refs, "text_encoder")
+    layers = set(refs) - {"embed_tokens.weight"}
+    assert backend.asked == [(layers, True, None), ({"embed_tokens.weight"}, False, "cpu")]
+    assert encoder.compute == (torch.device("cuda"), torch.bfloat16)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ollimg.runtime.components.autoencoder_kl.torch import VaeDecoder, VaeEncoder
-from ollimg.runtime.components.qwen3.torch import TextEncoder, streamed_encoder
+from ollimg.runtime.components.qwen3.torch import device_refs, load_encoder, streamed_encoder
 from ollimg.runtime.models.flux2 import weights
 from ollimg.runtime.models.flux2.config import Flux2Config
 from ollimg.runtime.models.flux2.pipeline import Components
@@ -24,14 +24,14 @@ def build(backend: TorchBackend, config: Flux2Config, source) -> Components:
     refs = weights.component_tensors(source, config)
     where = f"model {source.name}"
     resident = sum(backend.device_bytes(refs[part]) for part in ("transformer", "vae_encoder", "vae_decoder"))
-    if backend.offload(backend.device_bytes(refs["text_encoder"]), resident):
+    if backend.offload(backend.device_bytes(device_refs(refs["text_encoder"])), resident):
         log.info("the text encoder streams its layers to the device for each prompt (OLLIMG_OFFLOAD)")
         text_encoder = None
         run_text_encoder = streamed_encoder(backend, config.text_encoder, config.text_encoder_outputs,
                                             refs["text_encoder"])
     else:
-        text_encoder = load_module(backend, TextEncoder, (config.text_encoder, config.text_encoder_outputs),
-                                   refs["text_encoder"], f"{where}: text_encoder")
+        text_encoder = load_encoder(backend, config.text_encoder, config.text_encoder_outputs, refs["text_encoder"],
+                                    f"{where}: text_encoder")
         run_text_encoder = text_encoder
     transformer = load_module(backend, Flux2Transformer, (config.transformer,), refs["transformer"], f"{where}: transformer")
     encoder = load_module(backend, VaeEncoder, (config.vae,), refs["vae_encoder"], f"{where}: vae")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ollimg.runtime.components.autoencoder_kl.torch import VaeDecoder, VaeEncoder
-from ollimg.runtime.components.qwen3.torch import TextEncoder, streamed_encoder
+from ollimg.runtime.components.qwen3.torch import device_refs, load_encoder, streamed_encoder
 from ollimg.runtime import torch_compile
 from ollimg.runtime.models.zimage import layout, weights
 from ollimg.runtime.models.zimage.config import ZImageConfig
@@ -21,13 +21,13 @@ log = logging.getLogger(__name__)
 
 def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
-    offload = backend.offload(backend.device_bytes(te_refs), backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
+    offload = backend.offload(backend.device_bytes(device_refs(te_refs)),
+                              backend.device_bytes(dit_refs) + backend.device_bytes(vae_refs))
     if offload:
         log.info("the text encoder streams its layers to the device for each prompt (OLLIMG_OFFLOAD)")
         text_encoder, encode = None, streamed_encoder(backend, config.text_encoder, config.text_encoder_outputs, te_refs)
     else:
-        text_encoder = load_module(backend, TextEncoder, (config.text_encoder, config.text_encoder_outputs), te_refs,
-                                   "text_encoder")
+        text_encoder = load_encoder(backend, config.text_encoder, config.text_encoder_outputs, te_refs, "text_encoder")
         encode = torch.inference_mode()(text_encoder)
     transformer = load_module(backend, ZImageTransformer, (config.transformer,), dit_refs, "transformer")
     vae = load_module(backend, VaeDecoder, (config.vae,), vae_refs, "vae")
