@@ -35,8 +35,9 @@ from server_overhead import free_port  # noqa: E402
 PROMPT = "a large red circle at the top left on a blue background"
 
 
-def first_images(args, store: str, spare: str, compile_mode: str) -> tuple[float, float, float]:
-    """(first request s, its load_duration s, second request s) on a fresh server."""
+def first_images(args, store: str, spare: str, compile_mode: str) -> tuple[float, float, float, dict]:
+    """(first request s, its load_duration s, second request s, the first's stage timings) on a
+    fresh server."""
     port = free_port()
     env = {**os.environ, "OLLIMG_HOST": f"127.0.0.1:{port}", "OLLIMG_MODELS": store, "OLLIMG_BACKEND": "torch",
            "OLLIMG_DEVICE": args.device, "OLLIMG_SPARE_RUNTIME": spare, "OLLIMG_COMPILE": compile_mode}
@@ -68,8 +69,8 @@ def first_images(args, store: str, spare: str, compile_mode: str) -> tuple[float
             started = time.perf_counter()
             r = httpx.post(url + "/api/generate", json=request, timeout=600)
             r.raise_for_status()
-            times.append((time.perf_counter() - started, r.json()["load_duration"] / 1e9))
-        return times[0][0], times[0][1], times[1][0]
+            times.append((time.perf_counter() - started, r.json()["load_duration"] / 1e9, r.json()["timings"]))
+        return times[0][0], times[0][1], times[1][0], times[0][2]
     except Exception:
         log.seek(0)
         sys.stderr.write(log.read().decode(errors="replace")[-4000:])  # the server's own account
@@ -115,7 +116,8 @@ def main() -> None:
         figures[name] = {"first request": round(statistics.median(r[0] for r in runs), 2),
                          "first request min": round(min(r[0] for r in runs), 2),
                          "its load": round(statistics.median(r[1] for r in runs), 2),
-                         "second request": round(statistics.median(r[2] for r in runs), 2)}
+                         "second request": round(statistics.median(r[2] for r in runs), 2),
+                         "first request's stages": [{k: round(v, 3) for k, v in r[3].items()} for r in runs]}
     if peer:
         runs = rows["diffusers"][args.warmup:]
         figures["diffusers"] = {"loaded": round(statistics.median(r[0] for r in runs), 2),
