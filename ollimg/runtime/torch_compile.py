@@ -1,4 +1,5 @@
-"""torch.compile for the GPU: regional (a family's repeated block), cached on disk, reported.
+"""torch.compile for the GPU: regional (a family's repeated blocks: its denoiser's, its text
+encoder's layers), cached on disk, reported.
 
 What it fuses: the elementwise work around the GEMMs (RMSNorm, RoPE, the adaLN scale and gate,
 residuals, fp8 activation quantization) becomes a few Triton kernels per block instead of dozens of
@@ -98,11 +99,13 @@ class Regional:
         self.eager_first = setting == "auto"  # else `on`: compiled from the first generation
         self.generations = 0
         self.seen: set = set()
+        self.reported = False  # this generation has said it compiles
         if self.enabled and not self.eager_first:
             prepare()
 
     def begin(self) -> None:
         """As a generation starts: compiles the blocks if it is time to (never within a generation)."""
+        self.reported = False
         if not self.enabled or self.compiled:
             return
         if self.eager_first and (self.generations == 0 or not ready()):
@@ -123,9 +126,13 @@ class Regional:
             prepare()
 
     def first_run(self, variant) -> bool:
-        """True when this run of the compiled blocks is the first of its graph `variant` (a batch
-        kind), which compiles it or loads it from the cache: the caller reports it as progress."""
+        """True when this run of the compiled blocks is the first of its graph `variant` (which
+        blocks, a batch kind), which compiles it or loads it from the cache, and the generation has
+        not said so yet: the caller reports it as progress, once a generation."""
         if not self.compiled or variant in self.seen:
             return False
         self.seen.add(variant)
+        if self.reported:
+            return False
+        self.reported = True
         return True

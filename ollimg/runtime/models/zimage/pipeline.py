@@ -123,6 +123,8 @@ class ZImagePipeline:
         timings: dict[str, float] = {}
         if self.components.begin is not None:
             self.components.begin()
+        if on_step is not None:  # the compiler's first run is reported from the text encoder on
+            self.components.on_status = lambda text: on_step(Step(0, len(timesteps), 0.0, text))
         try:
             start = time.perf_counter()
             caps, neg_caps = self._encode(req.prompts, req.negatives if req.guidance > 0 else None, req.n, max_len)
@@ -137,8 +139,6 @@ class ZImagePipeline:
                 x0, after_step = self._start_from_image(edit, req, shape, sigmas)
                 timings["image_encode"] = time.perf_counter() - mark
             velocity = self._velocity(caps, neg_caps, timesteps, req.guidance, cfg_truncation, cfg_normalization, cache)
-            if on_step is not None:
-                self.components.on_status = lambda text: on_step(Step(0, len(timesteps), 0.0, text))
             x = shared.denoise(self.backend, x0, sigmas, velocity, timings, size=(req.width, req.height),
                                on_step=on_step, previews=previews, on_preview=on_preview, to_rgb=self.preview,
                                after_step=after_step)
