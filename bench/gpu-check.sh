@@ -2,6 +2,9 @@
 # Issue 12's checks on the `device` tool's H200, in one call (10 minutes at most):
 #     bash bench/gpu-check.sh [STAGE ...]      (default: parity starts cold, about 480 s)
 # parity: the CUDA parity tests.
+# speed:  per stage, prompt to PNG and peak memory, ollimg bf16 and fp8 next to diffusers eager, and
+#         the matmul floor (bench/gpu_baseline.py --runs 2 --fp8 --floor; about 250 s). Makes the store.
+# profile: where one bf16 and one fp8 generation's GPU time goes (bench/profile_step.py; needs the store).
 # starts: fresh processes to their first and second PNG (bench/gpu_baseline.py --only-starts
 #         --starts: compiled with the compile cache as found, then warm; eager). Makes the store.
 # warm:   a server's first request for the model and its second, spare runtime on and off,
@@ -33,6 +36,16 @@ for stage in "${stages[@]}"; do case $stage in
 parity)
     timeout 240 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
     finished parity $? ;;
+speed)
+    timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 2 --fp8 --floor \
+        --json "$log/speed.json" > "$log/speed.log" 2>&1
+    finished speed $? ;;
+profile)
+    for m in bf16 fp8; do
+        timeout "$(left)" python3 bench/profile_step.py --models /tmp/zb/store --model zimage-random:$m \
+            > "$log/profile_$m.txt" 2>&1
+        finished profile $?
+    done ;;
 starts)
     timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 1 --only-starts --starts \
         --json "$log/starts.json" > "$log/starts.log" 2>&1
@@ -50,5 +63,5 @@ cold)
     timeout "$(left)" $B --model zimage-random:fp8 --compile auto --warmup 1 --spare on --cold \
         --json "$log/cold_fp8.json" >> "$log/cold.log" 2>&1
     finished cold $? ;;
-*) echo "unknown stage $stage: parity, starts, warm or cold" >&2; exit 2 ;;
+*) echo "unknown stage $stage: parity, speed, profile, starts, warm or cold" >&2; exit 2 ;;
 esac; done
