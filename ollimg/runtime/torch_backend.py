@@ -170,7 +170,7 @@ class TorchBackend:
         for name, ref in refs.items():
             tensor = mapped(ref)
             if device.type == "cpu" and self.device.type != "cpu":
-                pass  # a CPU-side table for a GPU run (the offloaded text encoder's embedding)
+                pass  # a CPU-side table for a GPU run (the text encoder's embedding)
             elif staged:
                 # Through pinned memory (torch caches those blocks, so a layer reuses the last
                 # one's): the upload then runs at the bus's speed, not at pageable memory's.
