@@ -124,11 +124,12 @@ def test_text_encoder_table_stays_in_cpu_memory_on_cuda(tiny_zimage_dir, tiny_kl
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_group_norm_on_cuda_equals_torchs(dtype):
-    """The VAE's GroupNorm on the GPU is `group_norm` (not torch's kernel), at a 1024x1024 decode's
-    largest shape: float32 within 1e-4 of the largest value, bf16 one rounding step at most."""
+    """The VAE's GroupNorm on the GPU is `group_stats` and `normed` (not torch's kernel), at a
+    1024x1024 decode's largest shape: float32 within 1e-4 of the largest value, bf16 one rounding
+    step at most."""
     import torch.nn.functional as F
 
-    from ollimg.runtime.components.autoencoder_kl.torch import GroupNorm, group_norm
+    from ollimg.runtime.components.autoencoder_kl.torch import GroupNorm, group_stats, normed
 
     torch.manual_seed(0)
     for shape in [(1, 128, 1024, 1024), (1, 512, 128, 128), (2, 256, 64, 64)]:
@@ -139,7 +140,7 @@ def test_group_norm_on_cuda_equals_torchs(dtype):
         x = (torch.randn(shape, device="cuda") * 3 + 1.5).to(dtype)
         ref = F.group_norm(x, 32, norm.weight, norm.bias, norm.eps)
         got = norm(x)
-        assert torch.equal(got, group_norm(norm, x))
+        assert torch.equal(got, normed(x, group_stats(norm, x, [(0, shape[2])])))
         if dtype == torch.float32:
             torch.testing.assert_close(got, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
         else:

@@ -140,11 +140,11 @@ def test_the_text_encoder_on_a_gpu_leaves_its_table_mapped_in_cpu_memory():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_gpu_group_norm_equals_torchs(dtype):
-    """autoencoder_kl's GroupNorm on a GPU (`group_norm`: full-width sum and sum-of-squares
-    reductions, then batch_norm's kernel applying float32 a * x + b), run here on the CPU against
-    torch's F.group_norm: float32 within 1e-4 of the largest value, bf16 one rounding step at most
-    and the same value almost everywhere. On the GPU: test_group_norm_on_cuda_equals_torchs."""
-    from ollimg.runtime.components.autoencoder_kl.torch import GroupNorm, group_norm
+    """autoencoder_kl's GroupNorm on a GPU (`group_stats`: sum and sum-of-squares reductions, whole
+    or strip by strip; `normed`: batch_norm's kernel applying float32 a * x + b), run here on the
+    CPU against torch's F.group_norm: float32 within 1e-4 of the largest value, bf16 one rounding
+    step at most and the same value almost everywhere. On the GPU: test_group_norm_on_cuda_equals_torchs."""
+    from ollimg.runtime.components.autoencoder_kl.torch import GroupNorm, group_stats, normed
 
     torch.manual_seed(0)
     for shape in [(1, 128, 96, 80), (2, 64, 32, 32), (1, 32, 4, 4)]:
@@ -154,11 +154,14 @@ def test_the_gpu_group_norm_equals_torchs(dtype):
             norm.bias.normal_()
         x = (torch.randn(shape) * 3 + 1.5).to(dtype)
         ref = F.group_norm(x, 32, norm.weight, norm.bias, norm.eps)
-        got = group_norm(norm, x)
-        assert got.dtype == dtype and got.shape == x.shape
-        if dtype == torch.float32:
-            torch.testing.assert_close(got, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
-        else:
-            step = ref.float().abs().clamp_min(1e-2) * 2 ** -7  # one bf16 rounding step
-            assert ((got.float() - ref.float()).abs() <= step).all()
-            assert (got == ref).float().mean() > 0.99
+        H = shape[2]
+        for rows in ([(0, H)], [(0, 1), (1, H // 2), (H // 2, H)]):  # whole, and in strips
+            stats = group_stats(norm, x, rows)
+            got = torch.cat([normed(x[:, :, a:b], stats) for a, b in rows], dim=2)
+            assert got.dtype == dtype and got.shape == x.shape
+            if dtype == torch.float32:
+                torch.testing.assert_close(got, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
+            else:
+                step = ref.float().abs().clamp_min(1e-2) * 2 ** -7  # one bf16 rounding step
+                assert ((got.float() - ref.float()).abs() <= step).all()
+                assert (got == ref).float().mean() > 0.99

@@ -19,9 +19,10 @@ ATTENTION_SCORES = 1 << 28  # query chunks keep the score matrix at most this ma
 
 
 class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm; on a GPU computed by `group_norm` instead of torch's kernel, which reduces each
-    (sample, group) in one thread block: 32 blocks for a batch of one, 46 of the 93 ms of a
-    1024x1024 decode on an H200 (bench/results/profile_fp8_h200.txt, RowwiseMomentsCUDAKernel)."""
+    """nn.GroupNorm; on a GPU computed by `group_stats` and `normed` instead of torch's kernel,
+    which reduces each (sample, group) in one thread block: 32 blocks for a batch of one, 46 of the
+    93 ms of a 1024x1024 decode on an H200 (bench/results/profile_fp8_h200.txt,
+    RowwiseMomentsCUDAKernel)."""
 
     def __init__(self, groups: int, channels: int):
         super().__init__(groups, channels, eps=1e-6)
@@ -31,48 +32,39 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cuda":
             return super().forward(x)  # the CPU's kernel is fast, and exact to float32's last bits
-        return group_norm(self, x)
-
-
-def group_norm(norm: GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """`norm`(x) with its statistics from two reductions that spread each group over the whole GPU
-    (the sum and the sum of squares, accumulated in float32 straight from x's dtype, no copy of
-    x), then torch's GroupNorm formula: float32 a * x + b per (sample, channel), rounded once to
-    x's dtype (batch_norm's inference kernel with mean 0, variance 1 and eps 0 applies it)."""
-    B, C, H, W = x.shape
-    G = norm.num_groups
-    groups = x.unflatten(1, (G, C // G))  # (B, G, C/G, H, W), a view
-    count = C // G * H * W
-    mean = groups.sum((2, 3, 4), dtype=torch.float32) / count  # (B, G)
-    squares = torch.linalg.vector_norm(groups, dim=(2, 3, 4), dtype=torch.float32).square() / count
-    rstd = torch.rsqrt((squares - mean.square()).clamp_min(0) + norm.eps).repeat_interleave(C // G, 1)  # (B, C)
-    a = rstd * norm.weight.float()
-    b = norm.bias.float() - mean.repeat_interleave(C // G, 1) * a
-    zeros = torch.zeros(B * C, device=x.device)
-    y = F.batch_norm(x.reshape(1, B * C, H, W), zeros, torch.ones_like(zeros), a.flatten(), b.flatten(),
-                     training=False, momentum=0.0, eps=0.0)
-    return y.reshape(B, C, H, W)
+        return normed(x, group_stats(self, x, [(0, x.shape[2])]))
 
 
 def group_stats(norm: GroupNorm, x: torch.Tensor, rows: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`norm` over all of x as a float32 scale and shift per (batch, channel), (B, C, 1, 1) each:
-    the statistics read strip by strip (two passes), folded with the weight and bias."""
+    """`norm` over all of x as a float32 scale and shift per (batch, channel), (B, C) each: each
+    group's sum and sum of squares read strip by strip (`rows`) in float32 straight from x's dtype
+    (no copy of x; on a GPU each reduction spreads over the whole device), folded with the weight
+    and bias as torch's GroupNorm does."""
     B, C, H, W = x.shape
     G = norm.num_groups
-    part = lambda a, b: x[:, :, a:b].float().reshape(B, G, -1)  # noqa: E731
+    sums = squares = 0
+    for a, b in rows:
+        part = x[:, :, a:b].unflatten(1, (G, C // G))  # (B, G, C/G, rows, W), a view
+        sums = sums + part.sum((2, 3, 4), dtype=torch.float32)  # (B, G)
+        squares = squares + torch.linalg.vector_norm(part, dim=(2, 3, 4), dtype=torch.float32).square()
     count = C // G * H * W
-    mean = sum(part(a, b).sum(-1) for a, b in rows) / count  # (B, G)
-    var = sum(((part(a, b) - mean[..., None]) ** 2).sum(-1) for a, b in rows) / count
-    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(C // G, 1)  # (B, C)
-    scale = rstd * norm.weight.float()
+    mean = sums / count
+    rstd = torch.rsqrt((squares / count - mean.square()).clamp_min(0) + norm.eps).repeat_interleave(C // G, 1)
+    scale = rstd * norm.weight.float()  # (B, C)
     shift = norm.bias.float() - mean.repeat_interleave(C // G, 1) * scale
-    return scale[:, :, None, None], shift[:, :, None, None]
+    return scale, shift
 
 
 def normed(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """A GroupNorm of a strip of the tensor whose `group_stats` these are, computed in float32."""
+    """A GroupNorm of x (or of a strip of the tensor whose `group_stats` these are): float32
+    scale * x + shift per (batch, channel), rounded once to x's dtype (batch_norm's inference
+    kernel, with mean 0, variance 1 and eps 0, applies it without a float32 copy of x)."""
     scale, shift = stats
-    return torch.addcmul(shift, x.float(), scale).to(x.dtype)
+    B, C = scale.shape
+    zeros = torch.zeros(B * C, device=x.device)
+    y = F.batch_norm(x.reshape(1, B * C, *x.shape[2:]), zeros, torch.ones_like(zeros), scale.flatten(),
+                     shift.flatten(), training=False, momentum=0.0, eps=0.0)
+    return y.reshape(x.shape)
 
 
 def conv_rows(conv: nn.Conv2d, x: torch.Tensor, start: int, end: int, pre) -> torch.Tensor:
