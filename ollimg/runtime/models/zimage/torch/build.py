@@ -31,8 +31,7 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
 
         @torch.inference_mode()
         def encode(ids: list[np.ndarray]) -> list[torch.Tensor]:
-            if compiled.first_run(("text", len(ids) == 1)) and components.on_status:
-                components.on_status(torch_compile.NOTICE)
+            notice_first_run(("text", len(ids) == 1))
             return text_encoder(ids)
     transformer = load_module(backend, ZImageTransformer, (config.transformer,), dit_refs, "transformer")
     vae = load_module(backend, VaeDecoder, (config.vae,), vae_refs, "vae")
@@ -45,11 +44,14 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     compiled = torch_compile.Regional([*transformer.noise_refiner, *transformer.context_refiner, *transformer.layers,
                                        *encoder_layers], backend.device)
 
+    def notice_first_run(variant) -> None:
+        if compiled.first_run(variant) and components.on_status:
+            components.on_status(torch_compile.NOTICE)
+
     @torch.inference_mode()
     def run_transformer(x: torch.Tensor, t: np.ndarray, caps: list[torch.Tensor], cache=None) -> torch.Tensor:
         # One graph per batch kind: a batch of one, larger ones, and prompts padded to different lengths.
-        if compiled.first_run((len(x) == 1, len({layout.padded(len(f)) for f in caps}) == 1)) and components.on_status:
-            components.on_status(torch_compile.NOTICE)
+        notice_first_run((len(x) == 1, len({layout.padded(len(f)) for f in caps}) == 1))
         return transformer(x, t, caps, cache)
 
     @torch.inference_mode()
