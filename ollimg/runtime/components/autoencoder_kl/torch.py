@@ -58,12 +58,13 @@ def group_stats(norm: GroupNorm, x: torch.Tensor, rows: list[tuple[int, int]]) -
 def normed(x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """A GroupNorm of x (or of a strip of the tensor whose `group_stats` these are): float32
     scale * x + shift per (batch, channel), rounded once to x's dtype (batch_norm's inference
-    kernel, with mean 0, variance 1 and eps 0, applies it without a float32 copy of x)."""
+    kernel, with mean 0 and variance 1, applies it without a float32 copy of x; torch 2.11 refuses
+    eps 0, and 1 + 1e-30 rounds to 1 in float32 and float64, so eps 1e-30 changes nothing)."""
     scale, shift = stats
     B, C = scale.shape
     zeros = torch.zeros(B * C, device=x.device)
     y = F.batch_norm(x.reshape(1, B * C, *x.shape[2:]), zeros, torch.ones_like(zeros), scale.flatten(),
-                     shift.flatten(), training=False, momentum=0.0, eps=0.0)
+                     shift.flatten(), training=False, momentum=0.0, eps=1e-30)
     return y.reshape(x.shape)
 
 
