@@ -95,7 +95,10 @@ def test_fp8_matmul_on_cuda(tiny_zimage_dir, store_dir, monkeypatch):
 
 def test_offloaded_text_encoder_on_cuda(tiny_zimage_dir, monkeypatch):
     """OLLIMG_OFFLOAD: `always` uploads the text encoder per prompt (same latents, fewer resident
-    bytes); `auto` does so only when the whole model would not fit the free GPU memory."""
+    bytes); `auto` does so only when the whole model would not fit the free GPU memory. Eager
+    both: a resident encoder's layers are compiled, a streamed one's are not (compiled and eager
+    agree within bounds, not bit for bit: test_compiled_and_eager_agree_on_cuda)."""
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
     kept = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="bfloat16")
     monkeypatch.setenv("OLLIMG_OFFLOAD", "always")
     offloaded = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="bfloat16")
@@ -125,8 +128,11 @@ def test_text_encoder_table_stays_in_cpu_memory_on_cuda(tiny_zimage_dir, tiny_kl
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_group_norm_on_cuda_equals_torchs(dtype):
     """The VAE's GroupNorm on the GPU is `group_stats` and `normed` (not torch's kernel), at a
-    1024x1024 decode's largest shape: float32 within 1e-4 of the largest value, bf16 one rounding
-    step at most."""
+    1024x1024 decode's largest shape: float32 within 1e-4 of the largest value; bf16 one rounding
+    step at most from GroupNorm computed in float32 and the same value almost everywhere. (torch's
+    bf16 kernel on CUDA is not that reference: it rounds each group's mean and 1/std to bf16, the
+    dtype of its mean/rstd outputs, before applying them, up to 2^-9 relative; on the H200 it was
+    2 rounding steps off ours in places.)"""
     import torch.nn.functional as F
 
     from ollimg.runtime.components.autoencoder_kl.torch import GroupNorm, group_stats, normed
@@ -144,8 +150,11 @@ def test_group_norm_on_cuda_equals_torchs(dtype):
         if dtype == torch.float32:
             torch.testing.assert_close(got, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
         else:
-            step = ref.float().abs().clamp_min(1e-2) * 2 ** -7
-            assert ((got.float() - ref.float()).abs() <= step).all()
+            exact = F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps)
+            off, torchs = (got.float() - exact).abs(), (ref.float() - exact).abs()
+            step = exact.abs().clamp_min(1e-2) * 2 ** -7  # one bf16 rounding step
+            assert (off <= step).all(), f"{shape}: {off.max()} off (torch's kernel: {torchs.max()})"
+            assert (got == exact.to(dtype)).float().mean() > 0.99
 
 
 def test_compiled_and_eager_agree_on_cuda(tiny_zimage_dir, monkeypatch):
