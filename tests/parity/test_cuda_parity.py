@@ -132,7 +132,7 @@ def test_group_norm_on_cuda_equals_torchs(dtype):
     step at most from GroupNorm computed in float32 and the same value almost everywhere. (torch's
     bf16 kernel on CUDA is not that reference: it rounds each group's mean and 1/std to bf16, the
     dtype of its mean/rstd outputs, before applying them, up to 2^-9 relative; on the H200 it was
-    2 rounding steps off ours in places.)"""
+    more than one rounding step off ours in places.)"""
     import torch.nn.functional as F
 
     from ollimg.runtime.components.autoencoder_kl.torch import GroupNorm, group_stats, normed
