@@ -34,7 +34,7 @@ stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(parity starts cold)
 for stage in "${stages[@]}"; do case $stage in
 parity)
-    timeout 240 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
+    timeout 330 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
     finished parity $? ;;
 speed)
     timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 2 --fp8 --floor \
