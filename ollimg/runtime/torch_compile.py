@@ -13,9 +13,11 @@ one runs eagerly, an image as soon as the weights are in, with nothing to trace 
 compiler imports beside it (they would take the interpreter from the loader and the eager loop:
 measured on the H200, a first image at 14.1 s instead of 7.1 s). The compiler's imports (dynamo,
 sympy, inductor: 2-8 s) then run on a thread after it, unless a spare runtime's `prepare` did them
-before a model was named, and the first generation to begin once they are done compiles each graph
-it needs, on demand, reported as progress ("optimizing for this device, once"); a generation never
-switches midway. `on` compiles from the first generation (waiting for the imports; the CPU too,
+before a model was named, and the load's second generation waits for them if need be and compiles
+each graph it needs, on demand, reported as progress ("optimizing for this device, once"); a
+generation never switches midway. (It once ran eagerly beside imports not yet done: on the H200
+that generation took 9.8-11 s instead of 1.4, the import thread taking the interpreter from the
+launch-bound eager loop, and the next one paid the compile anyway; bench/README.md, 2026-12-03.) `on` compiles from the first generation (waiting for the imports; the CPU too,
 with a C++ compiler); `off` never. Inductor's FX graph cache, the AOT cache and Triton's
 kernels live under `<user cache dir>/ollimg/compile`, keyed by torch's own hashes of the graph,
 the software versions and the GPU, so a runtime that starts again pays only the tracing (seconds).
@@ -108,10 +110,11 @@ class Regional:
         self.reported = False
         if not self.enabled or self.compiled:
             return
-        if self.eager_first and (self.generations == 0 or not ready()):
-            log.info("eager: %s", "the first generation after a load" if self.generations == 0
-                     else "the compiler's imports are not done")
+        if self.eager_first and self.generations == 0:
+            log.info("eager: the first generation after a load")
             return
+        if not ready():
+            log.info("waiting for the compiler's imports")
         wait()
         _configure()  # again, cheap once imported: raises here what the thread could not
         for block in self.blocks:
