@@ -1,7 +1,7 @@
 """When the denoiser's blocks compile (OLLIMG_COMPILE; ollimg/runtime/torch_compile.py): with auto
 on CUDA a load's first generation runs eagerly with no compiler imports beside it, the imports
-start after it, and the second generation waits for them if need be and compiles; `on` compiles from the first generation, waiting for the imports; `off` and auto on the
-CPU never. The compiled results themselves: test_zimage_fast_paths.py (CPU) and
+start after it, and the second generation waits for them if need be and compiles; `on` compiles
+from the first generation, waiting for the imports; `off` and auto on the CPU never. The compiled results themselves: test_zimage_fast_paths.py (CPU) and
 tests/parity/test_cuda_parity.py (the GPU, also auto through a real pipeline)."""
 
 from __future__ import annotations
