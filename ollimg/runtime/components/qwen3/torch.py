@@ -157,12 +157,19 @@ def load_encoder(backend, config: Qwen3Config, outputs: tuple[int, ...], refs: d
     device. The rows are cast to the compute dtype after the lookup: the same values."""
     if backend.device.type == "cpu":
         return load_module(backend, TextEncoder, (config, outputs), refs, where)
-    with torch.device("meta"):
-        encoder = TextEncoder(config, outputs)
     tensors = backend.load_tensors(device_refs(refs))
-    tensors.update(backend.load_tensors({TABLE: refs[TABLE]}, resident=False, device="cpu"))
+    encoder = _with_cpu_table(backend, config, outputs, refs)
     encoder.compute = (backend.device, backend.torch_dtype)
     return assign(encoder, tensors, where).eval()
+
+
+def _with_cpu_table(backend, config: Qwen3Config, outputs: tuple[int, ...], refs: dict) -> TextEncoder:
+    """The encoder on the meta device but for its embedding table, mapped in CPU memory."""
+    with torch.device("meta"):
+        encoder = TextEncoder(config, outputs)
+    table = backend.load_tensors({TABLE: refs[TABLE]}, resident=False, device="cpu")
+    assign(encoder.embed_tokens, {"weight": table[TABLE]}, "text_encoder")
+    return encoder
 
 
 def streamed_encoder(backend, config: Qwen3Config, outputs: tuple[int, ...], refs: dict):
@@ -170,10 +177,7 @@ def streamed_encoder(backend, config: Qwen3Config, outputs: tuple[int, ...], ref
     in CPU memory (a lookup there), and each layer's weights are uploaded when its turn comes and
     freed after it ran, so the device holds one layer at a time beside the rest of the model.
     Returns `encode(ids, length=None, pad_id=0) -> features` as TextEncoder's forward gives them."""
-    with torch.device("meta"):
-        encoder = TextEncoder(config, outputs)
-    table = backend.load_tensors({TABLE: refs[TABLE]}, resident=False, device="cpu")
-    assign(encoder.embed_tokens, {"weight": table[TABLE]}, "text_encoder")
+    encoder = _with_cpu_table(backend, config, outputs, refs)
     per_layer = [{name.split(".", 2)[2]: ref for name, ref in refs.items() if name.startswith(f"layers.{i}.")}
                  for i in range(len(encoder.layers))]
 
