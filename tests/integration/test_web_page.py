@@ -472,6 +472,45 @@ def test_api_key_asked_once_and_kept(browser, tmp_path):
         srv.stop()
 
 
+SLOW_REFUSALS = """() => {
+  const fetch0 = window.fetch;
+  window.fetch = async (path, init = {}) => {
+    const auth = (init.headers || {}).Authorization || "";
+    const response = await fetch0(path, init);
+    const wait = String(path).startsWith("/api/version") && !auth ? 1500 : auth === "Bearer wrong" ? 3000 : 0;
+    await new Promise((resolve) => setTimeout(resolve, wait));
+    return response;
+  };
+}"""
+
+
+def test_a_late_refusal_does_not_hide_why_the_key_is_asked_again(browser, tmp_path):
+    """A slow server, made so by the page's own fetch: a request sent with no key is refused only after
+    the wrong key was saved, and the retries with that key are refused later still. The late refusal
+    must not ask again with no reason given (the key it lacked is there now): the page retries it, and
+    the retries' refusal says the key was refused (a busy CI machine once did this by itself)."""
+    srv = Server(tmp_path)
+    srv.env["OLLIMG_API_KEY"] = "open-sesame"
+    srv.start()
+    try:
+        context = browser.new_context()
+        context.add_init_script(f"({SLOW_REFUSALS})()")
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(srv.url + "/")
+        expect(pg.locator("#key-dialog")).to_be_visible()
+        pg.fill("#key-input", "wrong")
+        pg.keyboard.press("Enter")
+        expect(pg.locator("#key-error")).to_contain_text("refused", timeout=15_000)
+        pg.fill("#key-input", "open-sesame")
+        pg.keyboard.press("Enter")
+        expect(pg.locator("#version")).to_contain_text("ollimg")
+        expect(pg.locator("#key-dialog")).to_be_hidden()
+        context.close()
+    finally:
+        srv.stop()
+
+
 @pytest.mark.timeout(600)  # five generations: on a busy 2-core machine each can take 20 s
 def test_views_on_desktop_and_phone(browser, server, tmp_path):
     """Each view light and dark, desktop and phone: nothing wider than the screen; screenshots."""

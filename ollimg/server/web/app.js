@@ -30,7 +30,11 @@ async function api(path, { method = "GET", body, signal } = {}) {
       method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
     });
     if (response.status === 401 && attempt < 5) {
-      await askKey(key ? "That key was refused. Check OLLIMG_API_KEY on the server." : "");
+      // A key saved while this request was out is tried before asking (a slow refusal of no key
+      // must not open the dialog again with no reason given).
+      if (localStorage.getItem(KEY) === key) {
+        await askKey(key ? "That key was refused. Check OLLIMG_API_KEY on the server." : "");
+      }
       continue;
     }
     if (!response.ok) throw await errorOf(response);
