@@ -14,8 +14,8 @@ compiler imports beside it (they would take the interpreter from the loader and 
 measured on the H200, a first image at 14.1 s instead of 7.1 s). The compiler's imports (dynamo,
 sympy, inductor: 2-8 s) then run on a thread after it, unless a spare runtime's `prepare` did them
 before a model was named, and the load's second generation waits for them if need be and compiles
-each graph it needs, on demand, reported as progress ("optimizing for this device, once"); a
-generation never switches midway. (It once ran eagerly beside imports not yet done: on the H200
+each graph it needs, on demand, reported as progress ("optimizing for this device, once", from the
+start of the wait); a generation never switches midway. (It once ran eagerly beside imports not yet done: on the H200
 that generation took 9.8-11 s instead of 1.4, the import thread taking the interpreter from the
 launch-bound eager loop, and the next one paid the compile anyway; bench/README.md, 2026-12-03.)
 `on` compiles from the first generation (waiting for the imports; the CPU too, with a C++
@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Callable
 
 import platformdirs
 import torch
@@ -106,8 +107,10 @@ class Regional:
         if self.enabled and not self.eager_first:
             prepare()
 
-    def begin(self) -> None:
-        """As a generation starts: compiles the blocks if it is time to (never within a generation)."""
+    def begin(self, on_status: Callable[[str], None] | None = None) -> None:
+        """As a generation starts: compiles the blocks if it is time to (never within a generation).
+        A wait for the compiler's imports is the start of that one-off work: reported through
+        `on_status` as it begins, in place of the first run's report."""
         self.reported = False
         if not self.enabled or self.compiled:
             return
@@ -116,6 +119,9 @@ class Regional:
             return
         if not ready():
             log.info("waiting for the compiler's imports")
+            if on_status is not None:
+                on_status(NOTICE)
+                self.reported = True
         wait()
         _configure()  # again, cheap once imported: raises here what the thread could not
         for block in self.blocks:

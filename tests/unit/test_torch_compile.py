@@ -56,6 +56,23 @@ def test_auto_runs_a_loads_first_generation_eagerly_then_compiles(gate, monkeypa
     assert regional.first_run("a mask") is True
 
 
+def test_a_wait_for_the_compilers_imports_is_reported_once_as_it_starts(gate, monkeypatch):
+    monkeypatch.setenv("OLLIMG_COMPILE", "auto")
+    regional = torch_compile.Regional([nn.Linear(2, 2)], CUDA)
+    statuses = []
+    regional.begin(statuses.append)
+    regional.end()
+    assert statuses == []  # the first generation is eager: nothing to report
+    gate_open = []
+    threading.Timer(0.3, lambda: (gate_open.append(list(statuses)), gate.set())).start()
+    regional.begin(statuses.append)
+    assert gate_open == [[torch_compile.NOTICE]]  # said before the wait, not after it
+    assert regional.first_run("batch of one") is False and statuses == [torch_compile.NOTICE]
+    regional.end()
+    regional.begin(statuses.append)
+    assert regional.first_run("a mask") is True and statuses == [torch_compile.NOTICE]  # the caller reports this one
+
+
 def test_auto_compiles_a_spares_imported_compiler_from_the_second_generation(gate, monkeypatch):
     monkeypatch.setenv("OLLIMG_COMPILE", "auto")
     gate.set()
@@ -106,3 +123,13 @@ def test_the_pipeline_calls_begin_and_end_around_each_generation(tiny_zimage_dir
     with pytest.raises(KeyboardInterrupt):
         pipe.generate("a cat", width=32, height=32, steps=2, seed=1, on_step=cancel)
     assert calls == ["begin", "end", "begin", "end"]
+
+
+def test_the_pipeline_gives_begin_its_progress_callback(tiny_zimage_dir, monkeypatch):
+    """What `Regional.begin` reports reaches the generation's progress as step 0."""
+    monkeypatch.setenv("OLLIMG_COMPILE", "off")
+    monkeypatch.setattr(torch_compile.Regional, "begin", lambda self, on_status=None: on_status("one-off work"))
+    pipe = load(tiny_zimage_dir, backend="torch", device="cpu")
+    steps = []
+    pipe.generate("a cat", width=32, height=32, steps=2, seed=1, on_step=steps.append)
+    assert [(s.step, s.status) for s in steps if s.step == 0] == [(0, "one-off work")]

@@ -47,10 +47,10 @@ class Components:
     """set by the pipeline during a generation: what a backend reports before long one-off work
     (the first run of a torch.compile'd graph)"""
     begin: Callable[[], None] | None = None
-    """called as each generation starts (a torch backend switches to its compiled blocks there,
-    never within a generation)"""
+    """called as each generation starts, `on_status` already set (a torch backend switches to its
+    compiled blocks there, never within a generation)"""
     end: Callable[[], None] | None = None
-    """called as each generation that began ends, done or failed"""
+    """called as each generation ends, done or failed (also when `begin` failed)"""
 
 
 @dataclass
@@ -121,11 +121,11 @@ class ZImagePipeline:
             sigmas, timesteps = sigmas[first:], timesteps[first:]
         cache = step_cache.start(self, len(timesteps), teacache, teacache_record)  # the steps that run
         timings: dict[str, float] = {}
-        if self.components.begin is not None:
-            self.components.begin()
-        if on_step is not None:  # the compiler's first run is reported from the text encoder on
+        if on_step is not None:  # the compiler's one-off work is reported from `begin` on
             self.components.on_status = lambda text: on_step(Step(0, len(timesteps), 0.0, text))
         try:
+            if self.components.begin is not None:
+                self.components.begin()
             start = time.perf_counter()
             caps, neg_caps = self._encode(req.prompts, req.negatives if req.guidance > 0 else None, req.n, max_len)
             self.backend.synchronize()

@@ -74,6 +74,6 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
         return modules["vae_encoder"].moments(x).float().cpu().numpy()
 
     components = Components(encode=encode, transformer=run_transformer, decode=decode, modules=modules,
-                            begin=compiled.begin, end=compiled.end,
+                            begin=lambda: compiled.begin(components.on_status), end=compiled.end,
                             encode_image=encode_image if encoder_refs is not None else None)
     return components
