@@ -5,8 +5,8 @@
 # speed:  per stage, prompt to PNG and peak memory, ollimg bf16 and fp8 next to diffusers eager, and
 #         the matmul floor (bench/gpu_baseline.py --runs 2 --fp8 --floor; about 250 s). Makes the store.
 # profile: where one bf16 and one fp8 generation's GPU time goes (bench/profile_step.py; needs the store).
-# decode: the runtime's VAE decode against channels-last, CUDA-graphed and compiled variants, bf16
-#         (bench/decode_variants.py; 2-3 min, mostly the two compiles; needs the store).
+# variants: the runtime's text encode and VAE decode against CUDA-graphed, channels-last and
+#         compiled variants, bf16 (bench/stage_variants.py; 2-3 min, mostly compiles; needs the store).
 # starts: fresh processes to their first and second PNG (bench/gpu_baseline.py --only-starts
 #         --starts: compiled with the compile cache as found, then warm; eager). Makes the store.
 # warm:   a server's first request for the model and its second, spare runtime on and off,
@@ -48,10 +48,10 @@ profile)
             > "$log/profile_$m.txt" 2>&1
         finished profile $?
     done ;;
-decode)
-    timeout "$(left)" python3 bench/decode_variants.py --models /tmp/zb/store --model zimage-random:bf16 \
-        --json "$log/decode.json" > "$log/decode.log" 2>&1
-    finished decode $? ;;
+variants)
+    timeout "$(left)" python3 bench/stage_variants.py --models /tmp/zb/store --model zimage-random:bf16 \
+        --json "$log/variants.json" > "$log/variants.log" 2>&1
+    finished variants $? ;;
 starts)
     timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 1 --only-starts --starts \
         --json "$log/starts.json" > "$log/starts.log" 2>&1
@@ -69,5 +69,5 @@ cold)
     timeout "$(left)" $B --model zimage-random:fp8 --compile auto --warmup 1 --spare on --cold \
         --json "$log/cold_fp8.json" >> "$log/cold.log" 2>&1
     finished cold $? ;;
-*) echo "unknown stage $stage: parity, speed, profile, decode, starts, warm or cold" >&2; exit 2 ;;
+*) echo "unknown stage $stage: parity, speed, profile, variants, starts, warm or cold" >&2; exit 2 ;;
 esac; done

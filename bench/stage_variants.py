@@ -1,0 +1,213 @@
+"""Which text encode and VAE decode are fastest on this GPU: the runtime's, against variants not
+(yet) in the runtime, each from the same weights and input and checked against the runtime's output.
+
+The 2026-12-03 profile of a 1024x1024 bf16 generation on the H200 put the decode at 51 ms of wall
+time for ~31 ms of GPU kernels (8.5 of them cuDNN's NCHW<->NHWC copies around the convolutions)
+and the text encode at 16 ms for ~3 ms: the rest is the GPU waiting for the host's launches.
+Variants:
+- text: the encoder's layers (compiled, as the runtime runs them from a load's second generation)
+  captured as one CUDA graph for the prompt's length and replayed; the same with eager layers.
+- decode: the decoder's weights and input in NHWC (channels_last: cuDNN's native layout); the whole
+  decode (VAE and the uint8 conversion) captured as a CUDA graph for the shape, alone and with
+  channels_last; torch.compile of it for the shape (its compile time shown), with and without
+  CUDA graphs (mode "reduce-overhead").
+Per variant: median wall time (the runtime's call, ending on the host: features synchronised,
+pixels copied back), GPU time by CUDA events, the difference from the runtime's output, and the
+GPU memory it holds beyond the runtime, allocated and reserved (a graph keeps its own pool);
+"first call" includes the capture or compile.
+
+    python bench/stage_variants.py --models /tmp/zb/store --model zimage-random:bf16 [--size 1024] [--runs 10]
+    python bench/stage_variants.py --models DIR --model tiny --device cpu --size 64   (smoke run: no graphs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROMPT = ("A photo of an old fisherman mending a red net on a wooden pier at dawn, mist over the harbour, "
+          "gulls on the posts, warm light")
+
+
+def graphed(run, *inputs: torch.Tensor):
+    """run(*inputs) captured as one CUDA graph for inputs of these shapes; the returned call copies
+    its inputs in and replays (its output is overwritten by the next call)."""
+    static = [x.clone() for x in inputs]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the capture (cuDNN's algorithm choice, compiled graphs)
+            run(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run(*static)
+
+    def replay(*xs: torch.Tensor) -> torch.Tensor:
+        for s, x in zip(static, xs):
+            s.copy_(x)
+        graph.replay()
+        return out
+    return replay
+
+
+def timed(call, runs: int, cuda: bool) -> dict:
+    """call() -> a host numpy array; median wall and GPU (CUDA events) time of `runs` calls."""
+    walls, gpus, out = [], [], None
+    for _ in range(runs):
+        if cuda:
+            torch.cuda.synchronize()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+        start = time.perf_counter()
+        out = call()
+        walls.append(time.perf_counter() - start)
+        if cuda:
+            end.record()
+            end.synchronize()
+            gpus.append(begin.elapsed_time(end) / 1e3)
+    return {"wall_s": statistics.median(walls), "gpu_s": statistics.median(gpus) if gpus else None, "out": out}
+
+
+def text_variants(pipe, cuda: bool) -> dict:
+    """name -> a function that sets the variant up and returns call() -> features (numpy, float32)."""
+    encoder = pipe.components.modules["text_encoder"]
+    ids = pipe.tokenizer.encode([PROMPT], pipe.defaults.max_sequence_length)
+
+    def host(features) -> np.ndarray:
+        return torch.cat(features).float().cpu().numpy()
+
+    def layers(x, cos, sin):
+        states = {0: x}
+        for k, layer in enumerate(encoder.layers, start=1):
+            x = layer(x, cos, sin, None)
+            if k in encoder.outputs:
+                states[k] = x
+        return torch.cat([states[k] for k in encoder.outputs], dim=-1)
+
+    def graph(eager: bool):
+        if eager:  # the layers' eager code: nn.Module keeps the compiled call beside it
+            saved = [layer._compiled_call_impl for layer in encoder.layers]
+            for layer in encoder.layers:
+                layer._compiled_call_impl = None
+        x, cos, sin, _ = encoder.embed(ids, *encoder.compute)
+        replay = graphed(layers, x, cos, sin)
+        if eager:
+            for layer, impl in zip(encoder.layers, saved):
+                layer._compiled_call_impl = impl
+
+        def call():
+            x, cos, sin, _ = encoder.embed(ids, *encoder.compute)
+            return host([replay(x, cos, sin)[0, : len(ids[0])]])
+        return call
+
+    variants = {"text: runtime": lambda: lambda: host(pipe.components.encode(ids))}
+    if cuda:
+        variants["text: graph"] = lambda: graph(eager=False)
+        variants["text: graph, eager layers"] = lambda: graph(eager=True)
+    return variants
+
+
+def decode_variants(pipe, size: int, device: str, cuda: bool) -> dict:
+    """name -> a function that sets the variant up and returns call() -> pixels (numpy, uint8)."""
+    vae = pipe.components.modules["vae"]
+    config, dtype = vae.config, next(vae.parameters()).dtype
+    cells = size // config.scale
+    latents = torch.randn(1, config.latent_channels, cells, cells, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def to_pixels(module):  # the runtime's decode (zimage/torch/build.py) on a given decoder
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            z = latents.to(dtype) / config.scaling_factor + config.shift_factor
+            pixels = module.decode(z).float()
+            return ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return decode
+
+    def channels_last():
+        nhwc = copy.deepcopy(vae).to(memory_format=torch.channels_last)
+        inner = nhwc.decode
+        nhwc.decode = lambda z: inner(z.contiguous(memory_format=torch.channels_last))
+        return nhwc
+
+    def on(decode):
+        return lambda: decode(latents).cpu().numpy()
+
+    variants = {"decode: runtime": lambda: lambda: pipe.components.decode(latents),
+                "decode: channels_last": lambda: on(to_pixels(channels_last()))}
+    if cuda:
+        variants["decode: graph"] = lambda: on(graphed(to_pixels(vae), latents))
+        variants["decode: graph, channels_last"] = lambda: on(graphed(to_pixels(channels_last()), latents))
+    variants["decode: compiled"] = lambda: on(torch.compile(to_pixels(vae), dynamic=False))
+    if cuda:
+        variants["decode: compiled, CUDA graphs"] = lambda: on(torch.compile(to_pixels(vae), dynamic=False,
+                                                                             mode="reduce-overhead"))
+    return variants
+
+
+def memory(cuda: bool) -> tuple[int, int]:
+    """Bytes the GPU's caching allocator has allocated and reserved (a CUDA graph's pool is reserved)."""
+    return (torch.cuda.memory_allocated(), torch.cuda.memory_reserved()) if cuda else (0, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--model", default="zimage-random:bf16")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--stages", nargs="+", default=["text", "decode"], choices=["text", "decode"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    cuda = args.device == "cuda"
+    os.environ.setdefault("OLLIMG_COMPILE", "on" if cuda else "off")  # the text encoder's layers as the runtime runs them
+    from ollimg.runtime import load
+
+    pipe = load(args.model, backend="torch", device=args.device, models_dir=args.models)
+    if pipe.components.begin is not None:
+        pipe.components.begin()  # switches to the compiled blocks (they compile at their first run)
+    variants = {}
+    if "text" in args.stages:
+        variants.update(text_variants(pipe, cuda))
+    if "decode" in args.stages:
+        variants.update(decode_variants(pipe, args.size, args.device, cuda))
+    results, reference = {}, {}
+    for name, make in variants.items():
+        stage = name.split(":")[0]
+        before = memory(cuda)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            call = make()
+            first = timed(call, 1, cuda)  # a compile or capture happens here
+            setup = time.perf_counter() - start
+            row = timed(call, args.runs, cuda)
+        out = row.pop("out").astype(np.float32)
+        ref = reference.setdefault(stage, out)
+        diff = np.abs(out - ref)
+        row.update(first_call_s=setup, first_wall_s=first["wall_s"], max_diff=float(diff.max()),
+                   max_diff_relative=float(diff.max() / max(np.abs(ref).max(), 1e-30)),
+                   values_differing=float((diff > 0).mean()),
+                   **{f"holds_{kind}_gib": (after - was) / 2**30 for kind, after, was in zip(("allocated", "reserved"),
+                                                                                         memory(cuda), before)})
+        results[name] = row
+        gpu = f"{row['gpu_s'] * 1e3:7.1f} ms GPU" if row["gpu_s"] is not None else ""
+        print(f"{name:32s} {row['wall_s'] * 1e3:7.1f} ms wall {gpu}  first call {setup:6.2f} s  max diff "
+              f"{row['max_diff']:.3g} ({row['values_differing']:.2%} differ)  holds {row['holds_allocated_gib']:.2f} GiB "
+              f"(reserved {row['holds_reserved_gib']:.2f})", flush=True)
+        del call
+    info = {"model": args.model, "size": args.size, "runs": args.runs, "device": args.device, "prompt": PROMPT,
+            "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None, "variants": results}
+    if args.json:
+        args.json.write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()
