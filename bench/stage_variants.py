@@ -121,7 +121,8 @@ def decode_variants(pipe, size: int, device: str, cuda: bool) -> dict:
     vae = pipe.components.modules["vae"]
     config, dtype = vae.config, next(vae.parameters()).dtype
     cells = size // config.scale
-    latents = torch.randn(1, config.latent_channels, cells, cells, generator=torch.Generator().manual_seed(0)).to(device)
+    noise = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, config.latent_channels, cells, cells, generator=noise).to(device)
 
     def to_pixels(module):  # the runtime's decode (zimage/torch/build.py) on a given decoder
         def decode(latents: torch.Tensor) -> torch.Tensor:
@@ -167,7 +168,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cuda = args.device == "cuda"
-    os.environ.setdefault("OLLIMG_COMPILE", "on" if cuda else "off")  # the text encoder's layers as the runtime runs them
+    # The text encoder's layers as the runtime runs them from a load's second generation.
+    os.environ.setdefault("OLLIMG_COMPILE", "on" if cuda else "off")
     from ollimg.runtime import load
 
     pipe = load(args.model, backend="torch", device=args.device, models_dir=args.models)
@@ -199,7 +201,8 @@ def main() -> None:
         results[name] = row
         gpu = f"{row['gpu_s'] * 1e3:7.1f} ms GPU" if row["gpu_s"] is not None else ""
         print(f"{name:32s} {row['wall_s'] * 1e3:7.1f} ms wall {gpu}  first call {setup:6.2f} s  max diff "
-              f"{row['max_diff']:.3g} ({row['values_differing']:.2%} differ)  holds {row['holds_allocated_gib']:.2f} GiB "
+              f"{row['max_diff']:.3g} ({row['values_differing']:.2%} differ)  "
+              f"holds {row['holds_allocated_gib']:.2f} GiB "
               f"(reserved {row['holds_reserved_gib']:.2f})", flush=True)
         del call
     info = {"model": args.model, "size": args.size, "runs": args.runs, "device": args.device, "prompt": PROMPT,

@@ -15,9 +15,10 @@ measured on the H200, a first image at 14.1 s instead of 7.1 s). The compiler's 
 sympy, inductor: 2-8 s) then run on a thread after it, unless a spare runtime's `prepare` did them
 before a model was named, and the load's second generation waits for them if need be and compiles
 each graph it needs, on demand, reported as progress ("optimizing for this device, once", from the
-start of the wait); a generation never switches midway. (It once ran eagerly beside imports not yet done: on the H200
-that generation took 9.8-11 s instead of 1.4, the import thread taking the interpreter from the
-launch-bound eager loop, and the next one paid the compile anyway; bench/README.md, 2026-12-03.)
+start of the wait); a generation never switches midway. (It once ran eagerly beside imports not
+yet done: on the H200 that generation took 9.8-11 s instead of 1.4, the import thread taking the
+interpreter from the launch-bound eager loop, and the next one paid the compile anyway;
+bench/README.md, 2026-12-03.)
 `on` compiles from the first generation (waiting for the imports; the CPU too, with a C++
 compiler); `off` never. Inductor's FX graph cache, the AOT cache and Triton's
 kernels live under `<user cache dir>/ollimg/compile`, keyed by torch's own hashes of the graph,
