@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ollimg.runtime.models.zimage.torch.build import device_pixels
+
 PROMPT = ("A photo of an old fisherman mending a red net on a wooden pier at dawn, mist over the harbour, "
           "gulls on the posts, warm light")
 
@@ -86,12 +88,7 @@ def text_variants(pipe, cuda: bool) -> dict:
         return torch.cat(features).float().cpu().numpy()
 
     def layers(x, cos, sin):
-        states = {0: x}
-        for k, layer in enumerate(encoder.layers, start=1):
-            x = layer(x, cos, sin, None)
-            if k in encoder.outputs:
-                states[k] = x
-        return torch.cat([states[k] for k in encoder.outputs], dim=-1)
+        return encoder.features(encoder.hidden_states(x, cos, sin), ids, None)
 
     def graph(eager: bool):
         if eager:  # the layers' eager code: nn.Module keeps the compiled call beside it
@@ -106,7 +103,7 @@ def text_variants(pipe, cuda: bool) -> dict:
 
         def call():
             x, cos, sin, _ = encoder.embed(ids, *encoder.compute)
-            return host([replay(x, cos, sin)[0, : len(ids[0])]])
+            return host(replay(x, cos, sin))
         return call
 
     variants = {"text: runtime": lambda: lambda: host(pipe.components.encode(ids))}
@@ -119,17 +116,13 @@ def text_variants(pipe, cuda: bool) -> dict:
 def decode_variants(pipe, size: int, device: str, cuda: bool) -> dict:
     """name -> a function that sets the variant up and returns call() -> pixels (numpy, uint8)."""
     vae = pipe.components.modules["vae"]
-    config, dtype = vae.config, next(vae.parameters()).dtype
+    config, dtype = vae.config, next(vae.parameters()).dtype  # the runtime decodes in the compute dtype
     cells = size // config.scale
     noise = torch.Generator().manual_seed(0)
     latents = torch.randn(1, config.latent_channels, cells, cells, generator=noise).to(device)
 
-    def to_pixels(module):  # the runtime's decode (zimage/torch/build.py) on a given decoder
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            z = latents.to(dtype) / config.scaling_factor + config.shift_factor
-            pixels = module.decode(z).float()
-            return ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-        return decode
+    def to_pixels(module):  # the runtime's decode on a given decoder, up to its copy to the host
+        return lambda latents: device_pixels(module, latents, dtype)
 
     def channels_last():
         nhwc = copy.deepcopy(vae).to(memory_format=torch.channels_last)

@@ -109,12 +109,17 @@ class TextEncoder(nn.Module):
         """Token ids of each prompt -> features (L_i, len(outputs) * hidden) in the layers' dtype;
         L_i is the prompt's length, or `length` when given (the padded rows included)."""
         x, cos, sin, mask = self.embed(ids, *self.compute, length=length, pad_id=pad_id)
+        return self.features(self.hidden_states(x, cos, sin, mask), ids, length)
+
+    def hidden_states(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """The layers run over `embed`'s output: the hidden states in `outputs`, by layer count."""
         states = {0: x}  # hidden state 0 is the embeddings (a one-layer encoder's hidden_states[-2])
         for k, layer in enumerate(self.layers, start=1):
             x = layer(x, cos, sin, mask)
             if k in self.outputs:
                 states[k] = x
-        return self.features(states, ids, length)
+        return states
 
     def features(self, states: dict[int, torch.Tensor], ids: list[np.ndarray], length: int | None) -> list[torch.Tensor]:
         """The hidden states in `outputs` (by layer count), concatenated, cut to each prompt's rows."""

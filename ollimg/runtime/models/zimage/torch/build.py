@@ -19,6 +19,14 @@ from ollimg.runtime.torch_backend import TorchBackend, load_module
 log = logging.getLogger(__name__)
 
 
+def device_pixels(vae: VaeDecoder, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The final float32 latents -> uint8 pixels (B, H, W, 3), still on the device (a quarter of the
+    bytes to copy back): decoded in `dtype`, torch.round half to even as numpy's."""
+    c = vae.config
+    pixels = vae.decode(latents.to(dtype) / c.scaling_factor + c.shift_factor).float()
+    return ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
     te_refs, dit_refs, vae_refs = weights.component_tensors(source, config)
     offload = backend.offload(backend.device_bytes(device_refs(te_refs)),
@@ -35,7 +43,6 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
             return text_encoder(ids)
     transformer = load_module(backend, ZImageTransformer, (config.transformer,), dit_refs, "transformer")
     vae = load_module(backend, VaeDecoder, (config.vae,), vae_refs, "vae")
-    vae_config = config.vae
     if backend.device.type == "cuda":
         transformer.fuse()  # one GEMM for q/k/v and one for gate/up (a copy: not worth it on mapped CPU weights)
     # The repeated blocks: the DiT's, and the text encoder's layers when resident (eager, a prompt's
@@ -56,11 +63,7 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
 
     @torch.inference_mode()
     def decode(latents: torch.Tensor) -> np.ndarray:
-        z = latents.to(backend.torch_dtype) / vae_config.scaling_factor + vae_config.shift_factor
-        pixels = vae.decode(z).float()
-        # uint8 on the device (a quarter of the bytes to copy back); torch.round is half to even, like numpy's.
-        pixels = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+        return device_pixels(vae, latents, backend.torch_dtype).cpu().numpy()
 
     modules = {"text_encoder": text_encoder, "transformer": transformer, "vae": vae}
     encoder_refs = weights.encoder_tensors(source, config)
