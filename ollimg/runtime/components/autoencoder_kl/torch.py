@@ -250,6 +250,12 @@ class VaeDecoder(nn.Module):
             z = self.post_quant_conv(z)
         return self.decoder.lockstep(z, self.strip)
 
+    def pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """decode(z) as uint8 pixels (B, H, W, 3), still on the device (a quarter of the bytes to copy
+        back): computed in float32, torch.round half to even as numpy's."""
+        pixels = self.decode(z).float()
+        return ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
 
 class Downsample(nn.Module):
     """Stride-2 3x3 conv after padding one zero row and column at the bottom and right (diffusers' Downsample2D, padding 0)."""

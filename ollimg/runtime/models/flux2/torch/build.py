@@ -60,9 +60,7 @@ def build(backend: TorchBackend, config: Flux2Config, source) -> Components:
     @torch.inference_mode()
     def decode(latents: torch.Tensor) -> np.ndarray:
         z = unpatchify(norm.denormalize(latents.float())).to(backend.torch_dtype)
-        pixels = decoder.decode(z).float()
-        pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        return (pixels * 255).round().astype(np.uint8)
+        return decoder.pixels(z).cpu().numpy()
 
     modules = {"text_encoder": text_encoder, "transformer": transformer, "vae_encoder": encoder, "vae": decoder,
                "latent_norm": norm}

@@ -20,11 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def device_pixels(vae: VaeDecoder, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The final float32 latents -> uint8 pixels (B, H, W, 3), still on the device (a quarter of the
-    bytes to copy back): decoded in `dtype`, torch.round half to even as numpy's."""
+    """The final float32 latents -> uint8 pixels (B, H, W, 3), still on the device, decoded in `dtype`."""
     c = vae.config
-    pixels = vae.decode(latents.to(dtype) / c.scaling_factor + c.shift_factor).float()
-    return ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return vae.pixels(latents.to(dtype) / c.scaling_factor + c.shift_factor)
 
 
 def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
