@@ -19,7 +19,7 @@ def read(data: bytes) -> Image.Image:
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 17), (64, 48), (700, 500)])
-@pytest.mark.parametrize("level", [0, 1, 6])
+@pytest.mark.parametrize("level", [None, 0, 1, 6])  # None: runs only (the default)
 def test_pixels_round_trip(shape, level):
     rng = np.random.default_rng(shape[0])
     smooth = np.linspace(0, 255, shape[0] * shape[1] * 3).reshape(*shape, 3)
@@ -34,6 +34,7 @@ def test_large_images_are_deflated_in_parts_that_join_into_one_stream():
     raw = png.filtered(rgb)
     assert len(raw) // png.PART >= 2  # more than one part (when the machine has the threads)
     assert zlib.decompress(png.deflate(raw, 1)) == raw
+    assert zlib.decompress(png.deflate(raw, None)) == raw
 
 
 def test_text_chunks_are_read_as_pillow_writes_them():
