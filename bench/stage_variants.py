@@ -1,16 +1,19 @@
-"""Which text encode and VAE decode are fastest on this GPU: the runtime's, against variants not
-(yet) in the runtime, each from the same weights and input and checked against the runtime's output.
+"""Which text encode and VAE decode are fastest on this GPU: the runtime's, against variants,
+each from the same weights and input and checked against the runtime's output.
 
 The 2026-12-03 profile of a 1024x1024 bf16 generation on the H200 put the decode at 51 ms of wall
 time for ~31 ms of GPU kernels (8.5 of them cuDNN's NCHW<->NHWC copies around the convolutions)
-and the text encode at 16 ms for ~3 ms: the rest is the GPU waiting for the host's launches.
+and the text encode at 16 ms for ~3 ms: the rest is the GPU waiting for the host's launches. The
+first run of this bench (bench/README.md, 2026-12-03, fourth session) put two of its variants in
+the runtime: the text encoder's compiled layers replayed as a CUDA graph per prompt length, and on
+a GPU the decoder in NHWC.
 Variants:
-- text: the encoder's layers (compiled, as the runtime runs them from a load's second generation)
-  captured as one CUDA graph for the prompt's length and replayed; the same with eager layers.
-- decode: the decoder's weights and input in NHWC (channels_last: cuDNN's native layout); the whole
-  decode (VAE and the uint8 conversion) captured as a CUDA graph for the shape, alone and with
-  channels_last; torch.compile of it for the shape (its compile time shown), with and without
-  CUDA graphs (mode "reduce-overhead").
+- text: the compiled layers launched one kernel at a time (the runtime before its graphs); a CUDA
+  graph of the layers' eager code.
+- decode: the decoder's weights and input in NCHW, and in NHWC (channels_last: cuDNN's native
+  layout); the runtime's decode (VAE and the uint8 conversion) captured as a CUDA graph for the
+  shape; torch.compile of it for the shape (its compile time shown), with and without CUDA graphs
+  (mode "reduce-overhead").
 Per variant: median wall time (the runtime's call, ending on the host: features synchronised,
 pixels copied back), GPU time by CUDA events, the difference from the runtime's output, and the
 GPU memory it holds beyond the runtime, allocated and reserved (a graph keeps its own pool);
@@ -33,32 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ollimg.runtime.cuda_graphs import ShapeGraphs
 from ollimg.runtime.models.zimage.torch.build import device_pixels
 
 PROMPT = ("A photo of an old fisherman mending a red net on a wooden pier at dawn, mist over the harbour, "
           "gulls on the posts, warm light")
-
-
-def graphed(run, *inputs: torch.Tensor):
-    """run(*inputs) captured as one CUDA graph for inputs of these shapes; the returned call copies
-    its inputs in and replays (its output is overwritten by the next call)."""
-    static = [x.clone() for x in inputs]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):  # warm-up outside the capture (cuDNN's algorithm choice, compiled graphs)
-            run(*static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = run(*static)
-
-    def replay(*xs: torch.Tensor) -> torch.Tensor:
-        for s, x in zip(static, xs):
-            s.copy_(x)
-        graph.replay()
-        return out
-    return replay
 
 
 def timed(call, runs: int, cuda: bool) -> dict:
@@ -87,29 +69,27 @@ def text_variants(pipe, cuda: bool) -> dict:
     def host(features) -> np.ndarray:
         return torch.cat(features).float().cpu().numpy()
 
-    def layers(x, cos, sin):
-        return encoder.features(encoder.hidden_states(x, cos, sin), ids, None)
+    def plain():  # the compiled layers launched one kernel at a time, as before they were graphed
+        return lambda: host(encoder(ids))
 
-    def graph(eager: bool):
-        if eager:  # the layers' eager code: nn.Module keeps the compiled call beside it
-            saved = [layer._compiled_call_impl for layer in encoder.layers]
+    def graph_eager():  # the layers' eager code in a graph: nn.Module keeps the compiled call beside it
+        saved = [layer._compiled_call_impl for layer in encoder.layers]
+
+        def eager_states(x, cos, sin, mask):
             for layer in encoder.layers:
                 layer._compiled_call_impl = None
-        x, cos, sin, _ = encoder.embed(ids, *encoder.compute)
-        replay = graphed(layers, x, cos, sin)
-        if eager:
-            for layer, impl in zip(encoder.layers, saved):
-                layer._compiled_call_impl = impl
+            try:
+                return encoder.hidden_states(x, cos, sin, mask)
+            finally:
+                for layer, impl in zip(encoder.layers, saved):
+                    layer._compiled_call_impl = impl
+        graphs = ShapeGraphs(eager_states)
+        return lambda: host(encoder(ids, layers=graphs))
 
-        def call():
-            x, cos, sin, _ = encoder.embed(ids, *encoder.compute)
-            return host(replay(x, cos, sin))
-        return call
-
-    variants = {"text: runtime": lambda: lambda: host(pipe.components.encode(ids))}
+    variants = {"text: runtime": lambda: lambda: host(pipe.components.encode(ids)),
+                "text: no graph": plain}
     if cuda:
-        variants["text: graph"] = lambda: graph(eager=False)
-        variants["text: graph, eager layers"] = lambda: graph(eager=True)
+        variants["text: graph, eager layers"] = graph_eager
     return variants
 
 
@@ -124,20 +104,17 @@ def decode_variants(pipe, size: int, device: str, cuda: bool) -> dict:
     def to_pixels(module):  # the runtime's decode on a given decoder, up to its copy to the host
         return lambda latents: device_pixels(module, latents, dtype)
 
-    def channels_last():
-        nhwc = copy.deepcopy(vae).to(memory_format=torch.channels_last)
-        inner = nhwc.decode
-        nhwc.decode = lambda z: inner(z.contiguous(memory_format=torch.channels_last))
-        return nhwc
+    def layout(memory_format):  # a copy of the decoder with its weights (and so its input) in this layout
+        return copy.deepcopy(vae).to(memory_format=memory_format)
 
     def on(decode):
         return lambda: decode(latents).cpu().numpy()
 
     variants = {"decode: runtime": lambda: lambda: pipe.components.decode(latents),
-                "decode: channels_last": lambda: on(to_pixels(channels_last()))}
+                "decode: NCHW": lambda: on(to_pixels(layout(torch.contiguous_format))),
+                "decode: NHWC": lambda: on(to_pixels(layout(torch.channels_last)))}
     if cuda:
-        variants["decode: graph"] = lambda: on(graphed(to_pixels(vae), latents))
-        variants["decode: graph, channels_last"] = lambda: on(graphed(to_pixels(channels_last()), latents))
+        variants["decode: graph"] = lambda: on(ShapeGraphs(to_pixels(vae)))
     variants["decode: compiled"] = lambda: on(torch.compile(to_pixels(vae), dynamic=False))
     if cuda:
         variants["decode: compiled, CUDA graphs"] = lambda: on(torch.compile(to_pixels(vae), dynamic=False,

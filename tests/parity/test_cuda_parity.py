@@ -5,6 +5,7 @@ lent GPU machine); elsewhere they are skipped, and say why.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,6 +176,27 @@ def test_compiled_and_eager_agree_on_cuda(tiny_zimage_dir, monkeypatch):
     steps.clear()
     compiled.generate("a much longer prompt about a cat", width=96, height=32, steps=2, seed=2, on_step=steps.append)
     assert not [s for s in steps if s.status] and dynamo.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_graphed_text_encoder_equals_its_layers_on_cuda(tiny_zimage_dir):
+    """Compiled, the text encoder's layers replay as CUDA graphs, one per prompt length, sharing one
+    memory pool: the features equal the layers run one kernel at a time, bit for bit, while lengths
+    alternate, after the oldest graph is dropped, and for a batch with its attention mask."""
+    from ollimg.runtime.cuda_graphs import ShapeGraphs
+
+    pipe = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="bfloat16")
+    pipe.components.begin()
+    encoder = pipe.components.modules["text_encoder"]
+    graphs = ShapeGraphs(encoder.hidden_states, limit=2)
+    prompts = [[np.arange(n) + 1] for n in (5, 17, 5, 33, 17, 5)] + [[np.arange(9) + 1, np.arange(4) + 7]]
+    with torch.inference_mode():
+        for ids in prompts:
+            length = 12 if len(ids) > 1 else None
+            got, want = encoder(ids, length=length, layers=graphs), encoder(ids, length=length)
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert len(graphs.graphs) == 2
+        ids = pipe.tokenizer.encode(["a cat"], pipe.defaults.max_sequence_length)
+        assert all(torch.equal(a, b) for a, b in zip(pipe.components.encode(ids), encoder(ids)))
 
 
 def test_auto_compiles_from_a_loads_second_generation(tiny_zimage_dir, monkeypatch):

@@ -116,6 +116,26 @@ def test_strip_decode_matches_diffusers_whole_decode(tiny_vae):
     assert np.abs(levels(expected) - levels(striped)).max() <= 1
 
 
+def test_channels_last_decode_matches_diffusers_whole_and_in_strips(tiny_vae):
+    """The decoder in NHWC (as a GPU's load sets it) takes NCHW latents and gives what diffusers
+    gives, decoding whole and in strips."""
+    import copy
+
+    pipe, ref = tiny_vae
+    vae = copy.deepcopy(pipe.components.modules["vae"]).channels_last()
+    assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    z = torch.from_numpy(np.random.default_rng(7).standard_normal((1, ref.config.latent_channels, 24, 40),
+                                                                     dtype=np.float32))
+    with torch.inference_mode():
+        expected = levels(ref.decode(z).sample)
+        whole = vae.decode(z)
+        with in_strips(vae):
+            striped = vae.decode(z)
+    assert whole.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(expected - levels(whole)).max() <= 1
+    assert np.abs(expected - levels(striped)).max() <= 1
+
+
 def test_strip_encode_matches_diffusers_whole_encode(tiny_vae):
     pipe, ref = tiny_vae
     encoder = pipe.components.modules["vae_encoder"]

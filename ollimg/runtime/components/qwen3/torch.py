@@ -9,6 +9,8 @@ with an attention mask), every row is padded to `length` with `pad_id` and no qu
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -105,11 +107,13 @@ class TextEncoder(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1).to(device)  # (L, D)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, ids: list[np.ndarray], length: int | None = None, pad_id: int = 0) -> list[torch.Tensor]:
+    def forward(self, ids: list[np.ndarray], length: int | None = None, pad_id: int = 0,
+                layers: Callable | None = None) -> list[torch.Tensor]:
         """Token ids of each prompt -> features (L_i, len(outputs) * hidden) in the layers' dtype;
-        L_i is the prompt's length, or `length` when given (the padded rows included)."""
+        L_i is the prompt's length, or `length` when given (the padded rows included). `layers`
+        runs in place of `hidden_states`, the same computation (a CUDA graph of it)."""
         x, cos, sin, mask = self.embed(ids, *self.compute, length=length, pad_id=pad_id)
-        return self.features(self.hidden_states(x, cos, sin, mask), ids, length)
+        return self.features((layers or self.hidden_states)(x, cos, sin, mask), ids, length)
 
     def hidden_states(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:

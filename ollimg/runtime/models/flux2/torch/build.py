@@ -36,6 +36,8 @@ def build(backend: TorchBackend, config: Flux2Config, source) -> Components:
     transformer = load_module(backend, Flux2Transformer, (config.transformer,), refs["transformer"], f"{where}: transformer")
     encoder = load_module(backend, VaeEncoder, (config.vae,), refs["vae_encoder"], f"{where}: vae")
     decoder = load_module(backend, VaeDecoder, (config.vae,), refs["vae_decoder"], f"{where}: vae")
+    if backend.device.type == "cuda":
+        decoder.channels_last()
     stats = backend.load_tensors(refs["latent_norm"], dtype=torch.float32)
     norm = LatentNorm(stats["bn.running_mean"], stats["bn.running_var"], config.latent_norm.batch_norm_eps)
 

@@ -10,6 +10,7 @@ import torch
 from ollimg.runtime.components.autoencoder_kl.torch import VaeDecoder, VaeEncoder
 from ollimg.runtime.components.qwen3.torch import device_refs, load_encoder, streamed_encoder
 from ollimg.runtime import torch_compile
+from ollimg.runtime.cuda_graphs import ShapeGraphs
 from ollimg.runtime.models.zimage import layout, weights
 from ollimg.runtime.models.zimage.config import ZImageConfig
 from ollimg.runtime.models.zimage.pipeline import Components
@@ -34,15 +35,18 @@ def build(backend: TorchBackend, config: ZImageConfig, source) -> Components:
         text_encoder, encode = None, streamed_encoder(backend, config.text_encoder, config.text_encoder_outputs, te_refs)
     else:
         text_encoder = load_encoder(backend, config.text_encoder, config.text_encoder_outputs, te_refs, "text_encoder")
+        # Compiled, its layers replay as one CUDA graph per prompt length: 35 -> 8 ms on the H200.
+        graphs = ShapeGraphs(text_encoder.hidden_states) if backend.device.type == "cuda" else None
 
         @torch.inference_mode()
         def encode(ids: list[np.ndarray]) -> list[torch.Tensor]:
             notice_first_run(("text", len(ids) == 1))
-            return text_encoder(ids)
+            return text_encoder(ids, layers=graphs if compiled.compiled else None)
     transformer = load_module(backend, ZImageTransformer, (config.transformer,), dit_refs, "transformer")
     vae = load_module(backend, VaeDecoder, (config.vae,), vae_refs, "vae")
     if backend.device.type == "cuda":
         transformer.fuse()  # one GEMM for q/k/v and one for gate/up (a copy: not worth it on mapped CPU weights)
+        vae.channels_last()
     # The repeated blocks: the DiT's, and the text encoder's layers when resident (eager, a prompt's
     # ~36 layers are bound by the CPU's launching: 55 ms of a 1024x1024 generation on an H200).
     encoder_layers = list(text_encoder.layers) if text_encoder is not None else []
