@@ -4,6 +4,8 @@
 # parity: the CUDA parity tests.
 # speed:  per stage, prompt to PNG and peak memory, ollimg bf16 and fp8 next to diffusers eager, and
 #         the matmul floor (bench/gpu_baseline.py --runs 2 --fp8 --floor; about 250 s). Makes the store.
+# all:    speed, with diffusers compiled (compile_repeated_blocks) beside it and 3 timed runs (a
+#         true median): issue 12's whole side-by-side table in one run (about 350 s). Makes the store.
 # profile: where one bf16 and one fp8 generation's GPU time goes (bench/profile_step.py; needs the store).
 # variants: the runtime's text encode and VAE decode against CUDA-graphed, channels-last and
 #         compiled variants, bf16 (bench/stage_variants.py; 2-3 min, mostly compiles; needs the store).
@@ -42,6 +44,10 @@ speed)
     timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 2 --fp8 --floor \
         --json "$log/speed.json" > "$log/speed.log" 2>&1
     finished speed $? ;;
+all)
+    timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 3 --fp8 --floor --diffusers-compiled \
+        --json "$log/all.json" > "$log/all.log" 2>&1
+    finished all $? ;;
 profile)
     for m in bf16 fp8; do
         timeout "$(left)" python3 bench/profile_step.py --models /tmp/zb/store --model zimage-random:$m \
@@ -69,5 +75,5 @@ cold)
     timeout "$(left)" $B --model zimage-random:fp8 --compile auto --warmup 1 --spare on --cold \
         --json "$log/cold_fp8.json" >> "$log/cold.log" 2>&1
     finished cold $? ;;
-*) echo "unknown stage $stage: parity, speed, profile, variants, starts, warm or cold" >&2; exit 2 ;;
+*) echo "unknown stage $stage: parity, speed, all, profile, variants, starts, warm or cold" >&2; exit 2 ;;
 esac; done

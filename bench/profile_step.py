@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from gpu_baseline import PROMPT  # the speed runs' prompt: the same sequence length, comparable times
+
 KINDS = [  # first match wins: kernel name pattern -> kind
     ("VAE convolutions (and cuDNN's layout copies)", r"fprop_implicit_gemm|nchwToNhwc|nhwcToNchw|conv2d|convolution"),
     ("VAE GroupNorm (statistics and apply)", r"RowwiseMoments|group_norm|GroupNorm|batch_norm"),
@@ -65,11 +67,11 @@ def main() -> None:
     os.environ.setdefault("OLLIMG_COMPILE", "on")  # compiled from the first warm-up run (auto: from the second)
     pipe = load(args.model, backend="torch", device="cuda", dtype="bfloat16", models_dir=args.models)
     for seed in range(2):  # compile and warm up
-        pipe.generate("a lighthouse at dusk", width=args.size, height=args.size, steps=args.steps, guidance=0, seed=seed)
+        pipe.generate(PROMPT, width=args.size, height=args.size, steps=args.steps, guidance=0, seed=seed)
     torch.cuda.synchronize()
     marked(pipe.components)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
-        result = pipe.generate("a lighthouse at dusk", width=args.size, height=args.size, steps=args.steps, guidance=0, seed=3)
+        result = pipe.generate(PROMPT, width=args.size, height=args.size, steps=args.steps, guidance=0, seed=3)
         torch.cuda.synchronize()
     kinds: dict[str, float] = defaultdict(float)
     top: dict[str, float] = defaultdict(float)

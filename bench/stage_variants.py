@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpu_baseline import PROMPT
 from ollimg.runtime.cuda_graphs import ShapeGraphs
 from ollimg.runtime.models.zimage.torch.build import device_pixels
 
-PROMPT = ("A photo of an old fisherman mending a red net on a wooden pier at dawn, mist over the harbour, "
-          "gulls on the posts, warm light")
+
 
 
 def timed(call, runs: int, cuda: bool) -> dict:
