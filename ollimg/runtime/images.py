@@ -105,7 +105,7 @@ def encode(image: Image.Image, params: Parameters | None, format: str = "png", c
         level = None if compression is None else round(compression * 9 / 100)
         chunks = [png.text_chunk("parameters", params.text())] if params is not None else []
         chunks.append(png.itxt_chunk("XML:com.adobe.xmp", xmp()))
-        return png.encode(np.asarray(image.convert("RGB")), chunks, level)
+        return png.encode(np.asarray(image if image.mode == "RGB" else image.convert("RGB")), chunks, level)
     else:
         exif = _exif(b"UNICODE\0" + params.text().encode("utf-16-be")) if params is not None else b""
         quality = 90 if compression is None else max(1, 100 - compression)

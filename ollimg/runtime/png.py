@@ -30,7 +30,7 @@ _pool: ThreadPoolExecutor | None = None
 def _threads() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="png")
+        _pool = ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1)), thread_name_prefix="png")
     return _pool
 
 
@@ -65,13 +65,19 @@ def filtered(rgb: np.ndarray) -> bytes:
 
 def deflate(raw: bytes, level: int | None) -> bytes:
     """A zlib stream of `raw`, deflated in parallel parts: runs only when `level` is None."""
+    return b"".join(deflate_pieces(raw, level))
+
+
+def deflate_pieces(raw: bytes, level: int | None) -> list[bytes]:
+    """deflate(raw, level) as the pieces to join (each part's output; the caller joins them once)."""
     strategy = zlib.Z_RLE if level is None else zlib.Z_DEFAULT_STRATEGY
     level = 1 if level is None else level
-    parts = max(1, min(_threads()._max_workers, len(raw) // PART))
+    pool = _threads()
+    parts = max(1, min(pool._max_workers, len(raw) // PART))
     size = -(-len(raw) // parts)
     view = memoryview(raw)
 
-    def part(i: int) -> bytes:
+    def part(i: int) -> list[bytes]:
         start, end = i * size, min(len(raw), (i + 1) * size)
         if start:
             compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy,
@@ -79,11 +85,16 @@ def deflate(raw: bytes, level: int | None) -> bytes:
         else:
             compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
         body = compressor.compress(view[start:end])
-        return body + compressor.flush(zlib.Z_FINISH if end == len(raw) else zlib.Z_SYNC_FLUSH)
+        return [body, compressor.flush(zlib.Z_FINISH if end == len(raw) else zlib.Z_SYNC_FLUSH)]
 
-    bodies = list(_threads().map(part, range(parts))) if parts > 1 else [part(0)]
+    if parts > 1:
+        checksum = pool.submit(zlib.adler32, raw)  # beside the parts (zlib releases the GIL)
+        bodies = [piece for pieces in pool.map(part, range(parts)) for piece in pieces]
+        adler = checksum.result()
+    else:
+        bodies, adler = part(0), zlib.adler32(raw)
     header = bytes([0x78, 0x01])  # deflate, 32 KiB window, no preset dictionary (FCHECK makes it % 31 == 0)
-    return header + b"".join(bodies) + struct.pack(">I", zlib.adler32(raw))
+    return [header, *bodies, struct.pack(">I", adler)]
 
 
 def encode(rgb: np.ndarray, chunks: list[bytes] = (), level: int | None = None) -> bytes:
@@ -93,5 +104,9 @@ def encode(rgb: np.ndarray, chunks: list[bytes] = (), level: int | None = None) 
         raise ValueError(f"expected uint8 [H, W, 3] pixels, got {rgb.dtype} {list(rgb.shape)}")
     h, w, _ = rgb.shape
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))  # 8-bit RGB, no interlace
-    data = chunk(b"IDAT", deflate(filtered(np.ascontiguousarray(rgb)), level))
-    return SIGNATURE + header + b"".join(chunks) + data + chunk(b"IEND", b"")
+    pieces = deflate_pieces(filtered(np.ascontiguousarray(rgb)), level)
+    crc = zlib.crc32(b"IDAT")
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+    idat = [struct.pack(">I", sum(map(len, pieces))), b"IDAT", *pieces, struct.pack(">I", crc)]  # chunk(), unjoined
+    return b"".join([SIGNATURE, header, *chunks, *idat, chunk(b"IEND", b"")])
