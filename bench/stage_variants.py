@@ -104,8 +104,10 @@ def decode_variants(pipe, size: int, device: str, cuda: bool) -> dict:
     def to_pixels(module):  # the runtime's decode on a given decoder, up to its copy to the host
         return lambda latents: device_pixels(module, latents, dtype)
 
-    def layout(memory_format):  # a copy of the decoder with its weights (and so its input) in this layout
-        return copy.deepcopy(vae).to(memory_format=memory_format)
+    def layout(memory_format):  # a copy of the decoder with its weights and its input in this layout
+        module = copy.deepcopy(vae).to(memory_format=memory_format)
+        module.memory_format = memory_format
+        return module
 
     def on(decode):
         return lambda: decode(latents).cpu().numpy()

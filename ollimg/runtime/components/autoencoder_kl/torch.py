@@ -237,6 +237,7 @@ class VaeDecoder(nn.Module):
         self.post_quant_conv = Conv(c.latent_channels, c.latent_channels, 1) if c.use_post_quant_conv else None
         self.tile = 128  # the largest latent side decoded whole (1024 pixels at 8 pixels a cell)
         self.strip = STRIP_ELEMENTS
+        self.memory_format = torch.channels_last  # the layout `decode` runs in (stage_variants compares NCHW)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:
@@ -244,14 +245,16 @@ class VaeDecoder(nn.Module):
         return self.decoder(z)
 
     def channels_last(self) -> VaeDecoder:
-        """Weights, and from then on inputs, in NHWC: cuDNN's own layout, without the NCHW<->NHWC
-        copies around each convolution (on the H200 a 1024x1024 decode 49 -> 42.6 ms). Set by the
-        CUDA loads only: on the CPU it is unmeasured at full size."""
+        """Weights in NHWC, as `decode` takes its input: on a GPU, cuDNN's convolutions would otherwise
+        copy each weight to NHWC per call. (A CPU keeps its memory-mapped NCHW weights: oneDNN
+        reorders them itself, no slower.)"""
         return self.to(memory_format=torch.channels_last)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
-            z = z.contiguous(memory_format=torch.channels_last)
+        # NHWC (channels_last) all the way down: cuDNN's own layout, without the NCHW<->NHWC copies
+        # around each convolution (H200, 1024x1024: 49 -> 42.6 ms), and faster on the CPU too
+        # (2 cores, the shapes model at 512x512: 1.69 -> 1.43 s; bench/README.md, 2026-12-03).
+        z = z.contiguous(memory_format=self.memory_format)
         if max(z.shape[-2:]) <= self.tile:
             return self(z)
         if self.post_quant_conv is not None:
