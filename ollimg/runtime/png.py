@@ -63,13 +63,9 @@ def filtered(rgb: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def deflate(raw: bytes, level: int | None) -> bytes:
-    """A zlib stream of `raw`, deflated in parallel parts: runs only when `level` is None."""
-    return b"".join(deflate_pieces(raw, level))
-
-
-def deflate_pieces(raw: bytes, level: int | None) -> list[bytes]:
-    """deflate(raw, level) as the pieces to join (each part's output; the caller joins them once)."""
+def deflate(raw: bytes, level: int | None) -> list[bytes]:
+    """A zlib stream of `raw`, deflated in parallel parts (runs only when `level` is None), as the
+    pieces to join: the caller joins them once, into the PNG."""
     strategy = zlib.Z_RLE if level is None else zlib.Z_DEFAULT_STRATEGY
     level = 1 if level is None else level
     pool = _threads()
@@ -104,7 +100,7 @@ def encode(rgb: np.ndarray, chunks: list[bytes] = (), level: int | None = None) 
         raise ValueError(f"expected uint8 [H, W, 3] pixels, got {rgb.dtype} {list(rgb.shape)}")
     h, w, _ = rgb.shape
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))  # 8-bit RGB, no interlace
-    pieces = deflate_pieces(filtered(np.ascontiguousarray(rgb)), level)
+    pieces = deflate(filtered(np.ascontiguousarray(rgb)), level)
     crc = zlib.crc32(b"IDAT")
     for piece in pieces:
         crc = zlib.crc32(piece, crc)
