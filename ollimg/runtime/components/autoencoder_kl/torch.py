@@ -253,7 +253,7 @@ class VaeDecoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         # NHWC (channels_last) all the way down: cuDNN's own layout, without the NCHW<->NHWC copies
         # around each convolution (H200, 1024x1024: 49 -> 42.6 ms), and faster on the CPU too
-        # (2 cores, the shapes model at 512x512: 1.69 -> 1.43 s; bench/README.md, 2026-12-03).
+        # (2 cores, the shapes model at 512x512: 1.57 -> 1.35 s; bench/README.md, 2026-12-03).
         z = z.contiguous(memory_format=self.memory_format)
         if max(z.shape[-2:]) <= self.tile:
             return self(z)
