@@ -44,6 +44,10 @@ SETTINGS = [
     Setting("OLLIMG_DEVICE", "auto", "torch device: auto, cpu, cuda, cuda:N"),
     Setting("OLLIMG_OFFLOAD", "auto", "text encoder weights on a CUDA GPU: auto uploads them for each prompt and frees "
             "them after when the whole model would not fit the free GPU memory, off keeps them, always uploads per prompt"),
+    Setting("OLLIMG_COMPILE", "auto", "torch.compile of the denoiser's blocks: auto from a load's second generation on "
+            "CUDA (the first runs eagerly), on from the first (CPU too), off never; compiled kernels are cached on disk"),
+    Setting("OLLIMG_ATTENTION", "auto", "attention kernel of compiled blocks: auto uses FlashAttention 4 on Hopper and "
+            "Blackwell where the flash-attn-4 package is installed (ollimg[flash]), else PyTorch's SDPA; sdpa always SDPA"),
     Setting("OLLIMG_FP8_MATMUL", "auto", "fp8 models on a GPU with fp8 tensor cores (compute capability 8.9+): "
             "auto multiplies in fp8 (activations scaled per token), off dequantizes the weights per call"),
     Setting("OLLIMG_ORIGINS", "", "extra allowed CORS origins, comma separated"),
@@ -205,6 +209,14 @@ def compile_mode() -> str:
     value = _env("OLLIMG_COMPILE", "auto").lower() or "auto"
     if value not in ("auto", "on", "off"):
         raise InvalidInput(f"OLLIMG_COMPILE={value!r}: use auto (on for CUDA), on or off")
+    return value
+
+
+def attention() -> str:
+    """OLLIMG_ATTENTION: FlashAttention 4 where it runs, or SDPA (ollimg/runtime/torch_attention.py)."""
+    value = _env("OLLIMG_ATTENTION", "auto").lower() or "auto"
+    if value not in ("auto", "sdpa"):
+        raise InvalidInput(f"OLLIMG_ATTENTION={value!r}: use auto or sdpa")
     return value
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ollimg import config
+from ollimg.runtime import torch_attention
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ def wanted(device: torch.device) -> bool:
 
 def cache_dir() -> str:
     return os.path.join(platformdirs.user_cache_dir("ollimg", appauthor=False), "compile")
+
+
+def flash_cache_dir() -> str:
+    """FlashAttention 4's compiled kernels (ollimg/runtime/torch_attention.py)."""
+    return os.path.join(cache_dir(), "flash")
 
 
 def _configure() -> None:
@@ -68,6 +74,8 @@ def _configure() -> None:
 def _import_compiler() -> None:
     _configure()
     import torch._inductor.compile_fx  # noqa: F401  (otherwise imported at the first generation)
+
+    torch_attention.import_flash(flash_cache_dir())
 
 
 _preparing: threading.Thread | None = None
@@ -100,7 +108,7 @@ class Regional:
 
     def __init__(self, blocks: list[nn.Module], device: torch.device):
         setting = config.compile_mode()
-        self.blocks, self.enabled, self.compiled = blocks, wanted(device), False
+        self.blocks, self.device, self.enabled, self.compiled = blocks, device, wanted(device), False
         self.eager_first = setting == "auto"  # else `on`: compiled from the first generation
         self.generations = 0
         self.seen: set = set()
@@ -125,6 +133,8 @@ class Regional:
                 self.reported = True
         wait()
         _configure()  # again, cheap once imported: raises here what the thread could not
+        torch_attention.import_flash(flash_cache_dir())  # done on the thread, unless OLLIMG_ATTENTION changed since
+        torch_attention.use_flash(self.device)
         for block in self.blocks:
             block.compile(fullgraph=True, dynamic=True)
         self.compiled = True

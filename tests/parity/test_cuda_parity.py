@@ -5,11 +5,13 @@ lent GPU machine); elsewhere they are skipped, and say why.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 
-from ollimg.runtime import load, torch_compile
+from ollimg.runtime import load, torch_attention, torch_compile
 from tests.parity.reference import compare, reference_pipe
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -176,6 +178,46 @@ def test_compiled_and_eager_agree_on_cuda(tiny_zimage_dir, monkeypatch):
     steps.clear()
     compiled.generate("a much longer prompt about a cat", width=96, height=32, steps=2, seed=2, on_step=steps.append)
     assert not [s for s in steps if s.status] and dynamo.counters["stats"]["unique_graphs"] == graphs
+
+
+def flash_attention_here() -> bool:
+    """FlashAttention 4 installed and this GPU one it runs on (else the runtime keeps SDPA)."""
+    return (importlib.util.find_spec("flash_attn") is not None
+            and torch_attention.import_flash(torch_compile.flash_cache_dir())
+            and torch.cuda.get_device_capability()[0] in (9, 10))
+
+
+def test_flash_attention_on_cuda_is_as_close_to_exact_as_sdpa():
+    """FlashAttention 4 (flash-attn-4 installed, Hopper or Blackwell) at Z-Image's head size and
+    other shapes, with q/k/v strided as the fused projection leaves them: no further from float32
+    math than SDPA's kernel."""
+    if not flash_attention_here():
+        pytest.skip("FlashAttention 4 is not installed, or this GPU is neither Hopper nor Blackwell")
+    torch.manual_seed(0)
+    for b, length, heads, dim in [(1, 4288, 4, 128), (2, 300, 3, 64), (1, 77, 2, 128)]:
+        q, k, v = torch.randn(b, length, 3, heads, dim, device="cuda", dtype=torch.bfloat16).unbind(2)
+        exact = torch.nn.functional.scaled_dot_product_attention(*(t.float().transpose(1, 2) for t in (q, k, v)))
+        exact = exact.transpose(1, 2)
+        flash = torch.ops.ollimg.flash_attention(q, k, v)
+        sdpa = torch_attention.attention(q, k, v, torch.ones(b, length, dtype=torch.bool, device="cuda"))
+        off, sdpas = (flash.float() - exact).abs().max(), (sdpa.float() - exact).abs().max()
+        assert flash.shape == exact.shape and off <= 2 * sdpas + 1e-3, f"{(b, length, heads, dim)}: {off} vs {sdpas}"
+
+
+def test_compiled_bf16_uses_flash_attention_where_installed(tiny_zimage_dir):
+    """Compiled bf16 blocks run FlashAttention 4 where it is installed (test_bfloat16_on_cuda then
+    holds them to diffusers)."""
+    pipe = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="bfloat16")
+    calls = []
+    op = torch_attention._flash_forward
+    if op is not None:
+        torch_attention._flash_forward = lambda *a: calls.append(1) or op(*a)
+    try:
+        pipe.generate("a cat", width=64, height=48, steps=2, seed=1)
+    finally:
+        if op is not None:
+            torch_attention._flash_forward = op
+    assert torch_attention._flash_on == flash_attention_here() and bool(calls) == flash_attention_here()
 
 
 def test_graphed_text_encoder_equals_its_layers_on_cuda(tiny_zimage_dir):

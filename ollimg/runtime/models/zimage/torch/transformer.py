@@ -5,7 +5,8 @@ then concatenates the q/k/v projections and the SwiGLU's gate/up projections int
 (done on the GPU, where it pays; the CPU keeps the mapped weights as they are).
 Position ids and RoPE angles come from the shared numpy layout, once per shape; RoPE rotates
 interleaved pairs in float32 with real cos/sin (diffusers' complex multiply, written so that
-torch.compile fuses it). Attention is F.scaled_dot_product_attention.
+torch.compile fuses it). Attention is the torch runtime's (SDPA, or FlashAttention 4 in compiled
+blocks where installed: ollimg/runtime/torch_attention.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from ollimg.runtime.models.zimage import layout
 from ollimg.runtime.models.zimage.config import TransformerConfig
+from ollimg.runtime.torch_attention import attention
 from ollimg.runtime.torch_backend import Linear
 
 
@@ -93,11 +95,8 @@ class Attention(nn.Module):
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q, k = apply_rope(q, freqs), apply_rope(k, freqs)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=None if mask is None else mask[:, None, None, :],
-        )  # (B, H, L, D)
-        return self.to_out[0](out.transpose(1, 2).flatten(2).to(q.dtype))
+        out = attention(q, k, v, mask)  # (B, L, H, D)
+        return self.to_out[0](out.flatten(2).to(q.dtype))
 
 
 class FeedForward(nn.Module):
