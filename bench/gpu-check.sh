@@ -6,6 +6,8 @@
 #         the matmul floor (bench/gpu_baseline.py --runs 2 --fp8 --floor; about 250 s). Makes the store.
 # all:    speed, with diffusers compiled (compile_repeated_blocks) beside it and 3 timed runs (a
 #         true median): issue 12's whole side-by-side table in one run (about 350 s). Makes the store.
+# attention: the attention kernels alone at Z-Image's shapes: SDPA's backends, and FlashAttention 4
+#         where installed (bench/attention_kernels.py; about 30 s).
 # profile: where one bf16 and one fp8 generation's GPU time goes (bench/profile_step.py; needs the store).
 # variants: the runtime's text encode and VAE decode against CUDA-graphed, channels-last and
 #         compiled variants, bf16 (bench/stage_variants.py; 2-3 min, mostly compiles; needs the store).
@@ -18,7 +20,8 @@
 # Run from the repository root with the wheels the machine lacks in .whl/ (carry [".whl"]):
 # diffusers, importlib_metadata, platformdirs, pydantic, pydantic_core, annotated_types,
 # typing_inspection, and for the server fastapi, starlette, uvicorn, python-multipart, zstandard,
-# anyio, opentelemetry-api. Everything comes back as one archive, $OUT/gpu-check.tgz (the device
+# anyio, opentelemetry-api. GPU_CHECK_SITE: a further folder of packages (FlashAttention 4's, which
+# cannot share /tmp/site: pip --target would replace the folder its wheels share). Everything comes back as one archive, $OUT/gpu-check.tgz (the device
 # returns at most 8 files). Runs: 2026-12-02 22:52 UTC (parity, starts; the server lacked its
 # wheels) and 23:15 UTC (parity starts cold): bench/README.md.
 set -uo pipefail
@@ -27,7 +30,7 @@ started=$(date +%s)
 log=/tmp/gpu-check
 rm -rf "$log" && mkdir -p "$log"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
+export PYTHONPATH=/tmp/site:${GPU_CHECK_SITE:+$GPU_CHECK_SITE:}$PWD PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
 pack() { tar czf "$OUT/gpu-check.tgz" -C "$log" .; }
 trap pack EXIT
 nvidia-smi > "$log/nvidia-smi.txt" 2>&1
@@ -48,6 +51,9 @@ all)
     timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 3 --fp8 --floor --diffusers-compiled \
         --json "$log/all.json" > "$log/all.log" 2>&1
     finished all $? ;;
+attention)
+    timeout "$(left)" python3 bench/attention_kernels.py --json "$log/attention.json" > "$log/attention.log" 2>&1
+    finished attention $? ;;
 profile)
     for m in bf16 fp8; do
         timeout "$(left)" python3 bench/profile_step.py --models /tmp/zb/store --model zimage-random:$m \
@@ -75,5 +81,5 @@ cold)
     timeout "$(left)" $B --model zimage-random:fp8 --compile auto --warmup 1 --spare on --cold \
         --json "$log/cold_fp8.json" >> "$log/cold.log" 2>&1
     finished cold $? ;;
-*) echo "unknown stage $stage: parity, speed, all, profile, variants, starts, warm or cold" >&2; exit 2 ;;
+*) echo "unknown stage $stage: parity, speed, all, attention, profile, variants, starts, warm or cold" >&2; exit 2 ;;
 esac; done

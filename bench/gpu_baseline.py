@@ -6,11 +6,11 @@ then times per stage at 1024x1024, 8 steps, bf16: text encode, denoise, VAE deco
 peak GPU memory of each. diffusers is only the reference here (test/bench dependency).
 
     python bench/gpu_baseline.py --work /tmp/zbench [--runs 3] [--size 1024] [--steps 8] [--fp8] [--offload]
-        [--eager] [--diffusers-compiled] [--floor] [--starts] [--cold]
+        [--eager] [--sdpa] [--diffusers-compiled] [--floor] [--starts] [--cold]
     python bench/gpu_baseline.py --work /tmp/zbench-tiny --tiny      # the same flow on CPU, tiny model
 
 ollimg runs as it ships (on CUDA: fused GEMMs and torch.compile'd blocks); `--eager` adds it with
-OLLIMG_COMPILE=off. "first" is the first generation after load (it includes compiling), "prompt
+OLLIMG_COMPILE=off, `--sdpa` with OLLIMG_ATTENTION=sdpa (no FlashAttention 4). "first" is the first generation after load (it includes compiling), "prompt
 to PNG" one generation plus PNG encoding, warm. `--floor` measures the sustained bf16 and fp8
 matmul rate and reports denoise as a multiple of the FLOPs at that rate. `--starts` times a fresh
 process from start to first PNG with a warm compile cache, against one with OLLIMG_COMPILE=off;
@@ -453,6 +453,8 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="also with the page cache dropped (needs root)")
     parser.add_argument("--first-compile", action="store_true",
                         help="with --starts: first a start with an empty compile cache (the first start ever)")
+    parser.add_argument("--sdpa", action="store_true",
+                        help="also each ollimg variant with OLLIMG_ATTENTION=sdpa (no FlashAttention 4)")
     parser.add_argument("--only-starts", action="store_true", help="skip the in-process timings")
     parser.add_argument("--disk", action="store_true", help="measure the disk's read rate (page cache dropped)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -484,6 +486,9 @@ def main() -> None:
     if args.tuned:
         variants.append(("ollimg, inductor coordinate descent tuning", "zimage-random:bf16",
                          {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}))
+    if args.sdpa:
+        variants.append(("ollimg, SDPA attention (OLLIMG_ATTENTION=sdpa)", "zimage-random:bf16",
+                         {"OLLIMG_ATTENTION": "sdpa"}))
     if args.offload:
         variants.append(("ollimg, text encoder offloaded", "zimage-random:bf16", {"OLLIMG_OFFLOAD": "always"}))
     if args.fp8:
@@ -491,6 +496,8 @@ def main() -> None:
         create(Store(store_dir), "zimage-random:fp8", model_dir, quantize="fp8")
         results["create_fp8_s"] = time.perf_counter() - start
         variants += [("ollimg fp8, fp8 matmul", "zimage-random:fp8", {})]
+        if args.sdpa:
+            variants.append(("ollimg fp8, SDPA attention", "zimage-random:fp8", {"OLLIMG_ATTENTION": "sdpa"}))
         if args.eager:
             variants.append(("ollimg fp8 eager", "zimage-random:fp8", {"OLLIMG_COMPILE": "off"}))
         if args.offload:

@@ -21,9 +21,9 @@ from gpu_baseline import PROMPT  # the speed runs' prompt: the same sequence len
 KINDS = [  # first match wins: kernel name pattern -> kind
     ("VAE convolutions (and cuDNN's layout copies)", r"fprop_implicit_gemm|nchwToNhwc|nhwcToNchw|conv2d|convolution"),
     ("VAE GroupNorm (statistics and apply)", r"RowwiseMoments|group_norm|GroupNorm|batch_norm"),
+    ("triton (fused elementwise/norms)", r"^triton_"),  # before attention: a fused kernel's name lists the ops around it
     ("attention", r"flash|fmha|attention|cudnn.*sdpa"),
     ("gemm", r"gemm|cutlass|sm90_xmma|nvjet|_scaled_mm|matmul|cublas"),
-    ("triton (fused elementwise/norms)", r"^triton_"),
     ("copies and casts", r"copy|cast|Memcpy|memcpy|to_copy"),
     ("elementwise and reductions (eager)", r"elementwise|reduce|vectorized|unrolled|norm"),
 ]
