@@ -66,6 +66,17 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
+def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array (a step's timesteps) on `device`, without the host waiting: on CUDA it goes
+    through pinned memory, copied on the current stream. A plain `.to(device)` from pageable memory
+    waits for all the GPU work queued before it, so the GPU would idle at each step's start while the
+    host launches that step's first small kernels."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class Linear(nn.Module):
     """nn.Linear that also takes a float8 E4M3 weight with a per-output-channel float32 `weight_scale`.
 

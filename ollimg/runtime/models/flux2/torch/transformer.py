@@ -22,7 +22,7 @@ from torch import nn
 
 from ollimg.runtime.models.flux2 import layout
 from ollimg.runtime.models.flux2.config import TransformerConfig
-from ollimg.runtime.torch_backend import Linear
+from ollimg.runtime.torch_backend import Linear, host_to_device
 
 
 class RMSNorm(nn.Module):
@@ -253,7 +253,7 @@ class Flux2Transformer(nn.Module):
         dtype = self.dtype
         B, C, h, w = x.shape
         n = h * w
-        temb = self.time_guidance_embed.timestep_embedder(torch.from_numpy(np.asarray(t, np.float32)).to(x.device, dtype) * 1000)
+        temb = self.time_guidance_embed.timestep_embedder(host_to_device(np.asarray(t, np.float32), x.device).to(dtype) * 1000)
         mod_img = self.double_stream_modulation_img(temb)
         mod_txt = self.double_stream_modulation_txt(temb)
         mod_single = self.single_stream_modulation(temb)

@@ -21,7 +21,7 @@ from torch import nn
 from ollimg.runtime.models.zimage import layout
 from ollimg.runtime.models.zimage.config import TransformerConfig
 from ollimg.runtime.torch_attention import attention
-from ollimg.runtime.torch_backend import Linear
+from ollimg.runtime.torch_backend import Linear, host_to_device
 
 
 class RMSNorm(nn.Module):
@@ -233,7 +233,7 @@ class ZImageTransformer(nn.Module):
         B, C, H, W = x.shape
         ht, wt = H // 2, W // 2
         n, n_pad = ht * wt, layout.padded(ht * wt)
-        adaln = self.t_embedder(torch.from_numpy(np.asarray(t, np.float32) * np.float32(c.t_scale)).to(dev)).to(dtype)
+        adaln = self.t_embedder(host_to_device(np.asarray(t, np.float32) * np.float32(c.t_scale), dev)).to(dtype)
 
         # Patchify: tokens row-major (h, w), features (ph, pw, c) with c fastest.
         tokens = x.to(dtype).view(B, C, ht, 2, wt, 2).permute(0, 2, 4, 3, 5, 1).reshape(B, n, 4 * C)
