@@ -21,7 +21,8 @@
 # diffusers, importlib_metadata, platformdirs, pydantic, pydantic_core, annotated_types,
 # typing_inspection, and for the server fastapi, starlette, uvicorn, python-multipart, zstandard,
 # anyio, opentelemetry-api. GPU_CHECK_SITE: a further folder of packages (FlashAttention 4's, which
-# cannot share /tmp/site: pip --target would replace the folder its wheels share). Everything comes back as one archive, $OUT/gpu-check.tgz (the device
+# cannot share /tmp/site: pip --target would replace the folder its wheels share; bench/flash-wheels.sh
+# gets them there in three calls). Everything comes back as one archive, $OUT/gpu-check.tgz (the device
 # returns at most 8 files). Runs: 2026-12-02 22:52 UTC (parity, starts; the server lacked its
 # wheels) and 23:15 UTC (parity starts cold): bench/README.md.
 set -uo pipefail
