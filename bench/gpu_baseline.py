@@ -6,7 +6,7 @@ then times per stage at 1024x1024, 8 steps, bf16: text encode, denoise, VAE deco
 peak GPU memory of each. diffusers is only the reference here (test/bench dependency).
 
     python bench/gpu_baseline.py --work /tmp/zbench [--runs 3] [--size 1024] [--steps 8] [--fp8] [--offload]
-        [--eager] [--sdpa] [--diffusers-compiled] [--floor] [--starts] [--cold]
+        [--eager] [--sdpa] [--multi-kernel] [--diffusers-compiled] [--floor] [--starts] [--cold]
     python bench/gpu_baseline.py --work /tmp/zbench-tiny --tiny      # the same flow on CPU, tiny model
 
 ollimg runs as it ships (on CUDA: fused GEMMs and torch.compile'd blocks); `--eager` adds it with
@@ -185,10 +185,12 @@ def time_ollimg(name: str, models_dir: Path, args, dtype: str, env: dict[str, st
     fp8_matmul.cache_clear()
     torch._dynamo.reset()  # each variant compiles (or loads from the on-disk cache) its own graphs
     inductor.coordinate_descent_tuning = env.get("TORCHINDUCTOR_COORDINATE_DESCENT_TUNING") == "1"
+    inductor.triton.multi_kernel = int(env.get("TORCHINDUCTOR_MULTI_KERNEL", "0"))  # read from the env only at import
     try:
         return _time_ollimg(name, models_dir, args, dtype)
     finally:
         inductor.coordinate_descent_tuning = False
+        inductor.triton.multi_kernel = 0
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -453,6 +455,9 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="also with the page cache dropped (needs root)")
     parser.add_argument("--first-compile", action="store_true",
                         help="with --starts: first a start with an empty compile cache (the first start ever)")
+    parser.add_argument("--multi-kernel", action="store_true",
+                        help="also each ollimg variant with inductor's multi-kernel reductions (persistent, whole-row "
+                             "variants of the norm and fp8-quantization reductions up to 16384 wide, picked by timing)")
     parser.add_argument("--sdpa", action="store_true",
                         help="also each ollimg variant with OLLIMG_ATTENTION=sdpa (no FlashAttention 4)")
     parser.add_argument("--only-starts", action="store_true", help="skip the in-process timings")
@@ -486,6 +491,8 @@ def main() -> None:
     if args.tuned:
         variants.append(("ollimg, inductor coordinate descent tuning", "zimage-random:bf16",
                          {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}))
+    if args.multi_kernel:
+        variants.append(("ollimg, inductor multi-kernel reductions", "zimage-random:bf16", {"TORCHINDUCTOR_MULTI_KERNEL": "1"}))
     if args.sdpa:
         variants.append(("ollimg, SDPA attention (OLLIMG_ATTENTION=sdpa)", "zimage-random:bf16",
                          {"OLLIMG_ATTENTION": "sdpa"}))
@@ -496,6 +503,9 @@ def main() -> None:
         create(Store(store_dir), "zimage-random:fp8", model_dir, quantize="fp8")
         results["create_fp8_s"] = time.perf_counter() - start
         variants += [("ollimg fp8, fp8 matmul", "zimage-random:fp8", {})]
+        if args.multi_kernel:
+            variants.append(("ollimg fp8, inductor multi-kernel reductions", "zimage-random:fp8",
+                             {"TORCHINDUCTOR_MULTI_KERNEL": "1"}))
         if args.sdpa:
             variants.append(("ollimg fp8, SDPA attention", "zimage-random:fp8", {"OLLIMG_ATTENTION": "sdpa"}))
         if args.eager:
