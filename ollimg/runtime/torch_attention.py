@@ -2,12 +2,12 @@
 kernel: cuDNN's flash attention on Hopper), or FlashAttention 4, the `flash-attn-4` package's CuTe
 kernels, where it pays.
 
-FlashAttention 4 runs in compiled blocks only (torch_compile.Regional turns it on as it compiles
-them), on Hopper and Blackwell, in bfloat16 or float16, without a mask, and only where the
-package is installed (`pip install "ollimg[flash]"`; it is optional, and nothing else needs it).
-A load's first, eager generation keeps SDPA, so neither the package's import nor its kernel's
-first compile delays the first image. Its compiled kernels are kept on disk beside torch.compile's.
-OLLIMG_ATTENTION=sdpa keeps SDPA everywhere.
+FlashAttention 4 is turned on when torch_compile.Regional compiles the blocks, and runs on Hopper
+and Blackwell, in bfloat16 or float16, without a mask, only where the package is installed
+(`pip install "ollimg[flash]"`; it is optional, and nothing else needs it). A runtime's first,
+eager generation comes before that and keeps SDPA, so neither the package's import (seconds, on
+the compiler-import thread) nor its kernel's first compile delays the first image. Its compiled
+kernels are kept on disk beside torch.compile's. OLLIMG_ATTENTION=sdpa keeps SDPA everywhere.
 """
 
 from __future__ import annotations
