@@ -531,7 +531,9 @@ def test_views_on_desktop_and_phone(browser, server, tmp_path):
             elif view == "edit":  # on the phone (the desktop's is the edit test's): an image and a stroke of mask
                 picture(tmp_path / "start.png")
                 pg.set_input_files("#edit-file", str(tmp_path / "start.png"))
-                box = pg.locator("#edit-canvas").bounding_box()
+                canvas = pg.locator("#edit-canvas")
+                expect(canvas).to_be_visible()  # once the image is decoded: before, it has no box
+                box = canvas.bounding_box()
                 pg.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.8)
                 pg.mouse.down()
                 pg.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.8, steps=4)
