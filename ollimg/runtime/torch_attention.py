@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 _flash_forward = None  # flash_attn.cute's forward, once import_flash found it
 _flash_on = False  # set by use_flash, read as the blocks are traced
+_flash_failed = False  # set when FlashAttention 4 raised: SDPA inside the op from then on
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,8 +40,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
 @torch.library.custom_op("ollimg::flash_attention", mutates_args=())
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """FlashAttention 4's forward, opaque to torch.compile: q, k, v (B, L, H, D) -> (B, L, H, D)."""
-    return _flash_forward(q, k, v)[0]
+    """FlashAttention 4's forward, opaque to torch.compile: q, k, v (B, L, H, D) -> (B, L, H, D).
+    If it fails (its kernel would not compile here, say), SDPA computes this call and every later one,
+    and the log says why once: a faster kernel is not worth a failed generation."""
+    global _flash_failed
+    if not _flash_failed:
+        try:
+            return _flash_forward(q, k, v)[0]
+        except Exception as error:
+            _flash_failed = True
+            log.warning("FlashAttention 4 failed, PyTorch's SDPA from now on: %s", error)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).contiguous()
 
 
 @flash_attention.register_fake

@@ -205,8 +205,8 @@ def test_flash_attention_on_cuda_is_as_close_to_exact_as_sdpa():
 
 
 def test_compiled_bf16_uses_flash_attention_where_installed(tiny_zimage_dir):
-    """Compiled bf16 blocks run FlashAttention 4 where it is installed (test_bfloat16_on_cuda then
-    holds them to diffusers)."""
+    """Compiled bf16 blocks run FlashAttention 4 where it is installed, without falling back to SDPA
+    (test_bfloat16_on_cuda then holds them to diffusers)."""
     pipe = load(tiny_zimage_dir, backend="torch", device="cuda", dtype="bfloat16")
     calls = []
     op = torch_attention._flash_forward
@@ -218,6 +218,7 @@ def test_compiled_bf16_uses_flash_attention_where_installed(tiny_zimage_dir):
         if op is not None:
             torch_attention._flash_forward = op
     assert torch_attention._flash_on == flash_attention_here() and bool(calls) == flash_attention_here()
+    assert not torch_attention._flash_failed  # it ran, not SDPA in its place
 
 
 def test_graphed_text_encoder_equals_its_layers_on_cuda(tiny_zimage_dir):

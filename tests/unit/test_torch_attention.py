@@ -60,6 +60,27 @@ def test_flash_runs_through_the_op_once_on(monkeypatch):
     assert len(calls) == 1
 
 
+def test_a_failing_flash_kernel_falls_back_to_sdpa_once_and_for_all(monkeypatch, caplog):
+    calls = []
+
+    def broken(q, k, v):
+        calls.append(1)
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(torch_attention, "_flash_forward", broken)
+    monkeypatch.setattr(torch_attention, "_flash_on", True)
+    monkeypatch.setattr(torch_attention, "_flash_failed", False)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 6, 2, 8, dtype=torch.bfloat16) for _ in range(3))
+    with caplog.at_level("WARNING", logger="ollimg.runtime.torch_attention"):
+        first, second = torch_attention.attention(q, k, v), torch_attention.attention(q, k, v)
+    want = softmax_attention(q, k, v).to(q.dtype)
+    torch.testing.assert_close(first, want, rtol=2e-2, atol=2e-2)
+    assert torch.equal(first, second) and first.is_contiguous() and calls == [1]
+    assert [r.getMessage() for r in caplog.records] == [
+        "FlashAttention 4 failed, PyTorch's SDPA from now on: no kernel for this GPU"]
+
+
 def test_flash_is_imported_unless_the_setting_says_sdpa(monkeypatch, tmp_path):
     """With a stand-in package installed: auto imports its forward (its kernel cache under the
     directory given), sdpa leaves it alone; a setting of neither is one clear error."""
