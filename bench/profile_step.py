@@ -38,6 +38,12 @@ def marked(components) -> None:
         setattr(components, name, call)
 
 
+def gpu_work(event) -> bool:
+    """A kernel, copy or memset on the GPU: not the GPU-side copy of a `stage:` range, which the
+    profiler lists among the CUDA events (counted, they doubled the denoise's "busy" time)."""
+    return event.device_type == torch.autograd.DeviceType.CUDA and not event.name.startswith("stage:")
+
+
 def stages(events) -> list[tuple[str, float, float]]:
     """(stage, wall us, GPU busy us): text encode from its call to the DiT's first, denoise from there
     to the decoder's call, decode its call (which ends in a copy to the host, so a sync)."""
@@ -46,8 +52,7 @@ def stages(events) -> list[tuple[str, float, float]]:
     enc = next(m for m in marks if m[2] == "stage:encode")
     dec = next(m for m in marks if m[2] == "stage:decode")
     windows = [("text encode", enc[0], dit[0][0]), ("denoise", dit[0][0], dec[0]), ("decode", dec[0], dec[1])]
-    kernels = [(e.time_range.start, e.time_range.end) for e in events
-               if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [(e.time_range.start, e.time_range.end) for e in events if gpu_work(e)]
     out = []
     for stage, a, b in windows:
         busy = sum(max(0, min(end, b) - max(start, a)) for start, end in kernels)
@@ -76,7 +81,7 @@ def main() -> None:
     kinds: dict[str, float] = defaultdict(float)
     top: dict[str, float] = defaultdict(float)
     for event in prof.events():
-        if event.device_type != torch.autograd.DeviceType.CUDA:
+        if not gpu_work(event):
             continue
         us = event.device_time_total if hasattr(event, "device_time_total") else event.cuda_time_total
         kind = next((k for k, pattern in KINDS if re.search(pattern, event.name, re.I)), "other")
