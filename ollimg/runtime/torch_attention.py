@@ -31,6 +31,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """q, k, v (B, L, H, D); mask (B, L) bool, True where a key is attended, or None -> (B, L, H, D)."""
     if _flash_on and mask is None and q.dtype in (torch.bfloat16, torch.float16):
         return torch.ops.ollimg.flash_attention(q, k, v)
+    return sdpa(q, k, v, mask)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """F.scaled_dot_product_attention over (B, L, H, D) tensors, mask as `attention`'s -> (B, L, H, D)."""
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         attn_mask=None if mask is None else mask[:, None, None, :],
@@ -50,8 +55,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
         except Exception as error:
             _flash_failed = True
             log.warning("FlashAttention 4 failed, PyTorch's SDPA from now on: %s", error)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2).contiguous()
+    return sdpa(q, k, v).contiguous()
 
 
 @flash_attention.register_fake

@@ -67,10 +67,10 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
 
 
 def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A small host array (a step's timesteps) on `device`, without the host waiting: on CUDA it goes
-    through pinned memory, copied on the current stream. A plain `.to(device)` from pageable memory
-    waits for all the GPU work queued before it, so the GPU would idle at each step's start while the
-    host launches that step's first small kernels."""
+    """A host array (a step's timesteps, the first latents) on `device`, without the host waiting:
+    on CUDA it goes through pinned memory, copied on the current stream. A plain `.to(device)` from
+    pageable memory waits for all the GPU work queued before it, so the GPU would idle at each step's
+    start while the host launches that step's first small kernels. On the CPU, no copy if `array` is contiguous."""
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if device.type != "cuda":
         return tensor.to(device)
@@ -139,7 +139,7 @@ class TorchBackend:
 
     # --- the Backend protocol ---
     def from_numpy(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        return host_to_device(array, self.device)
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().float().cpu().numpy()

@@ -5,8 +5,6 @@ lent GPU machine); elsewhere they are skipped, and say why.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -182,8 +180,7 @@ def test_compiled_and_eager_agree_on_cuda(tiny_zimage_dir, monkeypatch):
 
 def flash_attention_here() -> bool:
     """FlashAttention 4 installed and this GPU one it runs on (else the runtime keeps SDPA)."""
-    return (importlib.util.find_spec("flash_attn") is not None
-            and torch_attention.import_flash(torch_compile.flash_cache_dir())
+    return (torch_attention.import_flash(torch_compile.flash_cache_dir())
             and torch.cuda.get_device_capability()[0] in (9, 10))
 
 

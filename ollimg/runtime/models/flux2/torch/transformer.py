@@ -22,6 +22,7 @@ from torch import nn
 
 from ollimg.runtime.models.flux2 import layout
 from ollimg.runtime.models.flux2.config import TransformerConfig
+from ollimg.runtime.torch_attention import sdpa
 from ollimg.runtime.torch_backend import Linear, host_to_device
 
 
@@ -52,8 +53,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def attention(q, k, v, cos, sin) -> torch.Tensor:
     """q, k, v (B, L, H, D), already q/k-normed -> (B, L, H * D)."""
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, L, D)
-    return out.transpose(1, 2).flatten(2).to(q.dtype)
+    return sdpa(q, k, v).flatten(2).to(q.dtype)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
