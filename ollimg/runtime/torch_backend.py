@@ -70,7 +70,8 @@ def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host array (a step's timesteps, the first latents) on `device`, without the host waiting:
     on CUDA it goes through pinned memory, copied on the current stream. A plain `.to(device)` from
     pageable memory waits for all the GPU work queued before it, so the GPU would idle at each step's
-    start while the host launches that step's first small kernels. On the CPU, no copy if `array` is contiguous."""
+    start while the host launches that step's first small kernels. On the CPU, no copy if `array` is
+    contiguous."""
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if device.type != "cuda":
         return tensor.to(device)
