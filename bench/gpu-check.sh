@@ -20,7 +20,8 @@
 # Run from the repository root with the wheels the machine lacks in .whl/ (carry [".whl"]):
 # diffusers, importlib_metadata, platformdirs, pydantic, pydantic_core, annotated_types,
 # typing_inspection, and for the server fastapi, starlette, uvicorn, python-multipart, zstandard,
-# anyio, opentelemetry-api. GPU_CHECK_SITE: a further folder of packages (FlashAttention 4's, which
+# anyio, opentelemetry-api. GPU_CHECK_FLAGS: more gpu_baseline.py flags for `speed` and `all`.
+# GPU_CHECK_SITE: a further folder of packages (FlashAttention 4's, which
 # cannot share /tmp/site: pip --target would replace the folder its wheels share; bench/flash-wheels.sh
 # gets them there in three calls). Everything comes back as one archive, $OUT/gpu-check.tgz (the device
 # returns at most 8 files). Runs: 2026-12-02 22:52 UTC (parity, starts; the server lacked its
@@ -45,11 +46,11 @@ parity)
     timeout 330 python3 -m pytest -q -rs -p no:cacheprovider -m cuda tests/parity > "$log/parity.log" 2>&1
     finished parity $? ;;
 speed)
-    timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 2 --fp8 --floor \
+    timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 2 --fp8 --floor ${GPU_CHECK_FLAGS:-} \
         --json "$log/speed.json" > "$log/speed.log" 2>&1
     finished speed $? ;;
 all)
-    timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 3 --fp8 --floor --diffusers-compiled \
+    timeout "$(left)" python3 bench/gpu_baseline.py --work /tmp/zb --runs 3 --fp8 --floor --diffusers-compiled ${GPU_CHECK_FLAGS:-} \
         --json "$log/all.json" > "$log/all.log" 2>&1
     finished all $? ;;
 attention)
