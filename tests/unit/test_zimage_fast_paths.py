@@ -1,5 +1,5 @@
 """The GPU speed paths of the torch Z-Image runtime, checked on the CPU: fused GEMMs equal the
-separate layers (bf16/fp32 and fp8 weights), and torch.compile'd blocks (OLLIMG_COMPILE=on; CUDA
+separate layers (bf16/fp32 and fp8 weights; their q/k in the halves order RoPE reads contiguously), and torch.compile'd blocks (OLLIMG_COMPILE=on; CUDA
 turns it on by default) equal eager ones, report their first run, compile no new graph for a new
 size, and a second process with the same cache compiles nothing (inductor's FX graph cache hits).
 The same on the GPU: tests/parity/test_cuda_parity.py."""
@@ -37,6 +37,19 @@ def test_fused_projections_equal_the_separate_layers(tiny_zimage_dir, monkeypatc
     assert attention.to_qkv is not None and not hasattr(attention, "to_q")
     after = transformer_output(pipe)
     assert torch.allclose(after, before, rtol=1e-5, atol=1e-5 * before.abs().max().item())
+
+
+def test_rope_on_halves_equals_rope_on_interleaved_pairs_reordered():
+    from ollimg.runtime.models.zimage.torch.transformer import apply_rope, apply_rope_halves, halves_order
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 3, 8, generator=g)  # (B, L, H, D)
+    angles = torch.rand(2, 7, 4, generator=g) * 10
+    order = halves_order(3, 8)
+    assert order[:8].tolist() == [0, 2, 4, 6, 1, 3, 5, 7] and order[8:16].tolist() == [8, 10, 12, 14, 9, 11, 13, 15]
+    interleaved = apply_rope(x, torch.stack([angles.cos(), angles.sin()], dim=-1))
+    halves = apply_rope_halves(x.flatten(2)[..., order].unflatten(-1, (3, 8)), torch.stack([angles.cos(), angles.sin()], dim=-2))
+    assert torch.allclose(halves, interleaved.flatten(2)[..., order].unflatten(-1, (3, 8)), atol=1e-6)
 
 
 def test_fused_fp8_projections_keep_their_per_channel_scales(tiny_zimage_dir, store_dir, monkeypatch):

@@ -5,7 +5,9 @@ then concatenates the q/k/v projections and the SwiGLU's gate/up projections int
 (done on the GPU, where it pays; the CPU keeps the mapped weights as they are).
 Position ids and RoPE angles come from the shared numpy layout, once per shape; RoPE rotates
 interleaved pairs in float32 with real cos/sin (diffusers' complex multiply, written so that
-torch.compile fuses it). Attention is the torch runtime's (SDPA, or FlashAttention 4 in compiled
+torch.compile fuses it). The fused q/k projections put each head's pairs into its two halves, the
+layout in which the compiled QK norm and RoPE read everything contiguously (apply_rope_halves).
+Attention is the torch runtime's (SDPA, or FlashAttention 4 in compiled
 blocks where installed: ollimg/runtime/torch_attention.py).
 """
 
@@ -55,16 +57,42 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(3).type_as(x)
 
 
-def fused_linear(parts: list[Linear]) -> Linear:
-    """One Linear computing the concatenation of `parts`' outputs (same input; fp8 scales concatenated too)."""
+def apply_rope_halves(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """RoPE for heads whose pairs are their halves, (x[j], x[j + D/2]) (the fused projections' order,
+    `halves_order`): x (B, L, H, D); freqs float32 (B, L, 2, D/2) = (cos, sin). The same rotation as
+    `apply_rope`, in float32, with every load contiguous: under torch.compile the QK norm and RoPE
+    then become one single-pass (persistent) Triton reduction per block. Interleaved pairs made it a
+    two-pass loop of strided gathers: 138 against 111 us per block on the H200 (bench/block_kernels.py),
+    and more once the tables' loads are contiguous too."""
+    a, b = x.float().chunk(2, dim=-1)  # (B, L, H, D/2) each
+    cos, sin = freqs[:, :, 0].unsqueeze(2), freqs[:, :, 1].unsqueeze(2)  # (B, L, 1, D/2)
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1).type_as(x)
+
+
+def halves_order(n_heads: int, head_dim: int) -> torch.Tensor:
+    """Row order of a q or k projection that puts each head's interleaved pairs into halves:
+    row h*D + j takes h*D + 2j (j < D/2), and h*D + D/2 + j takes h*D + 2j + 1. Attention is unchanged
+    when q and k are permuted alike along D, so only RoPE (apply_rope_halves) sees the order."""
+    within = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+    return (torch.arange(n_heads)[:, None] * head_dim + within).flatten()
+
+
+def fused_linear(parts: list[Linear], orders: list[torch.Tensor | None] | None = None) -> Linear:
+    """One Linear computing the concatenation of `parts`' outputs (same input; fp8 scales concatenated
+    too), each part's rows optionally reordered by its entry in `orders`."""
     first = parts[0]
+    orders = orders or [None] * len(parts)
+
+    def rows(tensor: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+        return tensor if order is None else tensor[order.to(tensor.device)]
+
     with torch.device("meta"):
         out = Linear(first.weight.shape[1], sum(p.weight.shape[0] for p in parts), bias=first.bias is not None)
-    out.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
+    out.weight = nn.Parameter(torch.cat([rows(p.weight, o) for p, o in zip(parts, orders)]), requires_grad=False)
     if first.bias is not None:
-        out.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+        out.bias = nn.Parameter(torch.cat([rows(p.bias, o) for p, o in zip(parts, orders)]), requires_grad=False)
     if first.weight_scale is not None:
-        out.weight_scale = torch.cat([p.weight_scale for p in parts])
+        out.weight_scale = torch.cat([rows(p.weight_scale, o) for p, o in zip(parts, orders)])
     out.fp8_kernel = first.fp8_kernel
     return out
 
@@ -79,22 +107,29 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([Linear(dim, dim, bias=False)])
         self.norm_q = RMSNorm(dim // n_heads, eps=1e-5) if qk_norm else None
         self.norm_k = RMSNorm(dim // n_heads, eps=1e-5) if qk_norm else None
-        self.to_qkv: Linear | None = None  # set by fuse()
+        self.to_qkv: Linear | None = None  # set by fuse(), with q and k in `halves_order`
 
     def fuse(self) -> None:
-        self.to_qkv = fused_linear([self.to_q, self.to_k, self.to_v])
+        order = halves_order(self.n_heads, self.to_q.weight.shape[0] // self.n_heads)
+        self.to_qkv = fused_linear([self.to_q, self.to_k, self.to_v], [order, order, None])
         del self.to_q, self.to_k, self.to_v
+        for norm in (self.norm_q, self.norm_k):
+            if norm is not None:
+                norm.weight = nn.Parameter(norm.weight[order[: norm.weight.shape[0]].to(norm.weight.device)],
+                                           requires_grad=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, freqs: torch.Tensor) -> torch.Tensor:
         if self.to_qkv is not None:
             q, k, v = self.to_qkv(x).unflatten(-1, (3, self.n_heads, -1)).unbind(2)  # 3 x (B, L, H, D)
+            rope = apply_rope_halves  # freqs (B, L, 2, D/2)
         else:
             q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (B, L, H, D)
             k = self.to_k(x).unflatten(-1, (self.n_heads, -1))
             v = self.to_v(x).unflatten(-1, (self.n_heads, -1))
+            rope = apply_rope  # freqs (B, L, D/2, 2)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
-        q, k = apply_rope(q, freqs), apply_rope(k, freqs)
+        q, k = rope(q, freqs), rope(k, freqs)
         out = attention(q, k, v, mask)  # (B, L, H, D)
         return self.to_out[0](out.flatten(2).to(q.dtype))
 
@@ -197,17 +232,22 @@ class ZImageTransformer(nn.Module):
         self.cap_pad_token = nn.Parameter(torch.empty(1, c.dim), requires_grad=False)
         self.key = key
         self.rope = layout.Rope(c)
+        self.fused = False  # set by fuse()
         self._shape_cache = None  # (key, RoPE tables and masks) of the last shape seen
 
     def fuse(self) -> None:
-        """Concatenate q/k/v and gate/up weights into one GEMM each (frees the separate ones)."""
+        """Concatenate q/k/v and gate/up weights into one GEMM each (frees the separate ones); q and k
+        in `halves_order`, so RoPE's tables become (L, 2, D/2)."""
         for module in self.modules():
             if isinstance(module, (Attention, FeedForward)):
                 module.fuse()
+        self.fused = True
+        self._shape_cache = None
 
     def _freqs(self, ids: np.ndarray, device) -> torch.Tensor:
+        """RoPE's cos and sin: (L, 2, D/2) for the fused blocks (apply_rope_halves), else (L, D/2, 2)."""
         angles = torch.from_numpy(self.rope(ids))  # float32 (L, D/2)
-        return torch.stack([angles.cos(), angles.sin()], dim=-1).to(device)  # (L, D/2, 2)
+        return torch.stack([angles.cos(), angles.sin()], dim=-2 if self.fused else -1).to(device)
 
     def _positions(self, ht: int, wt: int, lengths: list[int], device):
         """RoPE tables and masks of one request's shape: (img_freqs, cap_freqs, cap_mask, freqs, mask),
