@@ -60,10 +60,9 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 def apply_rope_halves(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """RoPE for heads whose pairs are their halves, (x[j], x[j + D/2]) (the fused projections' order,
     `halves_order`): x (B, L, H, D); freqs float32 (B, L, 2, D/2) = (cos, sin). The same rotation as
-    `apply_rope`, in float32, with every load contiguous: under torch.compile the QK norm and RoPE
-    then become one single-pass (persistent) Triton reduction per block. Interleaved pairs made it a
-    two-pass loop of strided gathers: 138 against 111 us per block on the H200 (bench/block_kernels.py),
-    and more once the tables' loads are contiguous too."""
+    `apply_rope`, in float32, with every load contiguous. Under torch.compile the QK norm and RoPE
+    are one Triton kernel per block; with interleaved pairs and (L, D/2, 2) tables it read through
+    masked stride-2 gathers: 135 against 70 us a block in bf16 on the H200 (bench/block_kernels.py)."""
     a, b = x.float().chunk(2, dim=-1)  # (B, L, H, D/2) each
     cos, sin = freqs[:, :, 0].unsqueeze(2), freqs[:, :, 1].unsqueeze(2)  # (B, L, 1, D/2)
     return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1).type_as(x)
