@@ -1,8 +1,9 @@
 """The GPU speed paths of the torch Z-Image runtime, checked on the CPU: fused GEMMs equal the
-separate layers (bf16/fp32 and fp8 weights; their q/k in the halves order RoPE reads contiguously), and torch.compile'd blocks (OLLIMG_COMPILE=on; CUDA
-turns it on by default) equal eager ones, report their first run, compile no new graph for a new
-size, and a second process with the same cache compiles nothing (inductor's FX graph cache hits).
-The same on the GPU: tests/parity/test_cuda_parity.py."""
+separate layers (bf16/fp32 and fp8 weights; q/k rows in the halves order that RoPE then reads
+contiguously), and torch.compile'd blocks (OLLIMG_COMPILE=on; CUDA turns it on by default) equal
+eager ones, report their first run, compile no new graph for a new size, and a second process
+with the same cache compiles nothing (inductor's FX graph cache hits). The same on the GPU:
+tests/parity/test_cuda_parity.py."""
 
 from __future__ import annotations
 

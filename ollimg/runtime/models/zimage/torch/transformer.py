@@ -7,8 +7,8 @@ Position ids and RoPE angles come from the shared numpy layout, once per shape; 
 interleaved pairs in float32 with real cos/sin (diffusers' complex multiply, written so that
 torch.compile fuses it). The fused q/k projections put each head's pairs into its two halves, the
 layout in which the compiled QK norm and RoPE read everything contiguously (apply_rope_halves).
-Attention is the torch runtime's (SDPA, or FlashAttention 4 in compiled
-blocks where installed: ollimg/runtime/torch_attention.py).
+Attention is the torch runtime's (SDPA, or FlashAttention 4 in compiled blocks where installed:
+ollimg/runtime/torch_attention.py).
 """
 
 from __future__ import annotations
@@ -109,13 +109,14 @@ class Attention(nn.Module):
         self.to_qkv: Linear | None = None  # set by fuse(), with q and k in `halves_order`
 
     def fuse(self) -> None:
-        order = halves_order(self.n_heads, self.to_q.weight.shape[0] // self.n_heads)
+        head_dim = self.to_q.weight.shape[0] // self.n_heads
+        order = halves_order(self.n_heads, head_dim)
         self.to_qkv = fused_linear([self.to_q, self.to_k, self.to_v], [order, order, None])
         del self.to_q, self.to_k, self.to_v
+        within = halves_order(1, head_dim)  # the QK norms' weights, per head
         for norm in (self.norm_q, self.norm_k):
             if norm is not None:
-                norm.weight = nn.Parameter(norm.weight[order[: norm.weight.shape[0]].to(norm.weight.device)],
-                                           requires_grad=False)
+                norm.weight = nn.Parameter(norm.weight[within.to(norm.weight.device)], requires_grad=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, freqs: torch.Tensor) -> torch.Tensor:
         if self.to_qkv is not None:
