@@ -28,14 +28,12 @@ import time
 from collections import defaultdict
 from types import SimpleNamespace
 
-FP8_MAX = 448.0
-
-
 def build(dtype: str, variant: str, device):
     import torch
 
     from ollimg.runtime.models.zimage.torch import transformer as T
-    from ollimg.runtime.torch_backend import FP8, fp8_matmul
+    from ollimg.quantize.fp8 import quantize_rows
+    from ollimg.runtime.torch_backend import fp8_matmul
 
     c = SimpleNamespace(dim=3840, n_heads=30, qk_norm=True, norm_eps=1e-5, ffn_dim=10240, adaln_dim=256)
     torch.manual_seed(0)
@@ -49,10 +47,8 @@ def build(dtype: str, variant: str, device):
     if dtype == "fp8":
         for linear in block.modules():
             if isinstance(linear, T.Linear):
-                w = linear.weight.float()
-                scale = w.abs().amax(1).clamp(min=1e-12) / FP8_MAX
-                linear.weight = torch.nn.Parameter((w / scale[:, None]).to(FP8), requires_grad=False)
-                linear.weight_scale = scale
+                weight, linear.weight_scale = quantize_rows(linear.weight.float())  # as `ollimg create --quantize fp8`
+                linear.weight = torch.nn.Parameter(weight, requires_grad=False)
                 linear.fp8_kernel = fp8_matmul(torch.device(device))
     if variant == "halves":
         block.attention.fuse()  # the runtime's: q/k rows in halves_order
@@ -155,7 +151,7 @@ def main() -> None:
                 if name.endswith(".py"):
                     path = os.path.join(root, name)
                     text = open(path).read()
-                    if "def call(" in text or "@triton.jit" in text and "triton_red" in text:
+                    if "def call(" in text:  # a graph's output code, its Triton kernels inline
                         shutil.copy(path, os.path.join(args.code, name))
     if args.json:
         with open(args.json, "w") as f:

@@ -457,7 +457,8 @@ def main() -> None:
                         help="with --starts: first a start with an empty compile cache (the first start ever)")
     parser.add_argument("--multi-kernel", action="store_true",
                         help="also each ollimg variant with inductor's multi-kernel reductions (persistent, whole-row "
-                             "variants of the norm and fp8-quantization reductions up to 16384 wide, picked by timing)")
+                             "variants of the norm and fp8-quantization reductions up to 16384 wide, picked by timing); needs an "
+                             "empty inductor cache: on torch 2.11 a warm one failed to compile (bench/README.md, 2026-12-03)")
     parser.add_argument("--sdpa", action="store_true",
                         help="also each ollimg variant with OLLIMG_ATTENTION=sdpa (no FlashAttention 4)")
     parser.add_argument("--only-starts", action="store_true", help="skip the in-process timings")

@@ -61,6 +61,14 @@ class Quantized:
         return math.sqrt(self.error_sq / self.norm_sq) if self.norm_sq > 0 else 0.0
 
 
+def quantize_rows(x: torch.Tensor, amax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 x (out, in) -> (float8 E4M3 (out, in), float32 scale (out,)): each row scaled so that
+    its absolute maximum (`amax`, computed if not given) lands on the format's largest value."""
+    amax = x.abs().amax(dim=1) if amax is None else amax
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return (x / scale[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
 def quantize_tensor(blobs: BlobStore, ref: TensorRef, on_bytes: Callable[[int], None] | None = None) -> Quantized:
     """Write `ref` as an F8_E4M3 blob plus its scale blob, and measure the error."""
     out = ref.shape[0]
@@ -74,8 +82,7 @@ def quantize_tensor(blobs: BlobStore, ref: TensorRef, on_bytes: Callable[[int], 
             amax = x.abs().amax(dim=1)
             if not torch.isfinite(amax).all():
                 raise InvalidModel(f"{ref.path}: a tensor to quantize holds inf or nan; import it without --quantize")
-            scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-            q = (x / scale[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            q, scale = quantize_rows(x, amax)
             error_sq += float(q.to(torch.float32).mul_(scale[:, None]).sub_(x).square_().sum(dtype=torch.float64))
             norm_sq += float(torch.sum(x * x, dtype=torch.float64))
             w.write(q.view(torch.uint8).reshape(-1).numpy().data)

@@ -232,7 +232,6 @@ class ZImageTransformer(nn.Module):
         self.cap_pad_token = nn.Parameter(torch.empty(1, c.dim), requires_grad=False)
         self.key = key
         self.rope = layout.Rope(c)
-        self.fused = False  # set by fuse()
         self._shape_cache = None  # (key, RoPE tables and masks) of the last shape seen
 
     def fuse(self) -> None:
@@ -241,8 +240,12 @@ class ZImageTransformer(nn.Module):
         for module in self.modules():
             if isinstance(module, (Attention, FeedForward)):
                 module.fuse()
-        self.fused = True
-        self._shape_cache = None
+        self._shape_cache = None  # its RoPE tables are in the unfused layout
+
+    @property
+    def fused(self) -> bool:
+        """Whether `fuse()` has run (its blocks then take RoPE tables as (L, 2, D/2))."""
+        return self.layers[0].attention.to_qkv is not None
 
     def _freqs(self, ids: np.ndarray, device) -> torch.Tensor:
         """RoPE's cos and sin: (L, 2, D/2) for the fused blocks (apply_rope_halves), else (L, D/2, 2)."""
