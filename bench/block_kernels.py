@@ -8,10 +8,15 @@ Variants, each with the same random weights in the real shapes (dim 3840, 30 hea
                RoPE's pairs are each head's halves (x[j], x[j+64]), tables (B, L, 2, 64).
   interleaved: fused as before 2026-12-03's sixth session, rows in the checkpoint's order and RoPE on
                interleaved pairs (x[2j], x[2j+1]), tables (B, L, 64, 2).
+  halves-stock: halves, compiled with Inductor's own heuristics instead of the runtime's
+               (ollimg/runtime/torch_compile_heuristics.py: single-pass reductions over a head).
+  halves-rows: halves, the runtime's heuristics and single-pass reductions over rows of up to 4096
+               too (the block's RMSNorms over 3840; Inductor's limit is 1024). An experiment.
 Attention is unchanged by a permutation shared by q and k, so the outputs should agree within
-rounding: the script prints the largest difference.
+rounding: the script prints each variant's largest difference from halves.
 
-    python bench/block_kernels.py [--tokens 4288] [--dtypes bf16 fp8] [--variants interleaved halves]
+    python bench/block_kernels.py [--tokens 4288] [--dtypes bf16 fp8]
+        [--variants halves halves-stock halves-rows interleaved]
         [--runs 50] [--code DIR] [--json F]
 
 `--code DIR` keeps Inductor's output code (TORCH_LOGS=output_code also prints it).
@@ -78,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4288)
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp8"])
-    parser.add_argument("--variants", nargs="+", default=["halves", "interleaved"])
+    parser.add_argument("--variants", nargs="+", default=["halves", "halves-stock", "halves-rows", "interleaved"])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--code", type=str, default=None)
     parser.add_argument("--json", type=str, default=None)
@@ -86,9 +91,26 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="block-kernels-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # a fresh compile each run, its code kept below
     import torch
+    import torch._inductor.config as inductor
+
+    inductor.fx_graph_cache = False  # each variant compiles with its own heuristics
+
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
 
     from ollimg.runtime import torch_attention, torch_compile
+    from ollimg.runtime.torch_compile_heuristics import Choices
     from ollimg.runtime.models.zimage.torch import transformer as T
+
+    class Rows(Choices):
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction):
+            if Choices.should_use_persistent_reduction(features, cooperative_reduction):
+                return True
+            try:
+                return not cooperative_reduction and int(features.reduction_numel) <= 4096
+            except TypeError:
+                return False
 
     device = torch.device("cuda")
     torch_attention.import_flash(torch_compile.flash_cache_dir())
@@ -105,9 +127,12 @@ def main() -> None:
     for dtype in args.dtypes:
         outputs = {}
         for variant in args.variants:
-            block = build(dtype, variant, device)
-            freqs = tables[variant]
-            T.apply_rope_halves = halves_rope if variant == "halves" else T.apply_rope  # what the fused path calls
+            layout = variant.split("-")[0]
+            block = build(dtype, layout, device)
+            freqs = tables[layout]
+            T.apply_rope_halves = halves_rope if layout == "halves" else T.apply_rope  # what the fused path calls
+            choices = {"stock": InductorChoices, "rows": Rows}.get(variant.partition("-")[2], Choices)
+            V.set_choices_handler(choices())  # this thread's heuristics (the FX graph cache is off)
             torch._dynamo.reset()
             block.compile(fullgraph=True, dynamic=True)
             start = time.perf_counter()
@@ -139,11 +164,11 @@ def main() -> None:
             for name, us in list(kernels.items())[:14]:
                 print(f"  {us:9.1f} us  {name[:130]}", flush=True)
         T.apply_rope_halves = halves_rope
-        if "interleaved" in outputs and "halves" in outputs:
-            diff = (outputs["interleaved"] - outputs["halves"]).abs().max().item()
-            scale = outputs["interleaved"].abs().max().item()
-            results[f"{dtype} halves vs interleaved max diff"] = diff
-            print(f"{dtype}: halves vs interleaved, max |diff| {diff:.4g} (output max {scale:.4g})", flush=True)
+        for other in [v for v in outputs if v != "halves" and "halves" in outputs]:
+            diff = (outputs[other] - outputs["halves"]).abs().max().item()
+            scale = outputs[other].abs().max().item()
+            results[f"{dtype} halves vs {other} max diff"] = diff
+            print(f"{dtype}: halves vs {other}, max |diff| {diff:.4g} (output max {scale:.4g})", flush=True)
     if args.code:
         os.makedirs(args.code, exist_ok=True)
         for root, _, files in os.walk(cache):

@@ -8,6 +8,7 @@
 #         true median): issue 12's whole side-by-side table in one run (about 350 s). Makes the store.
 # attention: the attention kernels alone at Z-Image's shapes: SDPA's backends, and FlashAttention 4
 #         where installed (bench/attention_kernels.py; about 30 s).
+# kernels: one compiled block's kernels, per layout and heuristics (bench/block_kernels.py; about 90 s).
 # profile: where one bf16 and one fp8 generation's GPU time goes (bench/profile_step.py; needs the store).
 # variants: the runtime's text encode and VAE decode against CUDA-graphed, channels-last and
 #         compiled variants, bf16 (bench/stage_variants.py; 2-3 min, mostly compiles; needs the store).
@@ -56,6 +57,10 @@ all)
 attention)
     timeout "$(left)" python3 bench/attention_kernels.py --json "$log/attention.json" > "$log/attention.log" 2>&1
     finished attention $? ;;
+kernels)
+    timeout "$(left)" python3 bench/block_kernels.py --json "$log/kernels.json" --code "$log/code" \
+        > "$log/kernels.log" 2>&1
+    finished kernels $? ;;
 profile)
     for m in bf16 fp8; do
         timeout "$(left)" python3 bench/profile_step.py --models /tmp/zb/store --model zimage-random:$m \
@@ -83,5 +88,5 @@ cold)
     timeout "$(left)" $B --model zimage-random:fp8 --compile auto --warmup 1 --spare on --cold \
         --json "$log/cold_fp8.json" >> "$log/cold.log" 2>&1
     finished cold $? ;;
-*) echo "unknown stage $stage: parity, speed, all, attention, profile, variants, starts, warm or cold" >&2; exit 2 ;;
+*) echo "unknown stage $stage: parity, speed, all, attention, kernels, profile, variants, starts, warm or cold" >&2; exit 2 ;;
 esac; done

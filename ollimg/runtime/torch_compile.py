@@ -59,7 +59,8 @@ def flash_cache_dir() -> str:
 
 
 def _configure() -> None:
-    """Caches under our cache dir (unless the user points torch elsewhere) and room for the few graphs."""
+    """Caches under our cache dir (unless the user points torch elsewhere), room for the few graphs,
+    and our one change to Inductor's heuristics (torch_compile_heuristics)."""
     root = cache_dir()
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(root, "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(root, "triton"))
@@ -67,6 +68,10 @@ def _configure() -> None:
     import torch._inductor.config as inductor
 
     inductor.fx_graph_cache = True
+    if getattr(inductor, "inductor_choices_class", False) is None:  # where torch has it; a user's own wins
+        from ollimg.runtime import torch_compile_heuristics
+
+        inductor.inductor_choices_class = torch_compile_heuristics.Choices
     limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
     setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
 

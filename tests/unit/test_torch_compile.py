@@ -133,3 +133,46 @@ def test_the_pipeline_gives_begin_its_progress_callback(tiny_zimage_dir, monkeyp
     steps = []
     pipe.generate("a cat", width=32, height=32, steps=2, seed=1, on_step=steps.append)
     assert [(s.step, s.status) for s in steps if s.step == 0] == [(0, "one-off work")]
+
+
+def test_reductions_over_a_head_are_single_pass_larger_ones_as_inductor_says(monkeypatch):
+    """ollimg/runtime/torch_compile_heuristics.py, with Inductor's own answer faked: where Inductor
+    says single-pass it stands; otherwise a reduction of a size known when compiling, up to a head
+    (256), is single-pass, and a larger, dynamic or cooperative one is not. The generated kernels
+    themselves: bench/block_kernels.py and the CUDA parity tests, on the GPU."""
+    import sympy
+    from types import SimpleNamespace
+
+    from torch._inductor.choices import InductorChoices
+
+    from ollimg.runtime.torch_compile_heuristics import Choices
+
+    def single_pass(size, cooperative=False) -> bool:
+        return Choices.should_use_persistent_reduction(SimpleNamespace(reduction_numel=size), cooperative)
+
+    monkeypatch.setattr(InductorChoices, "should_use_persistent_reduction", staticmethod(lambda f, c: False))
+    assert single_pass(sympy.Integer(128)) and single_pass(sympy.Integer(256))
+    assert not single_pass(sympy.Integer(512)) and not single_pass(sympy.Integer(3840))
+    assert not single_pass(sympy.Symbol("s27") * 30) and not single_pass(sympy.Integer(128), cooperative=True)
+    monkeypatch.setattr(InductorChoices, "should_use_persistent_reduction", staticmethod(lambda f, c: True))
+    assert single_pass(sympy.Integer(3840))
+
+
+def test_configure_installs_the_heuristics_unless_the_user_has_their_own(monkeypatch, tmp_path):
+    import torch._inductor.config as inductor
+
+    from ollimg.runtime.torch_compile_heuristics import Choices
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setattr(inductor, "inductor_choices_class", None)
+    torch_compile._configure()
+    assert inductor.inductor_choices_class is Choices
+    assert Choices().uuid()  # what Inductor's cache key takes from it
+
+    class Theirs(Choices):
+        pass
+
+    monkeypatch.setattr(inductor, "inductor_choices_class", Theirs)
+    torch_compile._configure()
+    assert inductor.inductor_choices_class is Theirs

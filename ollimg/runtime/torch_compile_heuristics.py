@@ -1,0 +1,38 @@
+"""One change to Inductor's code-generation heuristics, installed by torch_compile when it compiles
+(imported there, lazily: it imports Inductor).
+
+A reduction over at most one attention head (a size known when compiling, <= 256 elements) is
+generated as a single pass, each row read once into registers. Inductor does that for such a
+reduction only when it can see that all its reads are contiguous; the QK norm reads q and k as
+strided slices of the fused q/k/v projection's output, so Inductor gave it its general two-pass
+loop, which reads each head twice: 70 us a block on the H200 where its bytes take about 35
+(bench/README.md, "Pinned timesteps, multi-kernel reductions, RoPE on halves"). The generated
+kernel autotunes its rows per program either way, and the numbers it computes are the same.
+"""
+
+from __future__ import annotations
+
+from torch._inductor import config as inductor
+from torch._inductor.choices import InductorChoices
+
+HEAD = 256  # the largest reduction this makes single-pass (head sizes are 64-256)
+
+
+class Choices(InductorChoices):
+    """Inductor's choices, with single-pass reductions over a head whatever Inductor's hint."""
+
+    @staticmethod
+    def should_use_persistent_reduction(features, cooperative_reduction: bool) -> bool:
+        if InductorChoices.should_use_persistent_reduction(features, cooperative_reduction):
+            return True
+        if not inductor.triton.persistent_reductions or cooperative_reduction:
+            return False
+        try:
+            size = int(features.reduction_numel)
+        except TypeError:  # a dynamic size
+            return False
+        return size <= HEAD
+
+    def uuid(self) -> str:
+        """Its part of Inductor's cache key, where torch asks for one: a change here compiles again."""
+        return "ollimg-head-reductions-1"
