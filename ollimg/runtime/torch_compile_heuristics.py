@@ -5,10 +5,10 @@ A reduction over at most one attention head (a size known when compiling, <= 256
 generated as a single pass, each row read once into registers. Inductor does that for such a
 reduction only when it can see that all its reads are contiguous; the QK norm reads q and k as
 strided slices of the fused q/k/v projection's output, so Inductor gave it its general two-pass
-loop, which reads each head twice. Measured on the H200, Z-Image's QK norm + RoPE kernel: 76.5 us a
-block two-pass, 67.4 single-pass (bf16; fp8 77.7 / 71.0), about 2 ms a generation (bench/README.md,
-"Single-pass reductions over a head"). The generated kernel autotunes its rows per program either
-way and computes the same sums.
+loop, which reads each head twice. Measured on the H200, a denoiser block's QK norm + RoPE
+kernel: 76.5 us two-pass, 67.4 single-pass (bf16; fp8 77.7 / 71.0), about 2 ms a generation
+(bench/README.md, "Single-pass reductions over a head"). The generated kernel autotunes its rows
+per program either way and computes the same sums.
 """
 
 from __future__ import annotations
