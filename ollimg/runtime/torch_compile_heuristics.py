@@ -8,7 +8,7 @@ strided slices of the fused q/k/v projection's output, so Inductor gave it its g
 loop, which reads each head twice. Measured on the H200, a denoiser block's QK norm + RoPE
 kernel: 76.5 us two-pass, 67.4 single-pass (bf16; fp8 77.7 / 71.0), about 2 ms a generation
 (bench/README.md, "Single-pass reductions over a head"). The generated kernel autotunes its rows
-per program either way and computes the same sums.
+per program either way and computes the same values, to rounding (bf16: one rounding step apart).
 """
 
 from __future__ import annotations
