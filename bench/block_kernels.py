@@ -103,14 +103,7 @@ def main() -> None:
     from ollimg.runtime.models.zimage.torch import transformer as T
 
     class Rows(Choices):
-        @staticmethod
-        def should_use_persistent_reduction(features, cooperative_reduction):
-            if Choices.should_use_persistent_reduction(features, cooperative_reduction):
-                return True
-            try:
-                return not cooperative_reduction and int(features.reduction_numel) <= 4096
-            except TypeError:
-                return False
+        single_pass_up_to = 4096  # the block's 3840-wide norms too
 
     device = torch.device("cuda")
     torch_attention.import_flash(torch_compile.flash_cache_dir())

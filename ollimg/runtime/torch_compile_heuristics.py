@@ -16,14 +16,14 @@ from __future__ import annotations
 from torch._inductor import config as inductor
 from torch._inductor.choices import InductorChoices
 
-HEAD = 256  # the largest reduction this makes single-pass (head sizes are 64-256)
-
 
 class Choices(InductorChoices):
     """Inductor's choices, with single-pass reductions over a head whatever Inductor's hint."""
 
-    @staticmethod
-    def should_use_persistent_reduction(features, cooperative_reduction: bool) -> bool:
+    single_pass_up_to = 256  # elements: a head (head sizes are 64-256)
+
+    @classmethod
+    def should_use_persistent_reduction(cls, features, cooperative_reduction: bool) -> bool:
         if InductorChoices.should_use_persistent_reduction(features, cooperative_reduction):
             return True
         if not inductor.triton.persistent_reductions or cooperative_reduction:
@@ -32,7 +32,7 @@ class Choices(InductorChoices):
             size = int(features.reduction_numel)
         except TypeError:  # a dynamic size
             return False
-        return size <= HEAD
+        return size <= cls.single_pass_up_to
 
     def uuid(self) -> str:
         """Its part of Inductor's cache key, where torch asks for one: a change here compiles again."""
